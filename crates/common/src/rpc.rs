@@ -1,0 +1,105 @@
+//! The worker RPC contract (tarpc over TCP, bincode) and its message types.
+
+use crate::error::WorkerError;
+use crate::model::{WorkerInfo, WorkerState};
+use crate::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// One model run asked of a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferCall {
+    pub model: String,
+    /// Pinned version; `None` means the newest version the worker serves.
+    pub version: Option<String>,
+    pub inputs: Vec<Tensor>,
+    /// Outputs to return; empty means all of them.
+    pub outputs: Vec<String>,
+    /// The client-facing request id, so one request's member calls can be followed in logs.
+    pub request_id: String,
+}
+
+/// A worker's answer to a successful [`InferCall`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferReply {
+    pub model: String,
+    pub version: String,
+    pub outputs: Vec<Tensor>,
+}
+
+/// Answer to a ping: cheap, never touches a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pong {
+    pub worker_id: String,
+    pub state: WorkerState,
+    /// Inference calls accepted and not yet answered.
+    pub in_flight: u32,
+}
+
+/// The service every worker serves. Each call carries a deadline in its tarpc context; a worker
+/// drops work whose deadline has passed or whose caller has gone.
+#[tarpc::service]
+pub trait WorkerService {
+    /// Describes the worker: its id, state, capacity and every model version it serves with
+    /// input/output signatures and the execution provider each runs on.
+    async fn metadata() -> WorkerInfo;
+    /// Runs one model on the given inputs. Model failures and bad input come back as
+    /// [`WorkerError`]; a transport failure is the client's `RpcError`.
+    async fn infer(call: InferCall) -> Result<InferReply, WorkerError>;
+    /// Liveness and load probe.
+    async fn ping() -> Pong;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ExecutionProvider, ModelInfo, TensorSpec};
+    use crate::tensor::DataType;
+
+    fn round_trip<T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(v: T) {
+        let back: T = bincode1::deserialize(&bincode1::serialize(&v).unwrap()).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn messages_round_trip_through_bincode() {
+        round_trip(InferCall {
+            model: "logreg".into(),
+            version: Some("1".into()),
+            inputs: vec![Tensor::from_values("input", vec![1, 2], &[1.0f32, 2.0])],
+            outputs: vec!["label".into()],
+            request_id: "r-1".into(),
+        });
+        round_trip(InferReply {
+            model: "logreg".into(),
+            version: "1".into(),
+            outputs: vec![Tensor::from_values("label", vec![1], &[3i64])],
+        });
+        round_trip(Pong {
+            worker_id: "w0".into(),
+            state: WorkerState::Draining,
+            in_flight: 4,
+        });
+        round_trip(WorkerInfo {
+            worker_id: "w0".into(),
+            rpc_addr: "127.0.0.1:9000".into(),
+            state: WorkerState::Serving,
+            capacity: 2,
+            models: vec![ModelInfo {
+                name: "m".into(),
+                version: "1".into(),
+                platform: crate::model::ONNX_PLATFORM.into(),
+                inputs: vec![TensorSpec {
+                    name: "input".into(),
+                    datatype: DataType::Fp32,
+                    shape: vec![-1, 64],
+                }],
+                outputs: vec![],
+                execution_provider: ExecutionProvider::Cuda { device_id: 1 },
+                allow_non_finite: false,
+                max_input_elements: 1 << 20,
+            }],
+        });
+        let r: Result<InferReply, WorkerError> = Err(WorkerError::DeadlineExceeded);
+        round_trip(r);
+    }
+}

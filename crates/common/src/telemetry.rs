@@ -1,0 +1,17 @@
+//! The one tracing initialiser every binary calls.
+
+use tracing_subscriber::EnvFilter;
+
+/// Installs a global subscriber: human-readable lines by default, JSON lines when `json` is set.
+/// The filter comes from `RUST_LOG` (default `info`). Calling it twice is harmless.
+pub fn init(json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
