@@ -1,1 +1,91 @@
-fn main() {}
+//! The `chorus` command: `up` starts a local cluster, `worker` and `coordinator` run one process
+//! each for real deployments.
+
+mod cluster_config;
+mod placement;
+mod signals;
+mod up;
+
+use anyhow::Context;
+use chorus_coordinator::CoordinatorConfig;
+use chorus_worker::{LoadedWorker, WorkerConfig};
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use tokio::net::TcpListener;
+
+/// Chorus: distributed ensemble serving for ONNX models over the Open Inference Protocol v2.
+#[derive(Debug, Parser)]
+#[command(name = "chorus", version, about)]
+struct Cli {
+    /// Log JSON lines instead of text (all subcommands).
+    #[arg(long, global = true, env = "CHORUS_LOG_JSON")]
+    log_json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start a local cluster (a coordinator and several workers as child processes) and serve
+    /// until Ctrl-C.
+    Up(up::UpArgs),
+    /// Run one worker: load the model repository, serve it over tarpc.
+    Worker(WorkerConfig),
+    /// Run one coordinator: the OIP v2 HTTP gateway in front of workers.
+    Coordinator(CoordinatorConfig),
+}
+
+/// Line a worker prints on stdout once its models are warm and its RPC port is open;
+/// `chorus up` and the tests read it to learn the port.
+pub const WORKER_READY: &str = "chorus-worker ready";
+/// Line a coordinator prints on stdout once its HTTP port is open.
+pub const COORDINATOR_LISTENING: &str = "chorus-coordinator listening";
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    chorus_common::telemetry::init(cli.log_json);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => up::run(args, cli.log_json).await,
+            Command::Worker(config) => run_worker(config).await,
+            Command::Coordinator(config) => run_coordinator(config).await,
+        }
+    })
+}
+
+async fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
+    let worker_id = config.resolved_worker_id();
+    let load_config = config.clone();
+    // Loading and warming models is blocking work: keep it off the async runtime.
+    let loaded = tokio::task::spawn_blocking(move || LoadedWorker::load(&load_config))
+        .await
+        .context("model loading panicked")??;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    announce(&format!(
+        "{WORKER_READY} rpc_addr={} worker_id={worker_id}",
+        listener.local_addr()?
+    ));
+    loaded.serve(listener, signals::shutdown()).await
+}
+
+async fn run_coordinator(config: CoordinatorConfig) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+    announce(&format!(
+        "{COORDINATOR_LISTENING} http_addr={}",
+        listener.local_addr()?
+    ));
+    chorus_coordinator::run(config, listener, signals::shutdown()).await
+}
+
+/// Prints a machine-readable status line on stdout (logs go to stderr).
+fn announce(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}

@@ -1,0 +1,243 @@
+//! Running an ensemble: fan out to every member under one deadline, collect each outcome
+//! (answered, failed, late), check quorum, combine, and for fusion run the meta-model.
+
+use crate::combine::{self, Vote};
+use crate::pool::{CallError, Pool};
+use crate::spec::{CombinerKind, EnsembleSpec};
+use chorus_common::rpc::{InferCall, InferReply};
+use chorus_common::{Tensor, WorkerError};
+use futures::future::join_all;
+use std::time::Instant;
+use tracing::{debug, warn};
+
+/// What happened to one member's call.
+#[derive(Debug)]
+pub enum MemberOutcome {
+    Answered(InferReply),
+    Failed(CallError),
+    /// No answer before the request's deadline.
+    Late,
+}
+
+/// Which members an answer came from, for the response's `parameters`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MemberReport {
+    pub used: Vec<String>,
+    pub failed: Vec<String>,
+    pub late: Vec<String>,
+}
+
+impl MemberReport {
+    /// True when some member did not contribute.
+    pub fn degraded(&self) -> bool {
+        !self.failed.is_empty() || !self.late.is_empty()
+    }
+}
+
+/// An ensemble's combined outputs and where they came from.
+#[derive(Debug)]
+pub struct EnsembleAnswer {
+    pub outputs: Vec<Tensor>,
+    pub report: MemberReport,
+}
+
+/// Why an ensemble gave no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum EnsembleError {
+    /// A worker judged the request itself invalid.
+    #[error("{0}")]
+    BadInput(String),
+    #[error("ensemble '{ensemble}' needs {needed} members to answer but {answered} did (failed: {failed}; late: {late})")]
+    NoQuorum {
+        ensemble: String,
+        needed: usize,
+        answered: usize,
+        failed: String,
+        late: String,
+    },
+    #[error("ensemble '{ensemble}' could not combine its members' answers: {message}")]
+    Combine { ensemble: String, message: String },
+    #[error("ensemble '{ensemble}': meta-model '{model}' failed: {error}")]
+    MetaModel {
+        ensemble: String,
+        model: String,
+        error: CallError,
+    },
+    #[error("ensemble '{ensemble}': meta-model '{model}' did not answer before the deadline")]
+    MetaModelLate { ensemble: String, model: String },
+}
+
+/// Runs `spec` on `inputs`, answering by `deadline`.
+pub async fn run(
+    pool: &Pool,
+    spec: &EnsembleSpec,
+    inputs: Vec<Tensor>,
+    deadline: Instant,
+    request_id: &str,
+) -> Result<EnsembleAnswer, EnsembleError> {
+    let calls = spec.members.iter().map(|member| {
+        let call = InferCall {
+            model: member.model.clone(),
+            version: member.version.clone(),
+            inputs: inputs.clone(),
+            outputs: vec![spec.member_output.clone()],
+            request_id: request_id.to_string(),
+        };
+        async move {
+            match tokio::time::timeout_at(deadline.into(), pool.call(call, deadline)).await {
+                Ok(Ok(reply)) => MemberOutcome::Answered(reply),
+                Ok(Err(CallError::DeadlineExceeded { .. })) | Err(_) => MemberOutcome::Late,
+                Ok(Err(error)) => MemberOutcome::Failed(error),
+            }
+        }
+    });
+    let outcomes = join_all(calls).await;
+
+    let mut report = MemberReport::default();
+    let mut answered: Vec<(usize, Tensor)> = Vec::new();
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        let name = spec.members[index].model.clone();
+        match outcome {
+            MemberOutcome::Answered(reply) => {
+                match reply.outputs.into_iter().find(|t| t.name == spec.member_output) {
+                    Some(tensor) => {
+                        report.used.push(name);
+                        answered.push((index, tensor));
+                    }
+                    None => {
+                        warn!(ensemble = %spec.name, member = %name, output = %spec.member_output, "member answered without the combined output");
+                        report.failed.push(name);
+                    }
+                }
+            }
+            MemberOutcome::Failed(CallError::Worker {
+                error: WorkerError::InvalidInput(message),
+                ..
+            }) => return Err(EnsembleError::BadInput(message)),
+            MemberOutcome::Failed(error) => {
+                warn!(ensemble = %spec.name, member = %name, request_id, error = %error, "member call failed");
+                report.failed.push(name);
+            }
+            MemberOutcome::Late => {
+                debug!(ensemble = %spec.name, member = %name, request_id, "member late");
+                report.late.push(name);
+            }
+        }
+    }
+
+    if answered.len() < spec.min_members {
+        return Err(EnsembleError::NoQuorum {
+            ensemble: spec.name.clone(),
+            needed: spec.min_members,
+            answered: answered.len(),
+            failed: list_or_none(&report.failed),
+            late: list_or_none(&report.late),
+        });
+    }
+
+    let outputs = combine_answers(pool, spec, &answered, deadline, request_id).await?;
+    Ok(EnsembleAnswer { outputs, report })
+}
+
+async fn combine_answers(
+    pool: &Pool,
+    spec: &EnsembleSpec,
+    answered: &[(usize, Tensor)],
+    deadline: Instant,
+    request_id: &str,
+) -> Result<Vec<Tensor>, EnsembleError> {
+    let combine_error = |e: combine::CombineError| EnsembleError::Combine {
+        ensemble: spec.name.clone(),
+        message: e.to_string(),
+    };
+    let votes: Vec<Vote> = answered
+        .iter()
+        .map(|(index, tensor)| Vote {
+            member: &spec.members[*index].model,
+            weight: spec.members[*index].weight,
+            tensor,
+        })
+        .collect();
+    match spec.combiner {
+        CombinerKind::SoftVote => combine::soft_vote(&votes).map_err(combine_error),
+        CombinerKind::HardVote => combine::hard_vote(&votes).map_err(combine_error),
+        CombinerKind::Average => combine::average(&votes, &spec.member_output)
+            .map(|t| vec![t])
+            .map_err(combine_error),
+        CombinerKind::Median => combine::median(&votes, &spec.member_output)
+            .map(|t| vec![t])
+            .map_err(combine_error),
+        CombinerKind::Fusion => {
+            let blocks: Vec<(&str, Option<&Tensor>)> = spec
+                .members
+                .iter()
+                .enumerate()
+                .map(|(index, member)| {
+                    let block = answered.iter().find(|(i, _)| *i == index).map(|(_, t)| t);
+                    (member.model.as_str(), block)
+                })
+                .collect();
+            run_meta_model(pool, spec, &blocks, deadline, request_id).await
+        }
+    }
+}
+
+async fn run_meta_model(
+    pool: &Pool,
+    spec: &EnsembleSpec,
+    blocks: &[(&str, Option<&Tensor>)],
+    deadline: Instant,
+    request_id: &str,
+) -> Result<Vec<Tensor>, EnsembleError> {
+    let (model, version) = spec
+        .meta_model
+        .clone()
+        .expect("fusion specs are validated to name a meta-model");
+    let input_name = meta_input_name(pool, &model, version.as_deref());
+    let input = combine::fusion_input(blocks, &input_name).map_err(|e| EnsembleError::Combine {
+        ensemble: spec.name.clone(),
+        message: e.to_string(),
+    })?;
+    let call = InferCall {
+        model: model.clone(),
+        version,
+        inputs: vec![input],
+        outputs: vec![],
+        request_id: request_id.to_string(),
+    };
+    match tokio::time::timeout_at(deadline.into(), pool.call(call, deadline)).await {
+        Ok(Ok(reply)) => Ok(reply.outputs),
+        Ok(Err(CallError::DeadlineExceeded { .. })) | Err(_) => Err(EnsembleError::MetaModelLate {
+            ensemble: spec.name.clone(),
+            model,
+        }),
+        Ok(Err(error)) => Err(EnsembleError::MetaModel {
+            ensemble: spec.name.clone(),
+            model,
+            error,
+        }),
+    }
+}
+
+/// The meta-model's single input name, as its workers describe it ("input" if none has yet).
+fn meta_input_name(pool: &Pool, model: &str, version: Option<&str>) -> String {
+    pool.models()
+        .get(model)
+        .and_then(|versions| {
+            versions
+                .iter()
+                .rev()
+                .find(|m| version.is_none_or(|v| m.version == v))
+                .and_then(|m| m.inputs.first())
+                .map(|spec| spec.name.clone())
+        })
+        .unwrap_or_else(|| "input".to_string())
+}
+
+fn list_or_none(names: &[String]) -> String {
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(", ")
+    }
+}

@@ -1,0 +1,88 @@
+//! The Open Inference Protocol v2 HTTP gateway: routes, shared state, body limits.
+
+mod error;
+mod infer;
+mod json_data;
+mod metadata;
+mod request;
+mod response;
+
+pub use error::ApiError;
+
+use crate::catalog::Catalog;
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// State every handler shares.
+pub struct App {
+    pub catalog: Catalog,
+    pub max_body_bytes: usize,
+    /// Deadline of single-model requests (ensembles carry their own).
+    pub model_deadline: Duration,
+    next_request_id: AtomicU64,
+}
+
+impl App {
+    pub fn new(catalog: Catalog, max_body_bytes: usize, model_deadline: Duration) -> Self {
+        App {
+            catalog,
+            max_body_bytes,
+            model_deadline,
+            next_request_id: AtomicU64::new(1),
+        }
+    }
+
+    /// An id for logs when the client sent none.
+    fn fresh_request_id(&self) -> String {
+        format!("chorus-{}", self.next_request_id.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// All OIP v2 routes Chorus serves.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/v2", get(metadata::server))
+        .route("/v2/health/live", get(metadata::live))
+        .route("/v2/health/ready", get(metadata::ready))
+        .route("/v2/models/{model}", get(metadata::model))
+        .route("/v2/models/{model}/versions/{version}", get(metadata::model_version))
+        .route("/v2/models/{model}/ready", get(metadata::model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(metadata::model_version_ready),
+        )
+        .route("/v2/models/{model}/infer", post(infer::infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(infer::infer_version),
+        )
+        .route("/v2/repository/index", post(metadata::repository_index))
+        .fallback(metadata::not_found)
+        .with_state(app)
+}
+
+/// Reads a body up to `limit` bytes; larger bodies (declared or streamed) are refused with 413.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if too_large {
+            ApiError::PayloadTooLarge { limit }
+        } else {
+            ApiError::BadRequest(format!("could not read the request body: {e}"))
+        }
+    })
+}

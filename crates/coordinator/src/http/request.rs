@@ -1,0 +1,319 @@
+//! Parsing an OIP v2 infer request: JSON tensors, the binary tensor extension
+//! (`Inference-Header-Content-Length`, `binary_data_size`) and raw single-input bodies.
+
+use super::error::ApiError;
+use super::json_data;
+use axum::http::HeaderMap;
+use bytes::Bytes;
+use chorus_common::tensor::element_count;
+use chorus_common::{DataType, Tensor, TensorSpec};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::time::Duration;
+
+/// Header that splits a binary-extension body into its JSON part and its tensor bytes.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// An output the client asked for, with its own binary preference if it stated one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestedOutput {
+    pub name: String,
+    pub binary: Option<bool>,
+}
+
+/// A parsed infer request, inputs already as raw tensors.
+#[derive(Debug)]
+pub struct InferRequest {
+    pub id: Option<String>,
+    pub inputs: Vec<Tensor>,
+    /// Empty means every output.
+    pub outputs: Vec<RequestedOutput>,
+    /// The request-level `binary_data_output` parameter.
+    pub binary_output: bool,
+    /// The client's `timeout` parameter, which may only shorten the server's deadline.
+    pub timeout: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+struct RequestJson {
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<InputJson>,
+    #[serde(default)]
+    outputs: Vec<OutputJson>,
+}
+
+#[derive(Deserialize)]
+struct InputJson {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct OutputJson {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+/// Parameters that belong to extensions Chorus does not implement; refusing them beats silently
+/// answering something else.
+const UNSUPPORTED_PARAMETERS: [&str; 4] = [
+    "shared_memory_region",
+    "shared_memory_offset",
+    "shared_memory_byte_size",
+    "classification",
+];
+
+/// Parses a request body. `single_input` is the model's input when it has exactly one; raw
+/// bodies (`Inference-Header-Content-Length: 0`) need it.
+pub fn parse(
+    headers: &HeaderMap,
+    body: Bytes,
+    single_input: Option<&TensorSpec>,
+) -> Result<InferRequest, ApiError> {
+    let header_length = header_length(headers, body.len())?;
+    match header_length {
+        Some(0) => raw_request(body, single_input),
+        Some(length) => {
+            let binary = body.slice(length..);
+            parse_json(&body[..length], binary)
+        }
+        None => parse_json(&body, Bytes::new()),
+    }
+}
+
+fn header_length(headers: &HeaderMap, body_length: usize) -> Result<Option<usize>, ApiError> {
+    let Some(value) = headers.get(HEADER_LENGTH) else {
+        return Ok(None);
+    };
+    let length: usize = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Inference-Header-Content-Length must be a whole number of bytes, got {value:?}"
+            ))
+        })?;
+    if length > body_length {
+        return Err(ApiError::BadRequest(format!(
+            "Inference-Header-Content-Length is {length} but the body has only {body_length} bytes"
+        )));
+    }
+    Ok(Some(length))
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(message.into())
+}
+
+fn parse_json(json: &[u8], binary: Bytes) -> Result<InferRequest, ApiError> {
+    let request: RequestJson = serde_json::from_slice(json)
+        .map_err(|e| bad(format!("request body is not a valid infer request: {e}")))?;
+    reject_unsupported(&request.parameters, "the request")?;
+    let mut offset = 0usize;
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for input in &request.inputs {
+        reject_unsupported(&input.parameters, &format!("input '{}'", input.name))?;
+        let datatype: DataType = input
+            .datatype
+            .parse()
+            .map_err(|e| bad(format!("input '{}': {e}", input.name)))?;
+        let binary_size = match input.parameters.get("binary_data_size") {
+            None => None,
+            Some(v) => Some(v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
+                bad(format!(
+                    "input '{}': binary_data_size must be a non-negative integer, got {v}",
+                    input.name
+                ))
+            })?),
+        };
+        let data = match (binary_size, &input.data) {
+            (Some(_), Some(_)) => {
+                return Err(bad(format!(
+                    "input '{}' has both `data` and binary_data_size; send one or the other",
+                    input.name
+                )));
+            }
+            (Some(size), None) => {
+                let end = offset.checked_add(size).filter(|&end| end <= binary.len()).ok_or_else(|| {
+                    bad(format!(
+                        "input '{}' claims binary_data_size {size} but only {} bytes of binary data remain after the JSON header",
+                        input.name,
+                        binary.len() - offset
+                    ))
+                })?;
+                let slice = binary.slice(offset..end);
+                offset = end;
+                slice
+            }
+            (None, Some(data)) => {
+                let count = element_count(&input.name, &input.shape).map_err(|e| bad(e.to_string()))?;
+                json_data::encode(&input.name, datatype, data, count).map_err(bad)?
+            }
+            (None, None) => {
+                return Err(bad(format!(
+                    "input '{}' has no `data` and no binary_data_size parameter",
+                    input.name
+                )));
+            }
+        };
+        inputs.push(Tensor {
+            name: input.name.clone(),
+            datatype,
+            shape: input.shape.clone(),
+            data,
+        });
+    }
+    if offset != binary.len() {
+        return Err(bad(format!(
+            "{} bytes of binary data follow the JSON header but the inputs' binary_data_size add up to {offset}",
+            binary.len()
+        )));
+    }
+    let outputs = request
+        .outputs
+        .iter()
+        .map(|o| {
+            reject_unsupported(&o.parameters, &format!("output '{}'", o.name))?;
+            Ok(RequestedOutput {
+                name: o.name.clone(),
+                binary: bool_parameter(&o.parameters, "binary_data")?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let timeout = match request.parameters.get("timeout") {
+        None => None,
+        Some(v) => Some(Duration::from_micros(v.as_u64().ok_or_else(|| {
+            bad(format!("parameter `timeout` must be a non-negative integer of microseconds, got {v}"))
+        })?)),
+    };
+    Ok(InferRequest {
+        id: request.id,
+        inputs,
+        outputs,
+        binary_output: bool_parameter(&request.parameters, "binary_data_output")?.unwrap_or(false),
+        timeout,
+    })
+}
+
+fn bool_parameter(parameters: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
+    match parameters.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(bad(format!("parameter `{key}` must be true or false, got {other}"))),
+    }
+}
+
+fn reject_unsupported(parameters: &Map<String, Value>, whose: &str) -> Result<(), ApiError> {
+    match UNSUPPORTED_PARAMETERS.iter().find(|p| parameters.contains_key(**p)) {
+        Some(p) => Err(bad(format!(
+            "{whose} uses parameter `{p}`, which Chorus does not support (no shared-memory or classification extension); send tensor data in the body instead"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A raw body: one input, batch of one, exactly the model's single input's bytes.
+fn raw_request(body: Bytes, single_input: Option<&TensorSpec>) -> Result<InferRequest, ApiError> {
+    let spec = single_input.ok_or_else(|| {
+        bad("a raw request body (Inference-Header-Content-Length: 0) is only accepted by models with exactly one input")
+    })?;
+    // Variable dimensions are taken as 1, as Triton does for raw bodies (batch-1 requests).
+    let shape: Vec<i64> = spec.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+    Ok(InferRequest {
+        id: None,
+        inputs: vec![Tensor {
+            name: spec.name.clone(),
+            datatype: spec.datatype,
+            shape,
+            data: body,
+        }],
+        outputs: Vec::new(),
+        binary_output: true,
+        timeout: None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(length: Option<usize>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(n) = length {
+            h.insert(HEADER_LENGTH, HeaderValue::from(n));
+        }
+        h
+    }
+
+    fn binary_body(json: &str, tail: &[u8]) -> (HeaderMap, Bytes) {
+        let mut body = json.as_bytes().to_vec();
+        body.extend_from_slice(tail);
+        (headers(Some(json.len())), Bytes::from(body))
+    }
+
+    #[test]
+    fn json_request_parses_with_parameters() {
+        let body = r#"{"id":"7","parameters":{"timeout":1500,"binary_data_output":true},
+            "inputs":[{"name":"input","shape":[1,2],"datatype":"FP32","data":[[1.0,2.0]]}],
+            "outputs":[{"name":"label","parameters":{"binary_data":false}}]}"#;
+        let r = parse(&headers(None), Bytes::from(body), None).unwrap();
+        assert_eq!(r.id.as_deref(), Some("7"));
+        assert_eq!(r.timeout, Some(Duration::from_micros(1500)));
+        assert!(r.binary_output);
+        assert_eq!(r.outputs, vec![RequestedOutput { name: "label".into(), binary: Some(false) }]);
+        assert_eq!(r.inputs[0].to_values::<f32>().unwrap(), vec![1.0, 2.0]);
+    }
+
+    #[test]
+    fn binary_inputs_are_sliced_in_order() {
+        let json = r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}},
+            {"name":"b","shape":[2],"datatype":"INT8","parameters":{"binary_data_size":2}}]}"#;
+        let (h, body) = binary_body(json, &[0, 0, 128, 63, 5, 251]);
+        let r = parse(&h, body, None).unwrap();
+        assert_eq!(r.inputs[0].to_values::<f32>().unwrap(), vec![1.0]);
+        assert_eq!(r.inputs[1].to_values::<i8>().unwrap(), vec![5, -5]);
+    }
+
+    #[test]
+    fn binary_framing_errors_are_bad_requests() {
+        let json = r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#;
+        let (h, body) = binary_body(json, &[0, 0]);
+        assert!(parse(&h, body, None).unwrap_err().to_string().contains("only 2 bytes"));
+        let (h, body) = binary_body(json, &[0; 6]);
+        assert!(parse(&h, body, None).unwrap_err().to_string().contains("add up to 4"));
+        let long = headers(Some(10_000));
+        assert!(parse(&long, Bytes::from(json), None).unwrap_err().to_string().contains("only"));
+        let mut garbage = HeaderMap::new();
+        garbage.insert(HEADER_LENGTH, HeaderValue::from_static("ten"));
+        assert!(parse(&garbage, Bytes::from(json), None).is_err());
+    }
+
+    #[test]
+    fn malformed_requests_say_what_is_wrong() {
+        let err = |body: &str| parse(&headers(None), Bytes::from(body.to_string()), None).unwrap_err().to_string();
+        assert!(err("{not json").contains("not a valid infer request"));
+        assert!(err(r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP33","data":[1]}]}"#).contains("unknown datatype"));
+        assert!(err(r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32"}]}"#).contains("no `data`"));
+        assert!(err(r#"{"inputs":[{"name":"a","shape":[2],"datatype":"FP32","data":[1]}]}"#).contains("calls for 2"));
+        assert!(err(r#"{"inputs":[{"name":"a","shape":[-2],"datatype":"FP32","data":[1]}]}"#).contains("positive"));
+        assert!(err(r#"{"parameters":{"shared_memory_region":"r"},"inputs":[]}"#).contains("does not support"));
+        assert!(err(r#"{"parameters":{"timeout":-1},"inputs":[]}"#).contains("timeout"));
+    }
+
+    #[test]
+    fn raw_bodies_need_a_single_input_model() {
+        let spec = TensorSpec { name: "input".into(), datatype: DataType::Fp32, shape: vec![-1, 2] };
+        let r = parse(&headers(Some(0)), Bytes::from(vec![0u8; 8]), Some(&spec)).unwrap();
+        assert_eq!(r.inputs[0].shape, vec![1, 2]);
+        assert!(parse(&headers(Some(0)), Bytes::from(vec![0u8; 8]), None).is_err());
+    }
+}

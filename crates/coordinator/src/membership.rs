@@ -1,0 +1,29 @@
+//! The membership seam: sources of "which workers exist" emit [`MembershipChange`]s that the pool
+//! applies. Handlers never look at a source; swapping the static list for etcd touches only this.
+
+use tokio::sync::mpsc;
+
+/// A worker appearing or disappearing from the cluster's membership.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// A worker exists at `addr` (host:port of its RPC server). Re-sending it for a known id with a
+    /// new address replaces the old one.
+    Joined { worker_id: String, addr: String },
+    /// The worker is gone from membership (not merely unhealthy).
+    Left { worker_id: String },
+}
+
+/// The embedded default: a fixed list of worker addresses from the coordinator's config, each
+/// known by its address. The receiver yields every worker once and then ends; a source ending
+/// changes nothing in the pool (it keeps its last view).
+pub fn static_list(addrs: &[String]) -> mpsc::Receiver<MembershipChange> {
+    let (tx, rx) = mpsc::channel(addrs.len().max(1));
+    for addr in addrs {
+        // The channel has room for every address, so this cannot fail.
+        let _ = tx.try_send(MembershipChange::Joined {
+            worker_id: addr.clone(),
+            addr: addr.clone(),
+        });
+    }
+    rx
+}

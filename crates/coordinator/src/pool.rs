@@ -1,0 +1,417 @@
+//! The worker pool: one handle per member worker with its RPC link, its models and its health,
+//! a prober per worker, replica choice (power of two choices) and calls with one retry.
+
+use crate::membership::MembershipChange;
+use chorus_common::rpc::{InferCall, InferReply};
+use chorus_common::{ModelInfo, WorkerError, WorkerInfo, WorkerServiceClient, WorkerState};
+use rand::seq::IndexedRandom;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tarpc::client::RpcError;
+use tarpc::context;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+/// Tuning shared by every worker handle.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub max_frame_bytes: usize,
+    pub ping_interval: Duration,
+    pub eject_after_failures: u32,
+    pub connect_timeout: Duration,
+}
+
+/// Why a call to a model did not produce an answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    #[error("worker {worker}: {error}")]
+    Worker { worker: String, error: WorkerError },
+    #[error("worker {worker} unreachable: {message}")]
+    Transport { worker: String, message: String },
+    #[error("no answer from worker {worker} before the deadline")]
+    DeadlineExceeded { worker: String },
+    #[error("no live worker serves model '{model}'{}", version.as_ref().map(|v| format!(" version {v}")).unwrap_or_default())]
+    NoReplica {
+        model: String,
+        version: Option<String>,
+    },
+}
+
+impl CallError {
+    /// Whether another replica might answer where this one did not.
+    fn worth_retrying(&self) -> bool {
+        match self {
+            CallError::Worker { error, .. } => error.is_retryable(),
+            CallError::Transport { .. } => true,
+            CallError::DeadlineExceeded { .. } | CallError::NoReplica { .. } => false,
+        }
+    }
+}
+
+/// What the pool knows of one worker's link.
+#[derive(Default)]
+struct Link {
+    client: Option<WorkerServiceClient>,
+    info: Option<Arc<WorkerInfo>>,
+}
+
+/// One worker as the coordinator sees it.
+pub struct WorkerHandle {
+    pub worker_id: String,
+    pub addr: String,
+    link: Mutex<Link>,
+    /// Member calls sent and not yet answered: the load signal for replica choice.
+    outstanding: AtomicU32,
+    consecutive_failures: AtomicU32,
+    healthy: AtomicBool,
+    draining: AtomicBool,
+    settings: PoolSettings,
+}
+
+/// Decrements the outstanding count when a call ends, however it ends (drop included).
+struct Outstanding<'a>(&'a AtomicU32);
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl WorkerHandle {
+    fn new(worker_id: String, addr: String, settings: PoolSettings) -> Self {
+        WorkerHandle {
+            worker_id,
+            addr,
+            link: Mutex::default(),
+            outstanding: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            healthy: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            settings,
+        }
+    }
+
+    fn client(&self) -> Option<WorkerServiceClient> {
+        self.link.lock().expect("link lock").client.clone()
+    }
+
+    /// The worker's last known self-description, kept across reconnects.
+    pub fn info(&self) -> Option<Arc<WorkerInfo>> {
+        self.link.lock().expect("link lock").info.clone()
+    }
+
+    /// In rotation: linked, answering probes and not draining.
+    pub fn is_routable(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+    }
+
+    fn serves(&self, model: &str, version: Option<&str>) -> bool {
+        self.info().is_some_and(|info| {
+            info.models
+                .iter()
+                .any(|m| m.name == model && version.is_none_or(|v| m.version == v))
+        })
+    }
+
+    fn record_success(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts a failed probe or call; enough in a row take the worker out of rotation.
+    fn record_failure(&self, reason: &str) {
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.settings.eject_after_failures
+            && self.healthy.swap(false, Ordering::Relaxed)
+        {
+            warn!(worker = %self.worker_id, addr = %self.addr, failures, reason, "worker ejected");
+        }
+    }
+
+    /// The link is dead for good (a tarpc client never recovers from shutdown): drop it so the
+    /// prober reconnects, and stop routing at once.
+    fn drop_link(&self, reason: &str) {
+        self.link.lock().expect("link lock").client = None;
+        if self.healthy.swap(false, Ordering::Relaxed) {
+            warn!(worker = %self.worker_id, addr = %self.addr, reason, "worker link lost");
+        }
+    }
+
+    /// Runs one inference call on this worker under `deadline`.
+    pub async fn infer(&self, call: InferCall, deadline: Instant) -> Result<InferReply, CallError> {
+        let worker = || self.worker_id.clone();
+        let client = self.client().ok_or_else(|| CallError::Transport {
+            worker: worker(),
+            message: "not connected".into(),
+        })?;
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        let _outstanding = Outstanding(&self.outstanding);
+        let mut ctx = context::current();
+        ctx.deadline = deadline;
+        match client.infer(ctx, call).await {
+            Ok(Ok(reply)) => {
+                self.record_success();
+                Ok(reply)
+            }
+            Ok(Err(error)) => {
+                if matches!(error, WorkerError::Draining) {
+                    self.draining.store(true, Ordering::Relaxed);
+                }
+                Err(CallError::Worker {
+                    worker: worker(),
+                    error,
+                })
+            }
+            Err(RpcError::DeadlineExceeded) => {
+                self.record_failure("call deadline exceeded");
+                Err(CallError::DeadlineExceeded { worker: worker() })
+            }
+            Err(e @ (RpcError::Shutdown | RpcError::Channel(_))) => {
+                self.drop_link(&e.to_string());
+                Err(CallError::Transport {
+                    worker: worker(),
+                    message: e.to_string(),
+                })
+            }
+            Err(e) => {
+                self.record_failure(&e.to_string());
+                Err(CallError::Transport {
+                    worker: worker(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Connects (or reconnects) and fetches the worker's self-description.
+    async fn connect(&self) -> Result<(), String> {
+        let addr: SocketAddr = tokio::net::lookup_host(&self.addr)
+            .await
+            .map_err(|e| format!("cannot resolve {}: {e}", self.addr))?
+            .next()
+            .ok_or_else(|| format!("{} resolves to no address", self.addr))?;
+        let client = chorus_common::transport::connect_worker(
+            addr,
+            self.settings.max_frame_bytes,
+            self.settings.connect_timeout,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut ctx = context::current();
+        ctx.deadline = Instant::now() + self.settings.connect_timeout;
+        let info = client
+            .metadata(ctx)
+            .await
+            .map_err(|e| format!("metadata call failed: {e}"))?;
+        let models = info.models.iter().map(|m| format!("{}@{}", m.name, m.version)).collect::<Vec<_>>();
+        info!(worker = %self.worker_id, addr = %self.addr, remote_id = %info.worker_id, models = ?models, "worker connected");
+        self.draining
+            .store(info.state == WorkerState::Draining, Ordering::Relaxed);
+        {
+            let mut link = self.link.lock().expect("link lock");
+            link.client = Some(client);
+            link.info = Some(Arc::new(info));
+        }
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        self.healthy.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// One probe: a ping on a live link, a reconnect otherwise.
+    async fn probe(&self) {
+        let Some(client) = self.client() else {
+            if let Err(reason) = self.connect().await {
+                self.record_failure(&reason);
+                debug!(worker = %self.worker_id, addr = %self.addr, reason, "worker not reachable");
+            }
+            return;
+        };
+        let mut ctx = context::current();
+        ctx.deadline = Instant::now() + self.settings.ping_interval;
+        match client.ping(ctx).await {
+            Ok(pong) => {
+                self.record_success();
+                self.draining
+                    .store(pong.state == WorkerState::Draining, Ordering::Relaxed);
+                if !self.healthy.swap(true, Ordering::Relaxed) {
+                    info!(worker = %self.worker_id, addr = %self.addr, "worker back in rotation");
+                }
+            }
+            Err(e @ (RpcError::Shutdown | RpcError::Channel(_))) => self.drop_link(&e.to_string()),
+            Err(e) => self.record_failure(&format!("ping failed: {e}")),
+        }
+    }
+}
+
+/// Every worker the membership source has told us about.
+pub struct Pool {
+    workers: RwLock<HashMap<String, (Arc<WorkerHandle>, JoinHandle<()>)>>,
+    settings: PoolSettings,
+}
+
+impl Pool {
+    pub fn new(settings: PoolSettings) -> Arc<Self> {
+        Arc::new(Pool {
+            workers: RwLock::new(HashMap::new()),
+            settings,
+        })
+    }
+
+    /// Applies membership changes until the source ends.
+    pub fn follow(self: &Arc<Self>, mut changes: mpsc::Receiver<MembershipChange>) -> JoinHandle<()> {
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            while let Some(change) = changes.recv().await {
+                pool.apply(change);
+            }
+        })
+    }
+
+    pub fn apply(self: &Arc<Self>, change: MembershipChange) {
+        let mut workers = self.workers.write().expect("pool lock");
+        match change {
+            MembershipChange::Joined { worker_id, addr } => {
+                if let Some((old, _)) = workers.get(&worker_id) {
+                    if old.addr == addr {
+                        return;
+                    }
+                }
+                info!(worker = %worker_id, addr = %addr, "worker joined");
+                let handle = Arc::new(WorkerHandle::new(worker_id.clone(), addr, self.settings.clone()));
+                let prober = tokio::spawn(probe_forever(Arc::clone(&handle)));
+                if let Some((_, old_prober)) = workers.insert(worker_id, (handle, prober)) {
+                    old_prober.abort();
+                }
+            }
+            MembershipChange::Left { worker_id } => {
+                if let Some((_, prober)) = workers.remove(&worker_id) {
+                    prober.abort();
+                    info!(worker = %worker_id, "worker left");
+                }
+            }
+        }
+    }
+
+    /// Every known worker, in a stable order.
+    pub fn workers(&self) -> Vec<Arc<WorkerHandle>> {
+        let workers = self.workers.read().expect("pool lock");
+        let mut all: Vec<_> = workers.values().map(|(h, _)| Arc::clone(h)).collect();
+        all.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        all
+    }
+
+    /// Every model version any worker has described, by name, versions in ascending order.
+    pub fn models(&self) -> BTreeMap<String, Vec<ModelInfo>> {
+        let mut models: BTreeMap<String, Vec<ModelInfo>> = BTreeMap::new();
+        for worker in self.workers() {
+            let Some(info) = worker.info() else { continue };
+            for model in &info.models {
+                let versions = models.entry(model.name.clone()).or_default();
+                if !versions.iter().any(|v| v.version == model.version) {
+                    versions.push(model.clone());
+                }
+            }
+        }
+        for versions in models.values_mut() {
+            versions.sort_by(|a, b| version_order(&a.version, &b.version));
+        }
+        models
+    }
+
+    /// Whether some worker in rotation serves the model (and version).
+    pub fn has_replica(&self, model: &str, version: Option<&str>) -> bool {
+        self.workers()
+            .iter()
+            .any(|w| w.is_routable() && w.serves(model, version))
+    }
+
+    /// Power of two choices on outstanding calls among routable replicas not yet tried.
+    fn pick(&self, model: &str, version: Option<&str>, tried: &[String]) -> Option<Arc<WorkerHandle>> {
+        let candidates: Vec<_> = self
+            .workers()
+            .into_iter()
+            .filter(|w| w.is_routable() && w.serves(model, version) && !tried.contains(&w.worker_id))
+            .collect();
+        let mut rng = rand::rng();
+        let two: Vec<_> = candidates.choose_multiple(&mut rng, 2).collect();
+        two.into_iter()
+            .min_by_key(|w| w.outstanding.load(Ordering::Relaxed))
+            .cloned()
+    }
+
+    /// Calls a model on one replica, retrying once on a different replica when the first fails
+    /// in a way another might not, and time remains.
+    pub async fn call(&self, call: InferCall, deadline: Instant) -> Result<InferReply, CallError> {
+        let mut tried = Vec::new();
+        let mut last_error = None;
+        while tried.len() < 2 {
+            let Some(worker) = self.pick(&call.model, call.version.as_deref(), &tried) else {
+                break;
+            };
+            tried.push(worker.worker_id.clone());
+            match worker.infer(call.clone(), deadline).await {
+                Ok(reply) => return Ok(reply),
+                Err(error) if error.worth_retrying() && Instant::now() < deadline => {
+                    debug!(worker = %worker.worker_id, model = %call.model, error = %error, "retrying on another replica");
+                    last_error = Some(error);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| CallError::NoReplica {
+            model: call.model.clone(),
+            version: call.version.clone(),
+        }))
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Ok(workers) = self.workers.read() {
+            for (_, prober) in workers.values() {
+                prober.abort();
+            }
+        }
+    }
+}
+
+async fn probe_forever(handle: Arc<WorkerHandle>) {
+    let mut ticker = tokio::time::interval(handle.settings.ping_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        handle.probe().await;
+    }
+}
+
+/// Orders versions numerically when both are numbers (Triton's layout), else as text.
+pub fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        _ => a.cmp(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_sort_numerically() {
+        let mut v = vec!["10", "2", "1"];
+        v.sort_by(|a, b| version_order(a, b));
+        assert_eq!(v, vec!["1", "2", "10"]);
+    }
+
+    #[test]
+    fn only_transport_and_retryable_worker_errors_are_retried() {
+        let w = || "w".to_string();
+        assert!(CallError::Transport { worker: w(), message: "x".into() }.worth_retrying());
+        assert!(CallError::Worker { worker: w(), error: WorkerError::Overloaded("q".into()) }.worth_retrying());
+        assert!(!CallError::Worker { worker: w(), error: WorkerError::InvalidInput("bad".into()) }.worth_retrying());
+        assert!(!CallError::DeadlineExceeded { worker: w() }.worth_retrying());
+    }
+}

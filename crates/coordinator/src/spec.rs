@@ -1,0 +1,321 @@
+//! Ensemble specs: the TOML file format, parsed and validated once, with errors that name the field.
+
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+/// The only spec-file version this coordinator reads.
+pub const SPEC_VERSION: u32 = 1;
+
+/// How an ensemble turns its members' answers into one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CombinerKind {
+    /// Weighted majority over member labels (or argmax of probabilities).
+    HardVote,
+    /// Weighted mean of member probabilities, plus its argmax.
+    SoftVote,
+    /// Weighted element-wise mean of a regression output.
+    Average,
+    /// Element-wise median of a regression output.
+    Median,
+    /// Stacking: members' outputs concatenated in member order feed a meta-model.
+    Fusion,
+}
+
+impl CombinerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CombinerKind::HardVote => "hard_vote",
+            CombinerKind::SoftVote => "soft_vote",
+            CombinerKind::Average => "average",
+            CombinerKind::Median => "median",
+            CombinerKind::Fusion => "fusion",
+        }
+    }
+
+    /// The member output a combiner reads when the spec does not name one.
+    fn default_member_output(self) -> Option<&'static str> {
+        match self {
+            CombinerKind::HardVote => Some("label"),
+            CombinerKind::SoftVote | CombinerKind::Fusion => Some("probabilities"),
+            CombinerKind::Average | CombinerKind::Median => None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecFile {
+    version: u32,
+    #[serde(default)]
+    ensemble: Vec<RawEnsemble>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnsemble {
+    name: String,
+    #[serde(default)]
+    description: String,
+    combiner: CombinerKind,
+    deadline_ms: u64,
+    min_members: Option<usize>,
+    member_output: Option<String>,
+    meta_model: Option<String>,
+    meta_version: Option<String>,
+    #[serde(default)]
+    member: Vec<RawMember>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMember {
+    model: String,
+    version: Option<String>,
+    #[serde(default = "one")]
+    weight: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// One member model of an ensemble.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    pub model: String,
+    pub version: Option<String>,
+    pub weight: f64,
+}
+
+/// A validated ensemble.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnsembleSpec {
+    pub name: String,
+    pub description: String,
+    pub combiner: CombinerKind,
+    pub deadline: Duration,
+    /// Members that must answer for a result (quorum).
+    pub min_members: usize,
+    /// The member output the combiner reads.
+    pub member_output: String,
+    /// Fusion's meta-model and its optional pinned version.
+    pub meta_model: Option<(String, Option<String>)>,
+    pub members: Vec<Member>,
+}
+
+/// Why a spec file was refused; each message names the file position or field to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("cannot read ensemble spec file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("ensemble spec file {path} is not valid: {message}")]
+    Parse { path: String, message: String },
+    #[error("ensemble spec file {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// Reads and validates a spec file.
+pub fn load(path: &Path) -> Result<Vec<EnsembleSpec>, SpecError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(&text, &path.display().to_string())
+}
+
+/// Parses and validates spec text; `origin` names it in errors (a path, or an etcd key).
+pub fn parse(text: &str, origin: &str) -> Result<Vec<EnsembleSpec>, SpecError> {
+    let file: SpecFile = toml::from_str(text).map_err(|e| SpecError::Parse {
+        path: origin.to_string(),
+        message: e.to_string(),
+    })?;
+    let invalid = |message: String| SpecError::Invalid {
+        path: origin.to_string(),
+        message,
+    };
+    if file.version != SPEC_VERSION {
+        return Err(invalid(format!(
+            "`version = {}` is not supported; this coordinator reads `version = {SPEC_VERSION}`",
+            file.version
+        )));
+    }
+    let mut seen = HashSet::new();
+    let mut specs = Vec::with_capacity(file.ensemble.len());
+    for raw in file.ensemble {
+        if !seen.insert(raw.name.clone()) {
+            return Err(invalid(format!(
+                "ensemble name '{}' is used twice; `name` must be unique",
+                raw.name
+            )));
+        }
+        specs.push(validate(raw).map_err(invalid)?);
+    }
+    Ok(specs)
+}
+
+fn validate(raw: RawEnsemble) -> Result<EnsembleSpec, String> {
+    let name = raw.name;
+    let at = |field: &str| format!("ensemble '{name}': `{field}`");
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+        return Err(format!(
+            "ensemble name '{name}' must be non-empty and use only letters, digits, '_', '-' and '.'"
+        ));
+    }
+    if raw.member.is_empty() {
+        return Err(format!(
+            "ensemble '{name}' has no members: add at least one [[ensemble.member]] table"
+        ));
+    }
+    if raw.deadline_ms == 0 {
+        return Err(format!("{} must be greater than 0", at("deadline_ms")));
+    }
+    let min_members = raw.min_members.unwrap_or(raw.member.len());
+    if min_members == 0 || min_members > raw.member.len() {
+        return Err(format!(
+            "{} is {min_members}, but it must be between 1 and the member count ({})",
+            at("min_members"),
+            raw.member.len()
+        ));
+    }
+    for (i, m) in raw.member.iter().enumerate() {
+        if m.model.is_empty() {
+            return Err(format!("ensemble '{name}': member {i} has an empty `model`"));
+        }
+        if !m.weight.is_finite() || m.weight <= 0.0 {
+            return Err(format!(
+                "ensemble '{name}': member '{}' has `weight = {}`; weights must be finite and greater than 0",
+                m.model, m.weight
+            ));
+        }
+        if raw.member[..i]
+            .iter()
+            .any(|o| o.model == m.model && o.version == m.version)
+        {
+            return Err(format!(
+                "ensemble '{name}': member '{}' is listed twice; list each model version once and use `weight` instead",
+                m.model
+            ));
+        }
+    }
+    let member_output = raw
+        .member_output
+        .or_else(|| raw.combiner.default_member_output().map(str::to_string))
+        .ok_or_else(|| {
+            format!(
+                "{} is required for the {} combiner: name the member output to combine",
+                at("member_output"),
+                raw.combiner.as_str()
+            )
+        })?;
+    let meta_model = match (raw.combiner, raw.meta_model) {
+        (CombinerKind::Fusion, Some(model)) => Some((model, raw.meta_version)),
+        (CombinerKind::Fusion, None) => {
+            return Err(format!(
+                "{} is required for the fusion combiner: name the stacking model",
+                at("meta_model")
+            ));
+        }
+        (kind, Some(_)) => {
+            return Err(format!(
+                "{} only applies to the fusion combiner, not {}",
+                at("meta_model"),
+                kind.as_str()
+            ));
+        }
+        (_, None) => None,
+    };
+    Ok(EnsembleSpec {
+        description: raw.description,
+        combiner: raw.combiner,
+        deadline: Duration::from_millis(raw.deadline_ms),
+        min_members,
+        member_output,
+        meta_model,
+        members: raw
+            .member
+            .into_iter()
+            .map(|m| Member {
+                model: m.model,
+                version: m.version,
+                weight: m.weight,
+            })
+            .collect(),
+        name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+version = 1
+
+[[ensemble]]
+name = "soft"
+combiner = "soft_vote"
+deadline_ms = 500
+min_members = 2
+[[ensemble.member]]
+model = "a"
+[[ensemble.member]]
+model = "b"
+version = "2"
+weight = 2.5
+
+[[ensemble]]
+name = "fused"
+combiner = "fusion"
+deadline_ms = 800
+meta_model = "stacker"
+[[ensemble.member]]
+model = "a"
+"#;
+
+    fn error_of(text: &str) -> String {
+        parse(text, "test.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_a_good_file_with_defaults() {
+        let specs = parse(GOOD, "test.toml").unwrap();
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[0].member_output, "probabilities");
+        assert_eq!(specs[0].members[1].version.as_deref(), Some("2"));
+        assert_eq!(specs[0].members[0].weight, 1.0);
+        assert_eq!(specs[0].deadline, Duration::from_millis(500));
+        assert_eq!(specs[1].min_members, 1, "defaults to every member");
+        assert_eq!(specs[1].meta_model, Some(("stacker".into(), None)));
+    }
+
+    #[test]
+    fn unknown_fields_and_versions_are_refused() {
+        assert!(error_of(&GOOD.replace("deadline_ms = 500", "deadline_ms = 500\ntimeout = 3")).contains("timeout"));
+        assert!(error_of(&GOOD.replace("version = 1", "version = 2")).contains("version = 2"));
+        assert!(error_of(&GOOD.replace("soft_vote", "vote")).contains("vote"));
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        assert!(error_of(&GOOD.replace("min_members = 2", "min_members = 3")).contains("min_members"));
+        assert!(error_of(&GOOD.replace("deadline_ms = 500", "deadline_ms = 0")).contains("deadline_ms"));
+        assert!(error_of(&GOOD.replace("weight = 2.5", "weight = -1.0")).contains("weight"));
+        assert!(error_of(&GOOD.replace("meta_model = \"stacker\"", "")).contains("meta_model"));
+        assert!(error_of(&GOOD.replace("name = \"fused\"", "name = \"soft\"")).contains("twice"));
+        assert!(error_of(&GOOD.replace("model = \"b\"\nversion = \"2\"\n", "model = \"a\"\n")).contains("listed twice"));
+    }
+
+    #[test]
+    fn average_needs_a_member_output() {
+        let text = "version = 1\n[[ensemble]]\nname = \"r\"\ncombiner = \"average\"\ndeadline_ms = 5\n[[ensemble.member]]\nmodel = \"a\"\n";
+        assert!(error_of(text).contains("member_output"));
+        let ok = text.replace("deadline_ms = 5", "deadline_ms = 5\nmember_output = \"y\"");
+        assert_eq!(parse(&ok, "t").unwrap()[0].member_output, "y");
+    }
+}

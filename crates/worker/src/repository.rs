@@ -1,0 +1,266 @@
+//! Scans a Triton-style model repository: `<repo>/<model>/<version>/model.onnx` plus an optional
+//! `<repo>/<model>/config.toml`.
+
+use crate::error::LoadError;
+use crate::model_config::ModelSettings;
+use std::path::{Path, PathBuf};
+use tracing::warn;
+
+/// File name of a model version's graph.
+pub const MODEL_FILE: &str = "model.onnx";
+/// File name of a model's settings.
+pub const CONFIG_FILE: &str = "config.toml";
+
+/// One model found in the repository, with its versions in ascending order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSource {
+    pub name: String,
+    pub versions: Vec<VersionSource>,
+    pub settings: ModelSettings,
+}
+
+/// One numbered version directory and its `model.onnx`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionSource {
+    pub version: u64,
+    pub path: PathBuf,
+}
+
+/// The models to load: all of `repo`, or the ones in `selected` (in the order given, repeats
+/// ignored). Models not selected are not inspected, so a broken one does not stop the others.
+pub fn scan(
+    repo: &Path,
+    selected: &[String],
+    defaults: &ModelSettings,
+) -> Result<Vec<ModelSource>, LoadError> {
+    let available = model_names(repo)?;
+    let mut names: Vec<String> = Vec::new();
+    if selected.is_empty() {
+        names = available.clone();
+    } else {
+        for name in selected.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+            if !available.iter().any(|a| a == name) {
+                return Err(LoadError::UnknownModel {
+                    name: name.to_string(),
+                    repo: repo.to_path_buf(),
+                    available,
+                });
+            }
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
+        }
+    }
+    if names.is_empty() {
+        return Err(LoadError::Repository {
+            path: repo.to_path_buf(),
+            message: "no models to serve: expected <repository>/<model>/<version>/model.onnx"
+                .into(),
+        });
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            let dir = repo.join(&name);
+            let versions = versions(&name, &dir)?;
+            let settings = ModelSettings::load(&dir.join(CONFIG_FILE), defaults)?;
+            Ok(ModelSource {
+                name,
+                versions,
+                settings,
+            })
+        })
+        .collect()
+}
+
+/// Directory names under `repo`, sorted; hidden entries and plain files are not models.
+pub fn model_names(repo: &Path) -> Result<Vec<String>, LoadError> {
+    let repo_error = |message: String| LoadError::Repository {
+        path: repo.to_path_buf(),
+        message,
+    };
+    let entries = std::fs::read_dir(repo).map_err(|e| {
+        repo_error(format!(
+            "cannot read it ({e}); set --model-repository (CHORUS_WORKER_MODEL_REPOSITORY) to a directory of <model>/<version>/model.onnx"
+        ))
+    })?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| repo_error(format!("cannot list it: {e}")))?;
+        if !entry.path().is_dir() {
+            continue;
+        }
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            warn!(path = %entry.path().display(), "skipping a model directory whose name is not utf-8");
+            continue;
+        };
+        if !name.starts_with('.') {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Numbered version directories of one model. Other directories are skipped with a warning (as
+/// Triton does); a numbered directory without `model.onnx` is an error, since it was surely meant
+/// to be served.
+fn versions(model: &str, dir: &Path) -> Result<Vec<VersionSource>, LoadError> {
+    let layout = |message: String| LoadError::ModelLayout {
+        model: model.to_string(),
+        path: dir.to_path_buf(),
+        message,
+    };
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| layout(format!("cannot read the directory: {e}")))?;
+    let mut versions = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| layout(format!("cannot list the directory: {e}")))?;
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let name = entry.file_name();
+        let Some(version) = name.to_str().and_then(parse_version) else {
+            warn!(model, path = %path.display(), "skipping a directory that is not a version number");
+            continue;
+        };
+        let file = path.join(MODEL_FILE);
+        if !file.is_file() {
+            return Err(layout(format!(
+                "version directory {} has no {MODEL_FILE}",
+                path.display()
+            )));
+        }
+        versions.push(VersionSource {
+            version,
+            path: file,
+        });
+    }
+    if versions.is_empty() {
+        return Err(layout(format!(
+            "no version directories: expected {}/<number>/{MODEL_FILE}",
+            dir.display()
+        )));
+    }
+    versions.sort_by_key(|v| v.version);
+    Ok(versions)
+}
+
+/// A version directory name: decimal digits in canonical form ("1", "12"; not "01", "v1", "+1").
+pub fn parse_version(name: &str) -> Option<u64> {
+    let version: u64 = name.parse().ok()?;
+    (version.to_string() == name).then_some(version)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WorkerConfig;
+    use std::fs;
+
+    fn defaults() -> ModelSettings {
+        ModelSettings::defaults(&WorkerConfig::default())
+    }
+
+    fn model(repo: &Path, name: &str, versions: &[&str]) {
+        for v in versions {
+            let dir = repo.join(name).join(v);
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(dir.join(MODEL_FILE), b"onnx").unwrap();
+        }
+    }
+
+    #[test]
+    fn finds_models_and_versions_in_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path();
+        model(repo, "b", &["10", "2"]);
+        model(repo, "a", &["1"]);
+        fs::write(repo.join("README.md"), "not a model").unwrap();
+        fs::create_dir_all(repo.join(".cache")).unwrap();
+        fs::write(repo.join("a/config.toml"), "instances = 3").unwrap();
+        fs::create_dir_all(repo.join("b/notes")).unwrap();
+
+        let found = scan(repo, &[], &defaults()).unwrap();
+        let names: Vec<_> = found.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(found[0].settings.instances, 3);
+        assert_eq!(found[1].settings, defaults());
+        let versions: Vec<_> = found[1].versions.iter().map(|v| v.version).collect();
+        assert_eq!(versions, [2, 10]);
+        assert_eq!(found[1].versions[1].path, repo.join("b/10/model.onnx"));
+    }
+
+    #[test]
+    fn selection_keeps_order_and_skips_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        model(tmp.path(), "a", &["1"]);
+        model(tmp.path(), "b", &["1"]);
+        // Broken but not selected: must not matter.
+        fs::create_dir_all(tmp.path().join("broken/1")).unwrap();
+        let found = scan(
+            tmp.path(),
+            &["b".into(), "a".into(), "b".into()],
+            &defaults(),
+        )
+        .unwrap();
+        let names: Vec<_> = found.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["b", "a"]);
+    }
+
+    #[test]
+    fn unknown_selected_model_lists_what_the_repository_has() {
+        let tmp = tempfile::tempdir().unwrap();
+        model(tmp.path(), "logreg", &["1"]);
+        model(tmp.path(), "mlp", &["1"]);
+        let e = scan(tmp.path(), &["svm".into()], &defaults()).unwrap_err();
+        assert!(matches!(e, LoadError::UnknownModel { .. }));
+        let text = e.to_string();
+        assert!(
+            text.contains("svm") && text.contains("logreg") && text.contains("mlp"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_or_empty_repository_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = scan(&tmp.path().join("nope"), &[], &defaults()).unwrap_err();
+        assert!(e.to_string().contains("--model-repository"), "{e}");
+        let e = scan(tmp.path(), &[], &defaults()).unwrap_err();
+        assert!(e.to_string().contains("no models"), "{e}");
+    }
+
+    #[test]
+    fn bad_version_layouts_are_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir_all(tmp.path().join("noversions/v1")).unwrap();
+        let e = scan(tmp.path(), &[], &defaults()).unwrap_err().to_string();
+        assert!(e.contains("no version directories"), "{e}");
+
+        let tmp = tempfile::tempdir().unwrap();
+        fs::create_dir_all(tmp.path().join("nofile/1")).unwrap();
+        let e = scan(tmp.path(), &[], &defaults()).unwrap_err().to_string();
+        assert!(e.contains("has no model.onnx"), "{e}");
+    }
+
+    #[test]
+    fn bad_config_file_fails_the_scan() {
+        let tmp = tempfile::tempdir().unwrap();
+        model(tmp.path(), "m", &["1"]);
+        fs::write(tmp.path().join("m/config.toml"), "instances = 0").unwrap();
+        let e = scan(tmp.path(), &[], &defaults()).unwrap_err().to_string();
+        assert!(e.contains("config.toml") && e.contains("instances"), "{e}");
+    }
+
+    #[test]
+    fn version_names_must_be_canonical_numbers() {
+        assert_eq!(parse_version("1"), Some(1));
+        assert_eq!(parse_version("0"), Some(0));
+        assert_eq!(parse_version("42"), Some(42));
+        for bad in ["01", "v1", "+1", "-1", "1.0", "", " 1"] {
+            assert_eq!(parse_version(bad), None, "{bad}");
+        }
+    }
+}

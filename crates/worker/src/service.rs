@@ -1,0 +1,180 @@
+//! The `WorkerService` implementation: validation, queueing with deadlines, drain state, pings.
+
+use crate::pool::Job;
+use crate::registry::Registry;
+use chorus_common::validate::{validate_inputs, validate_requested_outputs};
+use chorus_common::{
+    InferCall, InferReply, Pong, WorkerError, WorkerInfo, WorkerService, WorkerState,
+};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Instant;
+use tarpc::context::Context;
+use tokio::sync::{Notify, oneshot};
+use tracing::{debug, warn};
+
+/// State shared by every connection and request.
+#[derive(Debug)]
+pub struct Shared {
+    pub worker_id: String,
+    pub rpc_addr: String,
+    pub registry: Registry,
+    draining: AtomicBool,
+    in_flight: AtomicU32,
+    /// Woken whenever the in-flight count drops to zero, for the drain.
+    idle: Notify,
+}
+
+impl Shared {
+    pub fn new(worker_id: String, rpc_addr: String, registry: Registry) -> Self {
+        Shared {
+            worker_id,
+            rpc_addr,
+            registry,
+            draining: AtomicBool::new(false),
+            in_flight: AtomicU32::new(0),
+            idle: Notify::new(),
+        }
+    }
+
+    pub fn state(&self) -> WorkerState {
+        if self.draining.load(Ordering::SeqCst) {
+            WorkerState::Draining
+        } else {
+            WorkerState::Serving
+        }
+    }
+
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Refuses new inference from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Resolves once no inference call is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a drop to zero in between is not missed.
+            notified.as_mut().enable();
+            if self.in_flight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Runs one inference call to completion or to its deadline.
+    pub async fn infer(
+        &self,
+        deadline: Instant,
+        call: InferCall,
+    ) -> Result<InferReply, WorkerError> {
+        // Counted before the drain check: a drain that sees zero in flight has also set the flag
+        // this call is about to read, so no call slips past an idle drain.
+        let _guard = InFlight::enter(self);
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(WorkerError::Draining);
+        }
+        // tarpc does not refuse a call whose deadline has already passed; do it here so that no
+        // work is queued for nobody.
+        if Instant::now() >= deadline {
+            return Err(WorkerError::DeadlineExceeded);
+        }
+        let model = self
+            .registry
+            .resolve(&call.model, call.version.as_deref())?;
+        let info = &model.info;
+        validate_inputs(&info.name, &info.inputs, &call.inputs, &model.policy)
+            .map_err(|e| WorkerError::InvalidInput(e.to_string()))?;
+        validate_requested_outputs(&info.name, &info.outputs, &call.outputs)
+            .map_err(|e| WorkerError::InvalidInput(e.to_string()))?;
+        let (reply, answer) = oneshot::channel();
+        model.pool.submit(Job {
+            inputs: call.inputs,
+            outputs: call.outputs,
+            deadline,
+            reply,
+        })?;
+        let outputs =
+            match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), answer).await {
+                Err(_elapsed) => return Err(WorkerError::DeadlineExceeded),
+                Ok(Err(_dropped)) => {
+                    return Err(WorkerError::Internal(format!(
+                        "model '{}' version {} stopped before answering",
+                        info.name, info.version
+                    )));
+                }
+                Ok(Ok(result)) => result?,
+            };
+        Ok(InferReply {
+            model: info.name.clone(),
+            version: info.version.clone(),
+            outputs,
+        })
+    }
+}
+
+/// Counts one inference call in flight for as long as it lives, including when tarpc drops the
+/// call's future at its deadline or on cancellation.
+struct InFlight<'a>(&'a Shared);
+
+impl<'a> InFlight<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(shared)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The tarpc server: cloned per request, so it is only a handle on the shared state.
+#[derive(Debug, Clone)]
+pub struct WorkerServer(pub Arc<Shared>);
+
+impl WorkerService for WorkerServer {
+    async fn metadata(self, _: Context) -> WorkerInfo {
+        let shared = &self.0;
+        WorkerInfo {
+            worker_id: shared.worker_id.clone(),
+            rpc_addr: shared.rpc_addr.clone(),
+            state: shared.state(),
+            capacity: shared.registry.capacity(),
+            models: shared.registry.infos(),
+        }
+    }
+
+    async fn infer(self, ctx: Context, call: InferCall) -> Result<InferReply, WorkerError> {
+        let request_id = call.request_id.clone();
+        let model = call.model.clone();
+        let result = self.0.infer(ctx.deadline, call).await;
+        match &result {
+            Err(e @ WorkerError::Internal(_)) => {
+                warn!(request_id = %request_id, model = %model, error = %e, "inference failed");
+            }
+            Err(e) => {
+                debug!(request_id = %request_id, model = %model, error = %e, "inference refused");
+            }
+            Ok(_) => {}
+        }
+        result
+    }
+
+    async fn ping(self, _: Context) -> Pong {
+        Pong {
+            worker_id: self.0.worker_id.clone(),
+            state: self.0.state(),
+            in_flight: self.0.in_flight(),
+        }
+    }
+}
