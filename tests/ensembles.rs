@@ -11,11 +11,17 @@ use support::*;
 const CHUNK: usize = 64;
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn i64s(bytes: &[u8]) -> Vec<i64> {
-    bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+    bytes
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 fn json_output<'a>(response: &'a Value, name: &str) -> &'a Value {
@@ -30,7 +36,10 @@ fn json_output<'a>(response: &'a Value, name: &str) -> &'a Value {
 fn assert_close(name: &str, row: usize, got: &[f64], want: &[f64]) {
     assert_eq!(got.len(), want.len(), "{name} row {row}: width");
     for (g, w) in got.iter().zip(want) {
-        assert!((g - w).abs() <= 1e-5, "{name} row {row}: got {got:?}, want {want:?}");
+        assert!(
+            (g - w).abs() <= 1e-5,
+            "{name} row {row}: got {got:?}, want {want:?}"
+        );
     }
 }
 
@@ -52,7 +61,12 @@ fn check_json(http: &Http, expected: &Expected, name: &str) {
     let score = score_output(expected, name);
     for (chunk_index, chunk) in rows.chunks(CHUNK).enumerate() {
         let reply = http.post_json(&format!("/v2/models/{name}/infer"), &json_request(chunk));
-        assert_eq!(reply.status, 200, "{name}: {}", String::from_utf8_lossy(&reply.body));
+        assert_eq!(
+            reply.status,
+            200,
+            "{name}: {}",
+            String::from_utf8_lossy(&reply.body)
+        );
         let response = reply.json();
         assert_eq!(response["model_name"], name);
         let got: Vec<i64> = json_output(&response, "label")["data"]
@@ -62,10 +76,19 @@ fn check_json(http: &Http, expected: &Expected, name: &str) {
             .map(|v| v.as_i64().unwrap())
             .collect();
         let first = chunk_index * CHUNK;
-        assert_eq!(got, labels[first..first + chunk.len()], "{name}: labels of rows {first}..");
+        assert_eq!(
+            got,
+            labels[first..first + chunk.len()],
+            "{name}: labels of rows {first}.."
+        );
         if let Some(score) = score {
             let output = json_output(&response, score);
-            let flat: Vec<f64> = output["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+            let flat: Vec<f64> = output["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
             let width = flat.len() / chunk.len();
             for (i, row) in flat.chunks(width).enumerate() {
                 let want = if score == "agreement" {
@@ -84,10 +107,25 @@ fn check_binary(http: &Http, expected: &Expected, name: &str) {
     let rows = expected.rows();
     let (headers, body) = binary_request(&rows);
     let reply = http.post(&format!("/v2/models/{name}/infer"), &headers, body);
-    assert_eq!(reply.status, 200, "{name}: {}", String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        200,
+        "{name}: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
     let (_, parts) = split_binary(&reply);
-    let part = |n: &str| &parts.iter().find(|(k, _)| k == n).unwrap_or_else(|| panic!("{name} lacks {n}")).1;
-    assert_eq!(i64s(part("label")), expected.labels(name), "{name}: binary labels");
+    let part = |n: &str| {
+        &parts
+            .iter()
+            .find(|(k, _)| k == n)
+            .unwrap_or_else(|| panic!("{name} lacks {n}"))
+            .1
+    };
+    assert_eq!(
+        i64s(part("label")),
+        expected.labels(name),
+        "{name}: binary labels"
+    );
     if let Some(score) = score_output(expected, name) {
         let got: Vec<f64> = f32s(part(score)).into_iter().map(f64::from).collect();
         let want: Vec<f64> = if score == "agreement" {
@@ -104,11 +142,23 @@ fn every_ensemble_and_model_matches_python_on_the_whole_test_set() {
     let cluster = Cluster::start();
     let expected = Expected::load();
     assert_eq!(expected.rows().len(), 450);
-    for name in ["digits_soft", "digits_hard", "digits_fusion", "logreg", "random_forest", "mlp", "svc", "gboost"] {
+    for name in [
+        "digits_soft",
+        "digits_hard",
+        "digits_fusion",
+        "logreg",
+        "random_forest",
+        "mlp",
+        "svc",
+        "gboost",
+    ] {
         check_json(&cluster.http, &expected, name);
         check_binary(&cluster.http, &expected, name);
     }
-    let reply = cluster.http.post_json("/v2/models/digits_soft/infer", &json_request(&expected.rows()[..2]));
+    let reply = cluster.http.post_json(
+        "/v2/models/digits_soft/infer",
+        &json_request(&expected.rows()[..2]),
+    );
     let parameters = &reply.json()["parameters"];
     assert_eq!(parameters["degraded"], false);
     assert_eq!(parameters["members_used"], "logreg,random_forest,mlp");
@@ -123,34 +173,82 @@ fn a_killed_member_degrades_the_answer_until_quorum_is_lost() {
     let request = json_request(&rows[..5]);
 
     cluster.worker("w-mlp").signal(libc::SIGKILL);
-    cluster.worker("w-mlp").wait_exit(std::time::Duration::from_secs(10));
+    cluster
+        .worker("w-mlp")
+        .wait_exit(std::time::Duration::from_secs(10));
     // The very next request already sees the dead link (the call fails fast); no sleep needed.
-    let reply = cluster.http.post_json("/v2/models/digits_soft/infer", &request);
-    assert_eq!(reply.status, 200, "{}", String::from_utf8_lossy(&reply.body));
+    let reply = cluster
+        .http
+        .post_json("/v2/models/digits_soft/infer", &request);
+    assert_eq!(
+        reply.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     let response = reply.json();
     assert_eq!(response["parameters"]["degraded"], true);
-    assert_eq!(response["parameters"]["members_used"], "logreg,random_forest");
+    assert_eq!(
+        response["parameters"]["members_used"],
+        "logreg,random_forest"
+    );
     assert_eq!(response["parameters"]["members_failed"], "mlp");
-    let labels: Vec<i64> = json_output(&response, "label")["data"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    let labels: Vec<i64> = json_output(&response, "label")["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
     assert_eq!(labels.len(), 5);
 
     // Fusion lost its meta-model with that worker: no answer is possible.
-    let reply = cluster.http.post_json("/v2/models/digits_fusion/infer", &request);
-    assert_eq!(reply.status, 503, "{}", String::from_utf8_lossy(&reply.body));
-    assert!(reply.error_message().contains("stacker"), "{}", reply.error_message());
+    let reply = cluster
+        .http
+        .post_json("/v2/models/digits_fusion/infer", &request);
+    assert_eq!(
+        reply.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    assert!(
+        reply.error_message().contains("stacker"),
+        "{}",
+        reply.error_message()
+    );
 
     // A second member gone puts digits_soft (min_members 2) below quorum.
     cluster.worker("w-forest").signal(libc::SIGKILL);
-    cluster.worker("w-forest").wait_exit(std::time::Duration::from_secs(10));
-    let reply = cluster.http.post_json("/v2/models/digits_soft/infer", &request);
-    assert_eq!(reply.status, 503, "{}", String::from_utf8_lossy(&reply.body));
+    cluster
+        .worker("w-forest")
+        .wait_exit(std::time::Duration::from_secs(10));
+    let reply = cluster
+        .http
+        .post_json("/v2/models/digits_soft/infer", &request);
+    assert_eq!(
+        reply.status,
+        503,
+        "{}",
+        String::from_utf8_lossy(&reply.body)
+    );
     assert!(reply.headers.contains_key("retry-after"));
     let message = reply.error_message();
-    assert!(message.contains("needs 2") && message.contains("random_forest"), "{message}");
-    wait_until("readiness to drop", std::time::Duration::from_secs(10), || {
-        (cluster.http.get("/v2/models/digits_soft/ready").0 == 400).then_some(())
-    });
+    assert!(
+        message.contains("needs 2") && message.contains("random_forest"),
+        "{message}"
+    );
+    wait_until(
+        "readiness to drop",
+        std::time::Duration::from_secs(10),
+        || (cluster.http.get("/v2/models/digits_soft/ready").0 == 400).then_some(()),
+    );
     assert_eq!(cluster.http.get("/v2/health/ready").0, 400);
     // The surviving single model still answers.
-    assert_eq!(cluster.http.post_json("/v2/models/logreg/infer", &request).status, 200);
+    assert_eq!(
+        cluster
+            .http
+            .post_json("/v2/models/logreg/infer", &request)
+            .status,
+        200
+    );
 }

@@ -11,7 +11,12 @@ use support::*;
 fn alive(pid: u32) -> bool {
     // A process that exited but is not yet reaped by its parent is gone for our purposes.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -29,7 +34,11 @@ fn chorus_up_answers_a_request_and_stops_cleanly() {
         .expect("chorus up starts");
     let stdout = child.stdout.take().expect("piped stdout");
     // Owned by a Proc from here on, so a failing assertion still kills it.
-    let mut up = Proc { name: "chorus up".into(), child, ready_line: String::new() };
+    let mut up = Proc {
+        name: "chorus up".into(),
+        child,
+        ready_line: String::new(),
+    };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -46,16 +55,31 @@ fn chorus_up_answers_a_request_and_stops_cleanly() {
         if let Ok(Some(status)) = up.child.try_wait() {
             panic!("chorus up exited early ({status}): {lines:#?}");
         }
-        lines.iter().any(|l| l.starts_with("sample request to digits_soft")).then_some(())
+        lines
+            .iter()
+            .any(|l| l.starts_with("sample request to digits_soft"))
+            .then_some(())
     });
-    let sample = lines.iter().find(|l| l.starts_with("sample request")).unwrap();
+    let sample = lines
+        .iter()
+        .find(|l| l.starts_with("sample request"))
+        .unwrap();
     assert!(sample.contains("200 OK"), "{sample}");
     assert!(sample.contains("\"degraded\":false"), "{sample}");
-    assert!(lines.iter().any(|l| l.starts_with("Chorus is up")), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("Chorus is up")),
+        "{lines:#?}"
+    );
 
     let pids: Vec<u32> = lines
         .iter()
-        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "pid").nth(1)?.parse().ok())
+        .filter_map(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "pid")
+                .nth(1)?
+                .parse()
+                .ok()
+        })
         .collect();
     assert_eq!(pids.len(), 4, "three workers and a coordinator: {lines:#?}");
     assert!(pids.iter().all(|&p| alive(p)));

@@ -31,6 +31,9 @@ fn tritonclient_http_works_unmodified() {
         .expect("python runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "triton_check.py failed:\n{stdout}\n{stderr}");
+    assert!(
+        output.status.success(),
+        "triton_check.py failed:\n{stdout}\n{stderr}"
+    );
     assert!(stdout.contains("tritonclient checks passed"), "{stdout}");
 }

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 /// The repository root (tests run from the package directory).
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 pub fn chorus_bin() -> PathBuf {
@@ -27,7 +30,10 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> O
         if let Some(value) = check() {
             return value;
         }
-        assert!(Instant::now() < give_up, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < give_up,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -63,7 +69,9 @@ impl Proc {
     /// Waits for the process to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
         let name = self.name.clone();
-        wait_until(&format!("{name} to exit"), timeout, || self.child.try_wait().ok().flatten())
+        wait_until(&format!("{name} to exit"), timeout, || {
+            self.child.try_wait().ok().flatten()
+        })
     }
 }
 
@@ -82,7 +90,10 @@ pub fn spawn(name: &str, args: &[String], ready_prefix: &str) -> Proc {
     let mut child = Command::new(chorus_bin())
         .args(args)
         .current_dir(repo_root())
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -100,7 +111,11 @@ pub fn spawn(name: &str, args: &[String], ready_prefix: &str) -> Proc {
             }
         }
     });
-    let mut proc = Proc { name: name.to_string(), child, ready_line: String::new() };
+    let mut proc = Proc {
+        name: name.to_string(),
+        child,
+        ready_line: String::new(),
+    };
     let give_up = Instant::now() + Duration::from_secs(120);
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
@@ -144,9 +159,11 @@ pub fn start_coordinator(workers: &[&Proc], extra: &[&str], ready_path: &str) ->
     args.extend(extra.iter().map(|s| s.to_string()));
     let proc = spawn("coordinator", &args, "chorus-coordinator listening");
     let http = Http::new(proc.field("http_addr").parse().expect("http addr"));
-    wait_until(&format!("{ready_path} to answer 200"), Duration::from_secs(60), || {
-        (http.get(ready_path).0 == 200).then_some(())
-    });
+    wait_until(
+        &format!("{ready_path} to answer 200"),
+        Duration::from_secs(60),
+        || (http.get(ready_path).0 == 200).then_some(()),
+    );
     (proc, http)
 }
 
@@ -166,14 +183,24 @@ pub const PLACEMENT: [(&str, &[&str]); 3] = [
 
 impl Cluster {
     pub fn start() -> Cluster {
-        let workers: Vec<Proc> = PLACEMENT.iter().map(|(id, models)| start_worker(id, models)).collect();
+        let workers: Vec<Proc> = PLACEMENT
+            .iter()
+            .map(|(id, models)| start_worker(id, models))
+            .collect();
         let refs: Vec<&Proc> = workers.iter().collect();
         let (coordinator, http) = start_coordinator(&refs, &[], "/v2/health/ready");
-        Cluster { workers, coordinator, http }
+        Cluster {
+            workers,
+            coordinator,
+            http,
+        }
     }
 
     pub fn worker(&mut self, id: &str) -> &mut Proc {
-        self.workers.iter_mut().find(|w| w.name == id).expect("worker id")
+        self.workers
+            .iter_mut()
+            .find(|w| w.name == id)
+            .expect("worker id")
     }
 }
 
@@ -192,12 +219,19 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
     }
 
     pub fn error_message(&self) -> String {
-        self.json()["error"].as_str().unwrap_or_else(|| panic!("no error field: {}", self.json())).to_string()
+        self.json()["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {}", self.json()))
+            .to_string()
     }
 }
 
@@ -238,7 +272,11 @@ impl Http {
     }
 
     pub fn post_json(&self, path: &str, body: &Value) -> Reply {
-        self.post(path, &[("content-type", "application/json".into())], body.to_string().into_bytes())
+        self.post(
+            path,
+            &[("content-type", "application/json".into())],
+            body.to_string().into_bytes(),
+        )
     }
 }
 
@@ -248,7 +286,8 @@ pub struct Expected(pub Value);
 impl Expected {
     pub fn load() -> Expected {
         let path = repo_root().join("fixtures/digits/expected.json");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         Expected(serde_json::from_str(&text).expect("expected.json"))
     }
 
@@ -257,18 +296,33 @@ impl Expected {
             .as_array()
             .expect("x")
             .iter()
-            .map(|row| row.as_array().expect("row").iter().map(|v| v.as_f64().unwrap() as f32).collect())
+            .map(|row| {
+                row.as_array()
+                    .expect("row")
+                    .iter()
+                    .map(|v| v.as_f64().unwrap() as f32)
+                    .collect()
+            })
             .collect()
     }
 
     /// `models.<name>` or `ensembles.<name>`.
     pub fn of(&self, name: &str) -> &Value {
         let models = &self.0["models"][name];
-        if models.is_null() { &self.0["ensembles"][name] } else { models }
+        if models.is_null() {
+            &self.0["ensembles"][name]
+        } else {
+            models
+        }
     }
 
     pub fn labels(&self, name: &str) -> Vec<i64> {
-        self.of(name)["label"].as_array().expect("label").iter().map(|v| v.as_i64().unwrap()).collect()
+        self.of(name)["label"]
+            .as_array()
+            .expect("label")
+            .iter()
+            .map(|v| v.as_i64().unwrap())
+            .collect()
     }
 
     pub fn matrix(&self, name: &str, output: &str) -> Vec<Vec<f64>> {
@@ -276,12 +330,23 @@ impl Expected {
             .as_array()
             .unwrap_or_else(|| panic!("{name}.{output}"))
             .iter()
-            .map(|row| row.as_array().expect("row").iter().map(|v| v.as_f64().unwrap()).collect())
+            .map(|row| {
+                row.as_array()
+                    .expect("row")
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect()
+            })
             .collect()
     }
 
     pub fn vector(&self, name: &str, output: &str) -> Vec<f64> {
-        self.of(name)[output].as_array().expect("vector").iter().map(|v| v.as_f64().unwrap()).collect()
+        self.of(name)[output]
+            .as_array()
+            .expect("vector")
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
     }
 }
 
@@ -295,7 +360,11 @@ pub fn json_request(rows: &[Vec<f32>]) -> Value {
 
 /// The same rows as a binary-extension request; every output comes back binary.
 pub fn binary_request(rows: &[Vec<f32>]) -> (Vec<(&'static str, String)>, Vec<u8>) {
-    let raw: Vec<u8> = rows.iter().flatten().flat_map(|v| v.to_le_bytes()).collect();
+    let raw: Vec<u8> = rows
+        .iter()
+        .flatten()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let header = serde_json::json!({
         "parameters": {"binary_data_output": true},
         "inputs": [{"name": "input", "shape": [rows.len(), 64], "datatype": "FP32",
@@ -304,7 +373,10 @@ pub fn binary_request(rows: &[Vec<f32>]) -> (Vec<(&'static str, String)>, Vec<u8
     .to_string();
     let mut body = header.clone().into_bytes();
     body.extend_from_slice(&raw);
-    (vec![("inference-header-content-length", header.len().to_string())], body)
+    (
+        vec![("inference-header-content-length", header.len().to_string())],
+        body,
+    )
 }
 
 /// Splits a binary-extension response into its JSON header and each output's raw bytes by name.
@@ -321,10 +393,19 @@ pub fn split_binary(reply: &Reply) -> (Value, Vec<(String, Vec<u8>)>) {
     let mut offset = header_len;
     let mut parts = Vec::new();
     for output in json["outputs"].as_array().expect("outputs") {
-        let size = output["parameters"]["binary_data_size"].as_u64().expect("binary size") as usize;
-        parts.push((output["name"].as_str().unwrap().to_string(), reply.body[offset..offset + size].to_vec()));
+        let size = output["parameters"]["binary_data_size"]
+            .as_u64()
+            .expect("binary size") as usize;
+        parts.push((
+            output["name"].as_str().unwrap().to_string(),
+            reply.body[offset..offset + size].to_vec(),
+        ));
         offset += size;
     }
-    assert_eq!(offset, reply.body.len(), "binary sections must fill the body exactly");
+    assert_eq!(
+        offset,
+        reply.body.len(),
+        "binary sections must fill the body exactly"
+    );
     (json, parts)
 }

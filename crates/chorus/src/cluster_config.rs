@@ -36,7 +36,9 @@ impl ClusterConfig {
             .with_context(|| format!("cannot read cluster config {}", path.display()))?;
         let config: ClusterConfig = toml::from_str(&text)
             .with_context(|| format!("cluster config {} is not valid", path.display()))?;
-        config.validate().with_context(|| format!("cluster config {}", path.display()))?;
+        config
+            .validate()
+            .with_context(|| format!("cluster config {}", path.display()))?;
         Ok(config)
     }
 
@@ -47,7 +49,11 @@ impl ClusterConfig {
             "`version = {}` is not supported; this build reads `version = {CLUSTER_VERSION}`",
             self.version
         );
-        anyhow::ensure!(self.workers >= 1, "`workers` must be at least 1, got {}", self.workers);
+        anyhow::ensure!(
+            self.workers >= 1,
+            "`workers` must be at least 1, got {}",
+            self.workers
+        );
         anyhow::ensure!(
             (1..=self.workers).contains(&self.replication),
             "`replication` must be between 1 and `workers` ({}), got {}",
@@ -76,7 +82,12 @@ mod tests {
         let c: ClusterConfig = toml::from_str(&GOOD.replace("workers = 3", "workers = 0")).unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("workers"));
         let c: ClusterConfig = toml::from_str(&format!("{GOOD}replication = 4\n")).unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("replication"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("replication")
+        );
         assert!(toml::from_str::<ClusterConfig>(&format!("{GOOD}color = 1\n")).is_err());
     }
 }

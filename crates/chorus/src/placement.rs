@@ -25,7 +25,9 @@ mod tests {
 
     #[test]
     fn every_model_lands_on_replication_distinct_workers() {
-        for (models, workers, replication) in [(6, 3, 1), (6, 3, 2), (5, 4, 3), (2, 5, 2), (1, 1, 1)] {
+        for (models, workers, replication) in
+            [(6, 3, 1), (6, 3, 2), (5, 4, 3), (2, 5, 2), (1, 1, 1)]
+        {
             let plan = place(&names(models), workers, replication);
             assert_eq!(plan.len(), workers);
             for model in names(models) {

@@ -16,7 +16,11 @@ use tokio::process::{Child, ChildStdout, Command};
 #[derive(Debug, Args)]
 pub struct UpArgs {
     /// Local cluster description (TOML).
-    #[arg(long, env = "CHORUS_CLUSTER_CONFIG", default_value = "config/cluster.toml")]
+    #[arg(
+        long,
+        env = "CHORUS_CLUSTER_CONFIG",
+        default_value = "config/cluster.toml"
+    )]
     pub config: PathBuf,
 
     /// Address of the coordinator's HTTP gateway (overrides `http_addr`).
@@ -63,7 +67,15 @@ pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the chorus executable")?;
     let mut processes: Vec<Process> = Vec::new();
 
-    let started = start_cluster(&exe, &cluster, &plan, log_json, ready_timeout, &mut processes).await;
+    let started = start_cluster(
+        &exe,
+        &cluster,
+        &plan,
+        log_json,
+        ready_timeout,
+        &mut processes,
+    )
+    .await;
     let outcome = match started {
         Ok(http_addr) => {
             print_banner(http_addr, &args);
@@ -97,22 +109,31 @@ async fn start_cluster(
             .arg("--model-repository")
             .arg(&cluster.model_repository)
             .arg(format!("--models={}", models.join(",")));
-        let mut child = command.spawn().with_context(|| format!("cannot start {worker_id}"))?;
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {worker_id}"))?;
         let stdout = child.stdout.take().expect("stdout is piped");
-        processes.push(Process { name: worker_id.clone(), child });
+        processes.push(Process {
+            name: worker_id.clone(),
+            child,
+        });
         pending.push((worker_id, models.clone(), stdout));
     }
     // Workers load in parallel; wait for each one's ready line.
     let mut worker_addrs = Vec::new();
     for (worker_id, models, stdout) in pending {
         let line = wait_for_line(stdout, WORKER_READY, &worker_id, ready_timeout).await?;
-        let addr = field(&line, "rpc_addr").with_context(|| format!("{worker_id} printed {line:?}"))?;
+        let addr =
+            field(&line, "rpc_addr").with_context(|| format!("{worker_id} printed {line:?}"))?;
         let pid = processes
             .iter()
             .find(|p| p.name == worker_id)
             .and_then(|p| p.child.id())
             .unwrap_or_default();
-        println!("{worker_id}  pid {pid}  rpc {addr}  models {}", models.join(","));
+        println!(
+            "{worker_id}  pid {pid}  rpc {addr}  models {}",
+            models.join(",")
+        );
         worker_addrs.push(addr);
     }
 
@@ -126,7 +147,10 @@ async fn start_cluster(
     let mut child = command.spawn().context("cannot start the coordinator")?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let pid = child.id().unwrap_or_default();
-    processes.push(Process { name: "coordinator".into(), child });
+    processes.push(Process {
+        name: "coordinator".into(),
+        child,
+    });
     let line = wait_for_line(stdout, COORDINATOR_LISTENING, "coordinator", ready_timeout).await?;
     let http_addr: SocketAddr = field(&line, "http_addr")
         .and_then(|a| a.parse().ok())
@@ -202,13 +226,19 @@ async fn wait_until_ready(http_addr: SocketAddr, timeout: Duration) -> anyhow::R
     let url = format!("http://{http_addr}/v2/health/ready");
     let give_up = Instant::now() + timeout;
     loop {
-        if let Ok(response) = client.get(&url).timeout(Duration::from_secs(2)).send().await {
-            if response.status().is_success() {
-                return Ok(());
-            }
+        let answer = client
+            .get(&url)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        if answer.is_ok_and(|response| response.status().is_success()) {
+            return Ok(());
         }
         if Instant::now() > give_up {
-            bail!("the coordinator at {http_addr} did not report ready within {}s", timeout.as_secs());
+            bail!(
+                "the coordinator at {http_addr} did not report ready within {}s",
+                timeout.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -217,7 +247,10 @@ async fn wait_until_ready(http_addr: SocketAddr, timeout: Duration) -> anyhow::R
 fn print_banner(http_addr: SocketAddr, args: &UpArgs) {
     println!();
     println!("Chorus is up: Open Inference Protocol v2 at http://{http_addr}");
-    println!("  curl -s http://{http_addr}/v2/models/{}", args.sample_model);
+    println!(
+        "  curl -s http://{http_addr}/v2/models/{}",
+        args.sample_model
+    );
     println!(
         "  curl -s http://{http_addr}/v2/models/{}/infer -d @{}",
         args.sample_model,
@@ -239,7 +272,10 @@ async fn send_sample(http_addr: SocketAddr, args: &UpArgs) -> anyhow::Result<()>
         .await?;
     let status = response.status();
     let text = response.text().await?;
-    println!("sample request to {} -> {status}: {text}", args.sample_model);
+    println!(
+        "sample request to {} -> {status}: {text}",
+        args.sample_model
+    );
     if !status.is_success() {
         bail!("the sample request failed with {status}");
     }
@@ -268,7 +304,7 @@ async fn first_exit(processes: &mut [Process]) -> (String, String) {
 
 /// Stops the coordinator first (no new requests), then the workers, each with SIGTERM and a
 /// grace period, then SIGKILL.
-async fn stop_all(processes: &mut Vec<Process>) {
+async fn stop_all(processes: &mut [Process]) {
     const GRACE: Duration = Duration::from_secs(15);
     processes.sort_by_key(|p| p.name != "coordinator");
     for process in processes.iter_mut() {

@@ -61,7 +61,8 @@ mod tests {
             WorkerError::Internal("boom".into()),
         ];
         for e in errors {
-            let back: WorkerError = bincode1::deserialize(&bincode1::serialize(&e).unwrap()).unwrap();
+            let back: WorkerError =
+                bincode1::deserialize(&bincode1::serialize(&e).unwrap()).unwrap();
             assert_eq!(back, e);
         }
     }

@@ -5,6 +5,7 @@
 //! Chorus's framing ([`transport`]) and the one tracing initialiser ([`telemetry`]).
 
 pub mod error;
+pub mod membership;
 pub mod model;
 pub mod rpc;
 pub mod telemetry;

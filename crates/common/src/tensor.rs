@@ -92,7 +92,9 @@ impl fmt::Display for DataType {
 
 /// A datatype name that is not one of OIP v2's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown datatype '{0}': expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BF16, BYTES")]
+#[error(
+    "unknown datatype '{0}': expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, FP32, FP64, BF16, BYTES"
+)]
 pub struct UnknownDataType(pub String);
 
 impl FromStr for DataType {
@@ -110,10 +112,16 @@ impl FromStr for DataType {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TensorError {
     #[error("dimension {index} of '{name}' is {value}: dimensions must be positive")]
-    NonPositiveDim { name: String, index: usize, value: i64 },
+    NonPositiveDim {
+        name: String,
+        index: usize,
+        value: i64,
+    },
     #[error("shape {shape:?} of '{name}' has more elements than this server can address")]
     ShapeOverflow { name: String, shape: Vec<i64> },
-    #[error("'{name}' has shape {shape:?}, i.e. {expected} bytes of {datatype}, but {actual} bytes were given")]
+    #[error(
+        "'{name}' has shape {shape:?}, i.e. {expected} bytes of {datatype}, but {actual} bytes were given"
+    )]
     ByteSizeMismatch {
         name: String,
         shape: Vec<i64>,
@@ -221,7 +229,7 @@ pub struct Tensor {
 impl Tensor {
     /// Builds a tensor from typed values; the caller vouches that `shape` holds `values.len()`.
     pub fn from_values<T: Element>(name: impl Into<String>, shape: Vec<i64>, values: &[T]) -> Self {
-        let mut data = Vec::with_capacity(values.len() * std::mem::size_of::<T>());
+        let mut data = Vec::with_capacity(std::mem::size_of_val(values));
         for &value in values {
             value.write_le(&mut data);
         }
@@ -323,7 +331,10 @@ mod tests {
         for dt in DataType::ALL {
             assert_eq!(dt.as_str().parse::<DataType>().unwrap(), dt);
         }
-        assert!("fp32".parse::<DataType>().is_err(), "names are case-sensitive");
+        assert!(
+            "fp32".parse::<DataType>().is_err(),
+            "names are case-sensitive"
+        );
     }
 
     #[test]

@@ -44,7 +44,12 @@ pub async fn connect_worker(
 ) -> io::Result<WorkerServiceClient> {
     let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
         .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {addr} timed out")))??;
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {addr} timed out"),
+            )
+        })??;
     let transport = framed(stream, max_frame_bytes)?;
     Ok(WorkerServiceClient::new(tarpc::client::Config::default(), transport).spawn())
 }

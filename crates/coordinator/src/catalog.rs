@@ -74,7 +74,9 @@ impl Catalog {
         let versions = self.model_versions(name)?;
         match version {
             Some(v) => versions.into_iter().find(|m| m.version == v),
-            None => versions.into_iter().max_by(|a, b| version_order(&a.version, &b.version)),
+            None => versions
+                .into_iter()
+                .max_by(|a, b| version_order(&a.version, &b.version)),
         }
     }
 
@@ -143,7 +145,10 @@ impl Catalog {
             ],
             CombinerKind::Average | CombinerKind::Median => vec![member_output.clone()],
             CombinerKind::Fusion => {
-                let (meta, meta_version) = spec.meta_model.as_ref().ok_or("fusion without a meta-model")?;
+                let (meta, meta_version) = spec
+                    .meta_model
+                    .as_ref()
+                    .ok_or("fusion without a meta-model")?;
                 find(meta, meta_version.as_deref())
                     .ok_or_else(|| {
                         format!(
@@ -192,13 +197,13 @@ impl Catalog {
                 missing.join(", ")
             ));
         }
-        if let Some((meta, version)) = &spec.meta_model {
-            if !self.pool.has_replica(meta, version.as_deref()) {
-                return Some(format!(
-                    "ensemble '{}': no live worker serves its meta-model '{meta}'",
-                    spec.name
-                ));
-            }
+        if let Some((meta, version)) = &spec.meta_model
+            && !self.pool.has_replica(meta, version.as_deref())
+        {
+            return Some(format!(
+                "ensemble '{}': no live worker serves its meta-model '{meta}'",
+                spec.name
+            ));
         }
         None
     }

@@ -9,11 +9,19 @@ use std::time::Duration;
 #[derive(Debug, Clone, Args)]
 pub struct CoordinatorConfig {
     /// Address the Open Inference Protocol v2 HTTP gateway listens on (Triton's convention: 8000).
-    #[arg(long = "http-addr", env = "CHORUS_HTTP_ADDR", default_value = "127.0.0.1:8000")]
+    #[arg(
+        long = "http-addr",
+        env = "CHORUS_HTTP_ADDR",
+        default_value = "127.0.0.1:8000"
+    )]
     pub http_addr: SocketAddr,
 
     /// Ensemble specs (TOML, `version = 1`); see docs/configuration.md.
-    #[arg(long, env = "CHORUS_ENSEMBLES", default_value = "config/ensembles.toml")]
+    #[arg(
+        long,
+        env = "CHORUS_ENSEMBLES",
+        default_value = "config/ensembles.toml"
+    )]
     pub ensembles: PathBuf,
 
     /// Worker RPC addresses (host:port) making up the static membership; repeat the flag or

@@ -47,7 +47,9 @@ pub enum EnsembleError {
     /// A worker judged the request itself invalid.
     #[error("{0}")]
     BadInput(String),
-    #[error("ensemble '{ensemble}' needs {needed} members to answer but {answered} did (failed: {failed}; late: {late})")]
+    #[error(
+        "ensemble '{ensemble}' needs {needed} members to answer but {answered} did (failed: {failed}; late: {late})"
+    )]
     NoQuorum {
         ensemble: String,
         needed: usize,
@@ -99,7 +101,11 @@ pub async fn run(
         let name = spec.members[index].model.clone();
         match outcome {
             MemberOutcome::Answered(reply) => {
-                match reply.outputs.into_iter().find(|t| t.name == spec.member_output) {
+                match reply
+                    .outputs
+                    .into_iter()
+                    .find(|t| t.name == spec.member_output)
+                {
                     Some(tensor) => {
                         report.used.push(name);
                         answered.push((index, tensor));

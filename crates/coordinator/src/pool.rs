@@ -206,7 +206,11 @@ impl WorkerHandle {
             .metadata(ctx)
             .await
             .map_err(|e| format!("metadata call failed: {e}"))?;
-        let models = info.models.iter().map(|m| format!("{}@{}", m.name, m.version)).collect::<Vec<_>>();
+        let models = info
+            .models
+            .iter()
+            .map(|m| format!("{}@{}", m.name, m.version))
+            .collect::<Vec<_>>();
         info!(worker = %self.worker_id, addr = %self.addr, remote_id = %info.worker_id, models = ?models, "worker connected");
         self.draining
             .store(info.state == WorkerState::Draining, Ordering::Relaxed);
@@ -246,9 +250,12 @@ impl WorkerHandle {
     }
 }
 
+/// A worker in the pool and the task that probes it.
+type Member = (Arc<WorkerHandle>, JoinHandle<()>);
+
 /// Every worker the membership source has told us about.
 pub struct Pool {
-    workers: RwLock<HashMap<String, (Arc<WorkerHandle>, JoinHandle<()>)>>,
+    workers: RwLock<HashMap<String, Member>>,
     settings: PoolSettings,
 }
 
@@ -261,7 +268,10 @@ impl Pool {
     }
 
     /// Applies membership changes until the source ends.
-    pub fn follow(self: &Arc<Self>, mut changes: mpsc::Receiver<MembershipChange>) -> JoinHandle<()> {
+    pub fn follow(
+        self: &Arc<Self>,
+        mut changes: mpsc::Receiver<MembershipChange>,
+    ) -> JoinHandle<()> {
         let pool = Arc::clone(self);
         tokio::spawn(async move {
             while let Some(change) = changes.recv().await {
@@ -274,13 +284,18 @@ impl Pool {
         let mut workers = self.workers.write().expect("pool lock");
         match change {
             MembershipChange::Joined { worker_id, addr } => {
-                if let Some((old, _)) = workers.get(&worker_id) {
-                    if old.addr == addr {
-                        return;
-                    }
+                if workers
+                    .get(&worker_id)
+                    .is_some_and(|(old, _)| old.addr == addr)
+                {
+                    return;
                 }
                 info!(worker = %worker_id, addr = %addr, "worker joined");
-                let handle = Arc::new(WorkerHandle::new(worker_id.clone(), addr, self.settings.clone()));
+                let handle = Arc::new(WorkerHandle::new(
+                    worker_id.clone(),
+                    addr,
+                    self.settings.clone(),
+                ));
                 let prober = tokio::spawn(probe_forever(Arc::clone(&handle)));
                 if let Some((_, old_prober)) = workers.insert(worker_id, (handle, prober)) {
                     old_prober.abort();
@@ -329,11 +344,18 @@ impl Pool {
     }
 
     /// Power of two choices on outstanding calls among routable replicas not yet tried.
-    fn pick(&self, model: &str, version: Option<&str>, tried: &[String]) -> Option<Arc<WorkerHandle>> {
+    fn pick(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        tried: &[String],
+    ) -> Option<Arc<WorkerHandle>> {
         let candidates: Vec<_> = self
             .workers()
             .into_iter()
-            .filter(|w| w.is_routable() && w.serves(model, version) && !tried.contains(&w.worker_id))
+            .filter(|w| {
+                w.is_routable() && w.serves(model, version) && !tried.contains(&w.worker_id)
+            })
             .collect();
         let mut rng = rand::rng();
         let two: Vec<_> = candidates.choose_multiple(&mut rng, 2).collect();
@@ -409,9 +431,27 @@ mod tests {
     #[test]
     fn only_transport_and_retryable_worker_errors_are_retried() {
         let w = || "w".to_string();
-        assert!(CallError::Transport { worker: w(), message: "x".into() }.worth_retrying());
-        assert!(CallError::Worker { worker: w(), error: WorkerError::Overloaded("q".into()) }.worth_retrying());
-        assert!(!CallError::Worker { worker: w(), error: WorkerError::InvalidInput("bad".into()) }.worth_retrying());
+        assert!(
+            CallError::Transport {
+                worker: w(),
+                message: "x".into()
+            }
+            .worth_retrying()
+        );
+        assert!(
+            CallError::Worker {
+                worker: w(),
+                error: WorkerError::Overloaded("q".into())
+            }
+            .worth_retrying()
+        );
+        assert!(
+            !CallError::Worker {
+                worker: w(),
+                error: WorkerError::InvalidInput("bad".into())
+            }
+            .worth_retrying()
+        );
         assert!(!CallError::DeadlineExceeded { worker: w() }.worth_retrying());
     }
 }

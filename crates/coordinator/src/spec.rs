@@ -162,7 +162,11 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<EnsembleSpec>, SpecError> {
 fn validate(raw: RawEnsemble) -> Result<EnsembleSpec, String> {
     let name = raw.name;
     let at = |field: &str| format!("ensemble '{name}': `{field}`");
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+    {
         return Err(format!(
             "ensemble name '{name}' must be non-empty and use only letters, digits, '_', '-' and '.'"
         ));
@@ -185,7 +189,9 @@ fn validate(raw: RawEnsemble) -> Result<EnsembleSpec, String> {
     }
     for (i, m) in raw.member.iter().enumerate() {
         if m.model.is_empty() {
-            return Err(format!("ensemble '{name}': member {i} has an empty `model`"));
+            return Err(format!(
+                "ensemble '{name}': member {i} has an empty `model`"
+            ));
         }
         if !m.weight.is_finite() || m.weight <= 0.0 {
             return Err(format!(
@@ -296,19 +302,29 @@ model = "a"
 
     #[test]
     fn unknown_fields_and_versions_are_refused() {
-        assert!(error_of(&GOOD.replace("deadline_ms = 500", "deadline_ms = 500\ntimeout = 3")).contains("timeout"));
+        assert!(
+            error_of(&GOOD.replace("deadline_ms = 500", "deadline_ms = 500\ntimeout = 3"))
+                .contains("timeout")
+        );
         assert!(error_of(&GOOD.replace("version = 1", "version = 2")).contains("version = 2"));
         assert!(error_of(&GOOD.replace("soft_vote", "vote")).contains("vote"));
     }
 
     #[test]
     fn bad_values_name_the_field() {
-        assert!(error_of(&GOOD.replace("min_members = 2", "min_members = 3")).contains("min_members"));
-        assert!(error_of(&GOOD.replace("deadline_ms = 500", "deadline_ms = 0")).contains("deadline_ms"));
+        assert!(
+            error_of(&GOOD.replace("min_members = 2", "min_members = 3")).contains("min_members")
+        );
+        assert!(
+            error_of(&GOOD.replace("deadline_ms = 500", "deadline_ms = 0")).contains("deadline_ms")
+        );
         assert!(error_of(&GOOD.replace("weight = 2.5", "weight = -1.0")).contains("weight"));
         assert!(error_of(&GOOD.replace("meta_model = \"stacker\"", "")).contains("meta_model"));
         assert!(error_of(&GOOD.replace("name = \"fused\"", "name = \"soft\"")).contains("twice"));
-        assert!(error_of(&GOOD.replace("model = \"b\"\nversion = \"2\"\n", "model = \"a\"\n")).contains("listed twice"));
+        assert!(
+            error_of(&GOOD.replace("model = \"b\"\nversion = \"2\"\n", "model = \"a\"\n"))
+                .contains("listed twice")
+        );
     }
 
     #[test]

@@ -73,7 +73,8 @@ pub fn scan(
         .collect()
 }
 
-/// Directory names under `repo`, sorted; hidden entries and plain files are not models.
+/// Names of the models in `repo`: its directories, sorted (hidden entries and plain files are
+/// not models). Their versions are not inspected.
 pub fn model_names(repo: &Path) -> Result<Vec<String>, LoadError> {
     let repo_error = |message: String| LoadError::Repository {
         path: repo.to_path_buf(),

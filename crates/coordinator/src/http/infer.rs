@@ -71,14 +71,20 @@ async fn run(
     let catalog = &app.catalog;
     if let Some(spec) = catalog.ensemble(name) {
         if version.as_deref().is_some_and(|v| v != ENSEMBLE_VERSION) {
-            return Err(ApiError::ModelNotFound { model: name.to_string(), version });
+            return Err(ApiError::ModelNotFound {
+                model: name.to_string(),
+                version,
+            });
         }
-        let signature = catalog.ensemble_signature(&spec).map_err(ApiError::Unavailable)?;
+        let signature = catalog
+            .ensemble_signature(&spec)
+            .map_err(ApiError::Unavailable)?;
         let request = parse_and_validate(name, &signature, headers, body)?;
         let request_id = request.id.clone().unwrap_or_else(|| app.fresh_request_id());
         debug!(ensemble = %name, request_id = %request_id, "ensemble request");
         let deadline = deadline(spec.deadline, request.timeout);
-        let answer = ensemble::run(catalog.pool(), &spec, request.inputs, deadline, &request_id).await?;
+        let answer =
+            ensemble::run(catalog.pool(), &spec, request.inputs, deadline, &request_id).await?;
         let outputs = response::select_outputs(answer.outputs, &request.outputs)?;
         return response::encode(
             InferResponse {
@@ -105,7 +111,10 @@ async fn run_model(
 ) -> Result<Response, ApiError> {
     let info = catalog
         .model(name, version.as_deref())
-        .ok_or_else(|| ApiError::ModelNotFound { model: name.to_string(), version: version.clone() })?;
+        .ok_or_else(|| ApiError::ModelNotFound {
+            model: name.to_string(),
+            version: version.clone(),
+        })?;
     let signature = Catalog::model_signature(&info);
     let request = parse_and_validate(name, &signature, headers, body)?;
     let request_id = request.id.clone().unwrap_or_else(|| app.fresh_request_id());
@@ -137,7 +146,10 @@ fn member_parameters(report: &MemberReport) -> Map<String, Value> {
     let mut p = Map::new();
     p.insert("degraded".into(), Value::Bool(report.degraded()));
     p.insert("members_used".into(), Value::String(report.used.join(",")));
-    p.insert("members_failed".into(), Value::String(report.failed.join(",")));
+    p.insert(
+        "members_failed".into(),
+        Value::String(report.failed.join(",")),
+    );
     p.insert("members_late".into(), Value::String(report.late.join(",")));
     p
 }

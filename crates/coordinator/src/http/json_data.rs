@@ -16,7 +16,12 @@ fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
 
 /// Encodes a JSON `data` value as the raw bytes of `datatype`; `expected` is the element count
 /// the shape calls for.
-pub fn encode(name: &str, datatype: DataType, data: &Value, expected: usize) -> Result<Bytes, String> {
+pub fn encode(
+    name: &str,
+    datatype: DataType,
+    data: &Value,
+    expected: usize,
+) -> Result<Bytes, String> {
     let mut leaves = Vec::with_capacity(expected.min(1 << 20));
     flatten(data, &mut leaves);
     if leaves.len() != expected {
@@ -59,7 +64,11 @@ pub fn encode(name: &str, datatype: DataType, data: &Value, expected: usize) -> 
         DataType::Bool => leaves
             .iter()
             .enumerate()
-            .map(|(i, v)| v.as_bool().map(u8::from).ok_or_else(|| bad(i, "true or false")))
+            .map(|(i, v)| {
+                v.as_bool()
+                    .map(u8::from)
+                    .ok_or_else(|| bad(i, "true or false"))
+            })
             .collect::<Result<Vec<u8>, _>>()?,
         DataType::Uint8 => ints!(u8),
         DataType::Uint16 => ints!(u16),
@@ -77,7 +86,11 @@ pub fn encode(name: &str, datatype: DataType, data: &Value, expected: usize) -> 
             let strings = leaves
                 .iter()
                 .enumerate()
-                .map(|(i, v)| v.as_str().map(str::as_bytes).ok_or_else(|| bad(i, "a string")))
+                .map(|(i, v)| {
+                    v.as_str()
+                        .map(str::as_bytes)
+                        .ok_or_else(|| bad(i, "a string"))
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok(encode_bytes_elements(strings));
         }
@@ -100,7 +113,11 @@ pub enum JsonData {
 /// Decodes a tensor's bytes for a JSON response.
 pub fn decode(tensor: &Tensor) -> Result<JsonData, String> {
     fn widen<T: Element, U: From<T>>(t: &Tensor) -> Result<Vec<U>, String> {
-        Ok(t.to_values::<T>().map_err(|e| e.to_string())?.into_iter().map(U::from).collect())
+        Ok(t.to_values::<T>()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(U::from)
+            .collect())
     }
     Ok(match tensor.datatype {
         DataType::Bool => {
@@ -145,13 +162,26 @@ mod tests {
 
     #[test]
     fn counts_and_types_are_checked() {
-        assert!(encode("x", DataType::Fp32, &json!([1.0]), 2).unwrap_err().contains("calls for 2"));
-        assert!(encode("x", DataType::Fp32, &json!(["a"]), 1).unwrap_err().contains("a number"));
+        assert!(
+            encode("x", DataType::Fp32, &json!([1.0]), 2)
+                .unwrap_err()
+                .contains("calls for 2")
+        );
+        assert!(
+            encode("x", DataType::Fp32, &json!(["a"]), 1)
+                .unwrap_err()
+                .contains("a number")
+        );
         assert!(encode("x", DataType::Uint8, &json!([256]), 1).is_err());
         assert!(encode("x", DataType::Int8, &json!([-129]), 1).is_err());
         assert!(encode("x", DataType::Int64, &json!([1.5]), 1).is_err());
         assert!(encode("x", DataType::Bool, &json!([1]), 1).is_err());
-        assert_eq!(encode("x", DataType::Uint64, &json!([u64::MAX]), 1).unwrap().len(), 8);
+        assert_eq!(
+            encode("x", DataType::Uint64, &json!([u64::MAX]), 1)
+                .unwrap()
+                .len(),
+            8
+        );
     }
 
     #[test]
@@ -168,6 +198,9 @@ mod tests {
         let text = serde_json::to_string(&decode(&t).unwrap()).unwrap();
         assert_eq!(text, "[0.1,2.5]");
         let l = Tensor::from_values("l", vec![2], &[-3i64, 9]);
-        assert_eq!(serde_json::to_string(&decode(&l).unwrap()).unwrap(), "[-3,9]");
+        assert_eq!(
+            serde_json::to_string(&decode(&l).unwrap()).unwrap(),
+            "[-3,9]"
+        );
     }
 }

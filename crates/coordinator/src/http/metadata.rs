@@ -40,11 +40,17 @@ pub async fn ready(State(app): State<Arc<App>>) -> StatusCode {
     } else {
         ensembles.all(|spec| catalog.ensemble_unready_reason(spec).is_none())
     };
-    if ready { StatusCode::OK } else { StatusCode::BAD_REQUEST }
+    if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    }
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::BadRequest("no such endpoint; see docs/protocol.md for the routes Chorus serves".into())
+    ApiError::BadRequest(
+        "no such endpoint; see docs/protocol.md for the routes Chorus serves".into(),
+    )
 }
 
 fn tensor_metadata(specs: &[TensorSpec]) -> Vec<Value> {
@@ -64,7 +70,9 @@ fn model_metadata(app: &App, name: &str, version: Option<&str>) -> Result<Value,
         if version.is_some_and(|v| v != ENSEMBLE_VERSION) {
             return Err(not_found());
         }
-        let signature = catalog.ensemble_signature(&spec).map_err(ApiError::Unavailable)?;
+        let signature = catalog
+            .ensemble_signature(&spec)
+            .map_err(ApiError::Unavailable)?;
         return Ok(json!({
             "name": spec.name,
             "versions": [ENSEMBLE_VERSION],
@@ -93,7 +101,10 @@ fn model_metadata(app: &App, name: &str, version: Option<&str>) -> Result<Value,
     }))
 }
 
-pub async fn model(State(app): State<Arc<App>>, Path(model): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn model(
+    State(app): State<Arc<App>>,
+    Path(model): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     model_metadata(&app, &model, None).map(Json)
 }
 
@@ -125,10 +136,17 @@ fn is_model_ready(app: &App, name: &str, version: Option<&str>) -> Result<bool, 
 }
 
 fn readiness(ready: bool) -> StatusCode {
-    if ready { StatusCode::OK } else { StatusCode::BAD_REQUEST }
+    if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    }
 }
 
-pub async fn model_ready(State(app): State<Arc<App>>, Path(model): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn model_ready(
+    State(app): State<Arc<App>>,
+    Path(model): Path<String>,
+) -> Result<StatusCode, ApiError> {
     is_model_ready(&app, &model, None).map(readiness)
 }
 
@@ -155,8 +173,11 @@ pub async fn repository_index(
     let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
         IndexRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::BadRequest(format!("repository index request must be {{\"ready\": bool}}: {e}")))?
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "repository index request must be {{\"ready\": bool}}: {e}"
+            ))
+        })?
     };
     let catalog = &app.catalog;
     let mut entries = Vec::new();

@@ -40,7 +40,10 @@ impl App {
 
     /// An id for logs when the client sent none.
     fn fresh_request_id(&self) -> String {
-        format!("chorus-{}", self.next_request_id.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "chorus-{}",
+            self.next_request_id.fetch_add(1, Ordering::Relaxed)
+        )
     }
 }
 
@@ -51,7 +54,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v2/health/live", get(metadata::live))
         .route("/v2/health/ready", get(metadata::ready))
         .route("/v2/models/{model}", get(metadata::model))
-        .route("/v2/models/{model}/versions/{version}", get(metadata::model_version))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(metadata::model_version),
+        )
         .route("/v2/models/{model}/ready", get(metadata::model_ready))
         .route(
             "/v2/models/{model}/versions/{version}/ready",

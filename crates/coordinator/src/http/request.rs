@@ -127,12 +127,16 @@ fn parse_json(json: &[u8], binary: Bytes) -> Result<InferRequest, ApiError> {
             .map_err(|e| bad(format!("input '{}': {e}", input.name)))?;
         let binary_size = match input.parameters.get("binary_data_size") {
             None => None,
-            Some(v) => Some(v.as_u64().and_then(|n| usize::try_from(n).ok()).ok_or_else(|| {
-                bad(format!(
-                    "input '{}': binary_data_size must be a non-negative integer, got {v}",
-                    input.name
-                ))
-            })?),
+            Some(v) => Some(
+                v.as_u64()
+                    .and_then(|n| usize::try_from(n).ok())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "input '{}': binary_data_size must be a non-negative integer, got {v}",
+                            input.name
+                        ))
+                    })?,
+            ),
         };
         let data = match (binary_size, &input.data) {
             (Some(_), Some(_)) => {
@@ -154,7 +158,8 @@ fn parse_json(json: &[u8], binary: Bytes) -> Result<InferRequest, ApiError> {
                 slice
             }
             (None, Some(data)) => {
-                let count = element_count(&input.name, &input.shape).map_err(|e| bad(e.to_string()))?;
+                let count =
+                    element_count(&input.name, &input.shape).map_err(|e| bad(e.to_string()))?;
                 json_data::encode(&input.name, datatype, data, count).map_err(bad)?
             }
             (None, None) => {
@@ -191,7 +196,9 @@ fn parse_json(json: &[u8], binary: Bytes) -> Result<InferRequest, ApiError> {
     let timeout = match request.parameters.get("timeout") {
         None => None,
         Some(v) => Some(Duration::from_micros(v.as_u64().ok_or_else(|| {
-            bad(format!("parameter `timeout` must be a non-negative integer of microseconds, got {v}"))
+            bad(format!(
+                "parameter `timeout` must be a non-negative integer of microseconds, got {v}"
+            ))
         })?)),
     };
     Ok(InferRequest {
@@ -207,12 +214,17 @@ fn bool_parameter(parameters: &Map<String, Value>, key: &str) -> Result<Option<b
     match parameters.get(key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(bad(format!("parameter `{key}` must be true or false, got {other}"))),
+        Some(other) => Err(bad(format!(
+            "parameter `{key}` must be true or false, got {other}"
+        ))),
     }
 }
 
 fn reject_unsupported(parameters: &Map<String, Value>, whose: &str) -> Result<(), ApiError> {
-    match UNSUPPORTED_PARAMETERS.iter().find(|p| parameters.contains_key(**p)) {
+    match UNSUPPORTED_PARAMETERS
+        .iter()
+        .find(|p| parameters.contains_key(**p))
+    {
         Some(p) => Err(bad(format!(
             "{whose} uses parameter `{p}`, which Chorus does not support (no shared-memory or classification extension); send tensor data in the body instead"
         ))),
@@ -226,7 +238,11 @@ fn raw_request(body: Bytes, single_input: Option<&TensorSpec>) -> Result<InferRe
         bad("a raw request body (Inference-Header-Content-Length: 0) is only accepted by models with exactly one input")
     })?;
     // Variable dimensions are taken as 1, as Triton does for raw bodies (batch-1 requests).
-    let shape: Vec<i64> = spec.shape.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+    let shape: Vec<i64> = spec
+        .shape
+        .iter()
+        .map(|&d| if d < 0 { 1 } else { d })
+        .collect();
     Ok(InferRequest {
         id: None,
         inputs: vec![Tensor {
@@ -269,7 +285,13 @@ mod tests {
         assert_eq!(r.id.as_deref(), Some("7"));
         assert_eq!(r.timeout, Some(Duration::from_micros(1500)));
         assert!(r.binary_output);
-        assert_eq!(r.outputs, vec![RequestedOutput { name: "label".into(), binary: Some(false) }]);
+        assert_eq!(
+            r.outputs,
+            vec![RequestedOutput {
+                name: "label".into(),
+                binary: Some(false)
+            }]
+        );
         assert_eq!(r.inputs[0].to_values::<f32>().unwrap(), vec![1.0, 2.0]);
     }
 
@@ -287,11 +309,26 @@ mod tests {
     fn binary_framing_errors_are_bad_requests() {
         let json = r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#;
         let (h, body) = binary_body(json, &[0, 0]);
-        assert!(parse(&h, body, None).unwrap_err().to_string().contains("only 2 bytes"));
+        assert!(
+            parse(&h, body, None)
+                .unwrap_err()
+                .to_string()
+                .contains("only 2 bytes")
+        );
         let (h, body) = binary_body(json, &[0; 6]);
-        assert!(parse(&h, body, None).unwrap_err().to_string().contains("add up to 4"));
+        assert!(
+            parse(&h, body, None)
+                .unwrap_err()
+                .to_string()
+                .contains("add up to 4")
+        );
         let long = headers(Some(10_000));
-        assert!(parse(&long, Bytes::from(json), None).unwrap_err().to_string().contains("only"));
+        assert!(
+            parse(&long, Bytes::from(json), None)
+                .unwrap_err()
+                .to_string()
+                .contains("only")
+        );
         let mut garbage = HeaderMap::new();
         garbage.insert(HEADER_LENGTH, HeaderValue::from_static("ten"));
         assert!(parse(&garbage, Bytes::from(json), None).is_err());
@@ -299,19 +336,41 @@ mod tests {
 
     #[test]
     fn malformed_requests_say_what_is_wrong() {
-        let err = |body: &str| parse(&headers(None), Bytes::from(body.to_string()), None).unwrap_err().to_string();
+        let err = |body: &str| {
+            parse(&headers(None), Bytes::from(body.to_string()), None)
+                .unwrap_err()
+                .to_string()
+        };
         assert!(err("{not json").contains("not a valid infer request"));
-        assert!(err(r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP33","data":[1]}]}"#).contains("unknown datatype"));
-        assert!(err(r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32"}]}"#).contains("no `data`"));
-        assert!(err(r#"{"inputs":[{"name":"a","shape":[2],"datatype":"FP32","data":[1]}]}"#).contains("calls for 2"));
-        assert!(err(r#"{"inputs":[{"name":"a","shape":[-2],"datatype":"FP32","data":[1]}]}"#).contains("positive"));
-        assert!(err(r#"{"parameters":{"shared_memory_region":"r"},"inputs":[]}"#).contains("does not support"));
+        assert!(
+            err(r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP33","data":[1]}]}"#)
+                .contains("unknown datatype")
+        );
+        assert!(
+            err(r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32"}]}"#).contains("no `data`")
+        );
+        assert!(
+            err(r#"{"inputs":[{"name":"a","shape":[2],"datatype":"FP32","data":[1]}]}"#)
+                .contains("calls for 2")
+        );
+        assert!(
+            err(r#"{"inputs":[{"name":"a","shape":[-2],"datatype":"FP32","data":[1]}]}"#)
+                .contains("positive")
+        );
+        assert!(
+            err(r#"{"parameters":{"shared_memory_region":"r"},"inputs":[]}"#)
+                .contains("does not support")
+        );
         assert!(err(r#"{"parameters":{"timeout":-1},"inputs":[]}"#).contains("timeout"));
     }
 
     #[test]
     fn raw_bodies_need_a_single_input_model() {
-        let spec = TensorSpec { name: "input".into(), datatype: DataType::Fp32, shape: vec![-1, 2] };
+        let spec = TensorSpec {
+            name: "input".into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, 2],
+        };
         let r = parse(&headers(Some(0)), Bytes::from(vec![0u8; 8]), Some(&spec)).unwrap();
         assert_eq!(r.inputs[0].shape, vec![1, 2]);
         assert!(parse(&headers(Some(0)), Bytes::from(vec![0u8; 8]), None).is_err());

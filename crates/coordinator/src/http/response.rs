@@ -43,16 +43,25 @@ pub struct InferResponse<'a> {
 }
 
 /// Picks and orders outputs: the requested ones in request order, or all of them.
-pub fn select_outputs(all: Vec<Tensor>, requested: &[RequestedOutput]) -> Result<Vec<Tensor>, ApiError> {
+pub fn select_outputs(
+    all: Vec<Tensor>,
+    requested: &[RequestedOutput],
+) -> Result<Vec<Tensor>, ApiError> {
     if requested.is_empty() {
         return Ok(all);
     }
     requested
         .iter()
         .map(|r| {
-            all.iter().find(|t| t.name == r.name).cloned().ok_or_else(|| {
-                ApiError::Internal(format!("the model did not produce requested output '{}'", r.name))
-            })
+            all.iter()
+                .find(|t| t.name == r.name)
+                .cloned()
+                .ok_or_else(|| {
+                    ApiError::Internal(format!(
+                        "the model did not produce requested output '{}'",
+                        r.name
+                    ))
+                })
         })
         .collect()
 }
@@ -75,16 +84,17 @@ pub fn encode(
     let mut outputs = Vec::with_capacity(response.outputs.len());
     for tensor in &response.outputs {
         let (parameters, data) = if wants_binary(&tensor.name) {
-            tensor
-                .check_byte_size()
-                .map_err(|e| ApiError::Internal(format!("worker returned a malformed tensor: {e}")))?;
+            tensor.check_byte_size().map_err(|e| {
+                ApiError::Internal(format!("worker returned a malformed tensor: {e}"))
+            })?;
             binary_parts.push(&tensor.data);
             let mut p = Map::new();
             p.insert("binary_data_size".into(), Value::from(tensor.data.len()));
             (Some(p), None)
         } else {
-            let data = json_data::decode(tensor)
-                .map_err(|e| ApiError::Internal(format!("worker returned a malformed tensor: {e}")))?;
+            let data = json_data::decode(tensor).map_err(|e| {
+                ApiError::Internal(format!("worker returned a malformed tensor: {e}"))
+            })?;
             (None, Some(data))
         };
         outputs.push(OutputJson {
@@ -106,7 +116,10 @@ pub fn encode(
         .map_err(|e| ApiError::Internal(format!("cannot encode response: {e}")))?;
     if binary_parts.is_empty() {
         return Ok((
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             header_json,
         )
             .into_response());
@@ -119,7 +132,10 @@ pub fn encode(
     }
     Ok((
         [
-            (header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream")),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            ),
             (
                 header::HeaderName::from_static(HEADER_LENGTH),
                 HeaderValue::from(header_length),
