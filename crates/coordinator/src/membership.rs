@@ -1,14 +1,19 @@
 //! The membership seam: sources of "which workers exist" emit [`MembershipChange`]s that the pool
 //! applies. Handlers never look at a source; swapping the static list for etcd touches only this.
 
+use chorus_common::WorkerState;
 use tokio::sync::mpsc;
 
 /// A worker appearing or disappearing from the cluster's membership.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MembershipChange {
-    /// A worker exists at `addr` (host:port of its RPC server). Re-sending it for a known id with a
-    /// new address replaces the old one.
-    Joined { worker_id: String, addr: String },
+    /// A worker exists at `addr` (host:port of its RPC server) in `state`. Re-sending it for a
+    /// known id updates its state; with a new address it replaces the old one.
+    Joined {
+        worker_id: String,
+        addr: String,
+        state: WorkerState,
+    },
     /// The worker is gone from membership (not merely unhealthy).
     Left { worker_id: String },
 }
@@ -23,6 +28,7 @@ pub fn static_list(addrs: &[String]) -> mpsc::Receiver<MembershipChange> {
         let _ = tx.try_send(MembershipChange::Joined {
             worker_id: addr.clone(),
             addr: addr.clone(),
+            state: WorkerState::Serving,
         });
     }
     rx

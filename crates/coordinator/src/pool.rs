@@ -283,11 +283,18 @@ impl Pool {
     pub fn apply(self: &Arc<Self>, change: MembershipChange) {
         let mut workers = self.workers.write().expect("pool lock");
         match change {
-            MembershipChange::Joined { worker_id, addr } => {
-                if workers
-                    .get(&worker_id)
-                    .is_some_and(|(old, _)| old.addr == addr)
+            MembershipChange::Joined {
+                worker_id,
+                addr,
+                state,
+            } => {
+                let draining = state == WorkerState::Draining;
+                if let Some((known, _)) =
+                    workers.get(&worker_id).filter(|(old, _)| old.addr == addr)
                 {
+                    if known.draining.swap(draining, Ordering::Relaxed) != draining {
+                        info!(worker = %worker_id, state = %state, "worker state changed");
+                    }
                     return;
                 }
                 info!(worker = %worker_id, addr = %addr, "worker joined");
@@ -296,6 +303,7 @@ impl Pool {
                     addr,
                     self.settings.clone(),
                 ));
+                handle.draining.store(draining, Ordering::Relaxed);
                 let prober = tokio::spawn(probe_forever(Arc::clone(&handle)));
                 if let Some((_, old_prober)) = workers.insert(worker_id, (handle, prober)) {
                     old_prober.abort();
