@@ -9,6 +9,8 @@ pub mod membership;
 pub mod model;
 pub mod rpc;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod tensor;
 pub mod transport;
 pub mod validate;
