@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Chorus needs to build, run and test, and nothing that is already there:
-#   - Debian packages: python3-venv (if venv is missing);
+#   - Debian packages: protobuf-compiler (etcd-client compiles etcd's protos at build time),
+#     etcd-server and etcd-client (the failover tests start a real etcd and read it with
+#     etcdctl), python3-venv (if venv is missing);
 #   - .venv at the repository root with the pinned onnxruntime wheel (the ONNX Runtime library
 #     workers load) and tritonclient for the client-compatibility tests.
 # Safe to run repeatedly; it only prints what it changes.
@@ -15,7 +17,12 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
 }
 
-command -v python3 >/dev/null || apt_install python3 python3-venv
+missing=()
+command -v protoc >/dev/null || missing+=(protobuf-compiler)
+command -v etcd >/dev/null || missing+=(etcd-server)
+command -v etcdctl >/dev/null || missing+=(etcd-client)
+command -v python3 >/dev/null || missing+=(python3 python3-venv)
+[ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 
 if [ ! -x .venv/bin/python ]; then

@@ -65,11 +65,13 @@ async fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    // With --etcd, ready means registered: the line comes only after the key is in etcd.
+    let ready = loaded.register(listener).await?;
     announce(&format!(
         "{WORKER_READY} rpc_addr={} worker_id={worker_id}",
-        listener.local_addr()?
+        ready.rpc_addr()
     ));
-    loaded.serve(listener, signals::shutdown()).await
+    ready.serve(signals::shutdown()).await
 }
 
 async fn run_coordinator(config: CoordinatorConfig) -> anyhow::Result<()> {

@@ -35,6 +35,11 @@ pub struct UpArgs {
     #[arg(long)]
     pub replication: Option<usize>,
 
+    /// etcd endpoints (comma-separated): workers register there and the coordinator follows
+    /// membership through it instead of a static worker list.
+    #[arg(long, env = "CHORUS_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+
     /// Seconds to wait for each process to become ready before giving up.
     #[arg(long, default_value_t = 120)]
     pub ready_timeout_s: u64,
@@ -67,15 +72,15 @@ pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the chorus executable")?;
     let mut processes: Vec<Process> = Vec::new();
 
-    let started = start_cluster(
-        &exe,
-        &cluster,
-        &plan,
+    let launch = Launch {
+        exe: &exe,
+        cluster: &cluster,
+        plan: &plan,
+        etcd: &args.etcd,
         log_json,
         ready_timeout,
-        &mut processes,
-    )
-    .await;
+    };
+    let started = start_cluster(&launch, &mut processes).await;
     let outcome = match started {
         Ok(http_addr) => {
             print_banner(http_addr, &args);
@@ -90,14 +95,30 @@ pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
     outcome
 }
 
-async fn start_cluster(
-    exe: &Path,
-    cluster: &ClusterConfig,
-    plan: &[Vec<String>],
+/// Everything needed to start the cluster's processes.
+struct Launch<'a> {
+    exe: &'a Path,
+    cluster: &'a ClusterConfig,
+    /// Models per worker.
+    plan: &'a [Vec<String>],
+    /// etcd endpoints; empty for static membership.
+    etcd: &'a [String],
     log_json: bool,
     ready_timeout: Duration,
+}
+
+async fn start_cluster(
+    launch: &Launch<'_>,
     processes: &mut Vec<Process>,
 ) -> anyhow::Result<SocketAddr> {
+    let Launch {
+        exe,
+        cluster,
+        plan,
+        etcd,
+        log_json,
+        ready_timeout,
+    } = *launch;
     let mut pending = Vec::new();
     for (index, models) in plan.iter().enumerate().filter(|(_, m)| !m.is_empty()) {
         let worker_id = format!("worker-{index}");
@@ -109,6 +130,9 @@ async fn start_cluster(
             .arg("--model-repository")
             .arg(&cluster.model_repository)
             .arg(format!("--models={}", models.join(",")));
+        if !etcd.is_empty() {
+            command.arg(format!("--etcd={}", etcd.join(",")));
+        }
         let mut child = command
             .spawn()
             .with_context(|| format!("cannot start {worker_id}"))?;
@@ -142,8 +166,12 @@ async fn start_cluster(
         .arg("coordinator")
         .arg(format!("--http-addr={}", cluster.http_addr))
         .arg("--ensembles")
-        .arg(&cluster.ensembles)
-        .arg(format!("--worker={}", worker_addrs.join(",")));
+        .arg(&cluster.ensembles);
+    if etcd.is_empty() {
+        command.arg(format!("--worker={}", worker_addrs.join(",")));
+    } else {
+        command.arg(format!("--etcd={}", etcd.join(",")));
+    }
     let mut child = command.spawn().context("cannot start the coordinator")?;
     let stdout = child.stdout.take().expect("stdout is piped");
     let pid = child.id().unwrap_or_default();

@@ -9,9 +9,9 @@ pub mod membership;
 pub mod model;
 pub mod rpc;
 pub mod telemetry;
+pub mod tensor;
 #[cfg(feature = "testing")]
 pub mod testing;
-pub mod tensor;
 pub mod transport;
 pub mod validate;
 

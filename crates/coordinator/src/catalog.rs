@@ -1,12 +1,16 @@
 //! What the coordinator serves: ensembles from specs and models described by workers, with the
 //! signature each is validated against and whether it can answer now.
 
+use crate::membership::SpecChange;
 use crate::pool::{Pool, version_order};
 use crate::spec::{CombinerKind, EnsembleSpec, Member};
 use chorus_common::validate::InputPolicy;
 use chorus_common::{DataType, ModelInfo, TensorSpec};
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
 
 /// The one version an ensemble spec has (specs are versioned by the file, not per ensemble).
 pub const ENSEMBLE_VERSION: &str = "1";
@@ -35,19 +39,96 @@ impl Signature {
     }
 }
 
+/// The ensembles served: the spec file's, overlaid by the spec files kept in etcd. An etcd
+/// definition replaces the file's for the same name; when two etcd keys define one name, the key
+/// that sorts last wins (every coordinator picks the same one, whatever order it saw them in).
+#[derive(Debug, Default)]
+pub struct EnsembleSet {
+    file: BTreeMap<String, Arc<EnsembleSpec>>,
+    /// Specs by the etcd key that defines them.
+    etcd: BTreeMap<String, Vec<Arc<EnsembleSpec>>>,
+    served: BTreeMap<String, Arc<EnsembleSpec>>,
+}
+
+impl EnsembleSet {
+    pub fn new(file: Vec<EnsembleSpec>) -> Self {
+        let file: BTreeMap<_, _> = file
+            .into_iter()
+            .map(|spec| (spec.name.clone(), Arc::new(spec)))
+            .collect();
+        EnsembleSet {
+            served: file.clone(),
+            file,
+            etcd: BTreeMap::new(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<EnsembleSpec>> {
+        self.served.get(name).cloned()
+    }
+
+    /// Every ensemble served, by name.
+    pub fn all(&self) -> Vec<Arc<EnsembleSpec>> {
+        self.served.values().cloned().collect()
+    }
+
+    /// Applies a change of one etcd spec file (already validated by its source).
+    pub fn apply(&mut self, change: SpecChange) {
+        let key = match change {
+            SpecChange::Set { key, specs } => {
+                self.etcd.insert(key.clone(), specs);
+                key
+            }
+            SpecChange::Removed { key } => {
+                self.etcd.remove(&key);
+                key
+            }
+        };
+        let served = self.overlay(&key);
+        let names: BTreeSet<&String> = self.served.keys().chain(served.keys()).collect();
+        for name in names {
+            match (self.served.get(name), served.get(name)) {
+                (None, Some(_)) => info!(ensemble = %name, key = %key, "ensemble added"),
+                (Some(old), Some(new)) if old != new => {
+                    info!(ensemble = %name, key = %key, "ensemble updated")
+                }
+                (Some(_), None) => info!(ensemble = %name, key = %key, "ensemble removed"),
+                _ => {}
+            }
+        }
+        self.served = served;
+    }
+
+    /// The file's specs with every etcd key's on top; warns about names that `changed_key`
+    /// shares with another etcd key.
+    fn overlay(&self, changed_key: &str) -> BTreeMap<String, Arc<EnsembleSpec>> {
+        let mut served = self.file.clone();
+        let mut defined_by: BTreeMap<&str, &str> = BTreeMap::new();
+        for (key, specs) in &self.etcd {
+            for spec in specs {
+                if let Some(earlier) = defined_by.insert(&spec.name, key)
+                    && (key == changed_key || earlier == changed_key)
+                {
+                    warn!(ensemble = %spec.name, used = %key, ignored = %earlier, "ensemble defined under two etcd keys; the key that sorts last wins");
+                }
+                served.insert(spec.name.clone(), Arc::clone(spec));
+            }
+        }
+        served
+    }
+}
+
 /// Ensembles by name, plus the pool that knows the models.
 pub struct Catalog {
-    ensembles: BTreeMap<String, Arc<EnsembleSpec>>,
+    /// Shared with the task that follows spec changes; handlers only read it.
+    ensembles: Arc<RwLock<EnsembleSet>>,
     pool: Arc<Pool>,
 }
 
 impl Catalog {
     pub fn new(ensembles: Vec<EnsembleSpec>, pool: Arc<Pool>) -> Self {
         Catalog {
-            ensembles: ensembles
-                .into_iter()
-                .map(|spec| (spec.name.clone(), Arc::new(spec)))
-                .collect(),
+            ensembles: Arc::new(RwLock::new(EnsembleSet::new(ensembles))),
             pool,
         }
     }
@@ -57,11 +138,27 @@ impl Catalog {
     }
 
     pub fn ensemble(&self, name: &str) -> Option<Arc<EnsembleSpec>> {
-        self.ensembles.get(name).cloned()
+        self.ensembles.read().expect("ensemble lock").get(name)
     }
 
-    pub fn ensembles(&self) -> impl Iterator<Item = &Arc<EnsembleSpec>> {
-        self.ensembles.values()
+    /// A snapshot of every ensemble served, by name.
+    pub fn ensembles(&self) -> Vec<Arc<EnsembleSpec>> {
+        self.ensembles.read().expect("ensemble lock").all()
+    }
+
+    /// Applies one spec change; requests already running keep the spec they started with.
+    pub fn apply_spec_change(&self, change: SpecChange) {
+        self.ensembles.write().expect("ensemble lock").apply(change);
+    }
+
+    /// Applies spec changes until the source ends (the catalog keeps its last ensembles then).
+    pub fn follow_specs(&self, mut changes: mpsc::Receiver<SpecChange>) -> JoinHandle<()> {
+        let ensembles = Arc::clone(&self.ensembles);
+        tokio::spawn(async move {
+            while let Some(change) = changes.recv().await {
+                ensembles.write().expect("ensemble lock").apply(change);
+            }
+        })
     }
 
     /// Every version of a model that some worker has described, ascending.
@@ -220,4 +317,65 @@ fn member_names(spec: &EnsembleSpec) -> String {
         .map(|m| m.model.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, deadline_ms: u64) -> EnsembleSpec {
+        let text = format!(
+            "version = 1\n[[ensemble]]\nname = \"{name}\"\ncombiner = \"soft_vote\"\ndeadline_ms = {deadline_ms}\n[[ensemble.member]]\nmodel = \"a\"\n"
+        );
+        crate::spec::parse(&text, "test").unwrap().remove(0)
+    }
+
+    fn set(key: &str, specs: &[EnsembleSpec]) -> SpecChange {
+        SpecChange::Set {
+            key: key.into(),
+            specs: specs.iter().cloned().map(Arc::new).collect(),
+        }
+    }
+
+    fn deadline(set: &EnsembleSet, name: &str) -> Option<u128> {
+        set.get(name).map(|s| s.deadline.as_millis())
+    }
+
+    #[test]
+    fn etcd_specs_overlay_the_file_and_deleting_restores_it() {
+        let mut ensembles = EnsembleSet::new(vec![spec("filed", 100), spec("shared", 100)]);
+        ensembles.apply(set("/k/a", &[spec("shared", 200), spec("extra", 300)]));
+        assert_eq!(deadline(&ensembles, "filed"), Some(100));
+        assert_eq!(deadline(&ensembles, "shared"), Some(200));
+        assert_eq!(deadline(&ensembles, "extra"), Some(300));
+        ensembles.apply(set("/k/a", &[spec("shared", 250)]));
+        assert_eq!(deadline(&ensembles, "shared"), Some(250));
+        assert_eq!(
+            deadline(&ensembles, "extra"),
+            None,
+            "a key defines exactly what it lists"
+        );
+        ensembles.apply(SpecChange::Removed { key: "/k/a".into() });
+        assert_eq!(
+            deadline(&ensembles, "shared"),
+            Some(100),
+            "back to the file's"
+        );
+        let names: Vec<_> = ensembles.all().iter().map(|s| s.name.clone()).collect();
+        assert_eq!(names, vec!["filed", "shared"]);
+    }
+
+    #[test]
+    fn of_two_etcd_keys_defining_one_name_the_last_key_wins() {
+        let mut ensembles = EnsembleSet::new(vec![]);
+        ensembles.apply(set("/k/b", &[spec("e", 2)]));
+        ensembles.apply(set("/k/a", &[spec("e", 1)]));
+        assert_eq!(deadline(&ensembles, "e"), Some(2));
+        ensembles.apply(SpecChange::Removed { key: "/k/b".into() });
+        assert_eq!(deadline(&ensembles, "e"), Some(1));
+        ensembles.apply(SpecChange::Removed {
+            key: "/k/missing".into(),
+        });
+        assert_eq!(deadline(&ensembles, "e"), Some(1));
+    }
 }

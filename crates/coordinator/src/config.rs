@@ -1,9 +1,14 @@
 //! The coordinator's one typed configuration: flags and `CHORUS_*` environment variables.
 
+use crate::membership::etcd::EtcdSettings;
+use crate::router::RouterSettings;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// The ensemble spec file read when `--ensembles` is not given.
+pub const DEFAULT_ENSEMBLES: &str = "config/ensembles.toml";
 
 /// Everything a coordinator needs to serve; parsed once by the binary and validated at start-up.
 #[derive(Debug, Clone, Args)]
@@ -16,18 +21,30 @@ pub struct CoordinatorConfig {
     )]
     pub http_addr: SocketAddr,
 
-    /// Ensemble specs (TOML, `version = 1`); see docs/configuration.md.
-    #[arg(
-        long,
-        env = "CHORUS_ENSEMBLES",
-        default_value = "config/ensembles.toml"
-    )]
+    /// Ensemble specs (TOML, `version = 1`); see docs/configuration.md. With `--etcd` the file is
+    /// optional: specs under /chorus/v1/ensembles/ in etcd apply on top of it.
+    #[arg(long, env = "CHORUS_ENSEMBLES", default_value = DEFAULT_ENSEMBLES)]
     pub ensembles: PathBuf,
 
     /// Worker RPC addresses (host:port) making up the static membership; repeat the flag or
     /// separate with commas.
     #[arg(long = "worker", env = "CHORUS_WORKERS", value_delimiter = ',')]
     pub workers: Vec<String>,
+
+    /// etcd endpoints (e.g. `http://etcd-0:2379,http://etcd-1:2379`): membership and ensemble
+    /// specs then come from etcd, instead of `--worker`'s static list.
+    #[arg(
+        long = "etcd",
+        env = "CHORUS_ETCD",
+        value_delimiter = ',',
+        conflicts_with = "workers"
+    )]
+    pub etcd: Vec<String>,
+
+    /// With `--etcd`: seconds between full re-lists of etcd, on top of the watch (etcd 3.4's watch
+    /// can miss events; a re-list repairs the view). Between 1 and 86400.
+    #[arg(long, env = "CHORUS_ETCD_RELIST_SECS", default_value_t = 30)]
+    pub etcd_relist_secs: u64,
 
     /// Largest request body accepted, in bytes; larger bodies get 413.
     #[arg(long, env = "CHORUS_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
@@ -46,6 +63,20 @@ pub struct CoordinatorConfig {
     #[arg(long, env = "CHORUS_PING_INTERVAL_MS", default_value_t = 1000)]
     pub ping_interval_ms: u64,
 
+    /// Retries allowed per request on average (the retry budget's refill ratio); a failed member
+    /// call is retried once on a different replica while the budget has tokens.
+    #[arg(long, env = "CHORUS_RETRY_BUDGET_RATIO", default_value_t = 0.2)]
+    pub retry_budget_ratio: f64,
+
+    /// Hedged calls allowed per request on average; 0 turns hedging off. A member call not
+    /// answered by its model's rolling p95 is duplicated to another replica.
+    #[arg(long, env = "CHORUS_HEDGE_BUDGET_RATIO", default_value_t = 0.1)]
+    pub hedge_budget_ratio: f64,
+
+    /// Shortest hedging delay in microseconds, whatever the model's p95.
+    #[arg(long, env = "CHORUS_HEDGE_MIN_DELAY_US", default_value_t = 500)]
+    pub hedge_min_delay_us: u64,
+
     /// Consecutive failed pings or calls after which a worker is taken out of rotation until a
     /// probe succeeds.
     #[arg(long, env = "CHORUS_EJECT_AFTER_FAILURES", default_value_t = 3)]
@@ -59,5 +90,86 @@ impl CoordinatorConfig {
 
     pub fn model_deadline(&self) -> Duration {
         Duration::from_millis(self.model_deadline_ms.max(1))
+    }
+
+    /// The etcd endpoints, or `None` for the static worker list. Giving both is an error (clap
+    /// already refuses it on the command line; this catches configs built in code).
+    pub fn etcd_endpoints(&self) -> anyhow::Result<Option<Vec<String>>> {
+        let endpoints: Vec<String> = self
+            .etcd
+            .iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Ok(None);
+        }
+        anyhow::ensure!(
+            self.workers.is_empty(),
+            "--etcd (CHORUS_ETCD) and --worker (CHORUS_WORKERS) cannot both be given: membership \
+             comes from etcd or from the static worker list; drop one"
+        );
+        Ok(Some(endpoints))
+    }
+
+    pub fn etcd_settings(&self) -> EtcdSettings {
+        EtcdSettings {
+            relist_interval: Duration::from_secs(self.etcd_relist_secs.clamp(1, 86_400)),
+            ..EtcdSettings::default()
+        }
+    }
+
+    pub fn router_settings(&self) -> RouterSettings {
+        RouterSettings {
+            retry_ratio: self.retry_budget_ratio,
+            hedge_ratio: self.hedge_budget_ratio,
+            budget_burst: 10.0,
+            hedge_min_delay: Duration::from_micros(self.hedge_min_delay_us),
+            hedge_min_samples: 20,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: CoordinatorConfig,
+    }
+
+    fn parse(args: &[&str]) -> Result<CoordinatorConfig, clap::Error> {
+        Cli::try_parse_from(std::iter::once("coordinator").chain(args.iter().copied()))
+            .map(|cli| cli.config)
+    }
+
+    #[test]
+    fn etcd_takes_several_endpoints_and_excludes_the_static_list() {
+        let config = parse(&[
+            "--etcd",
+            "http://a:2379, b:2379,",
+            "--etcd-relist-secs",
+            "5",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.etcd_endpoints().unwrap(),
+            Some(vec!["http://a:2379".to_string(), "b:2379".to_string()])
+        );
+        assert_eq!(
+            config.etcd_settings().relist_interval,
+            Duration::from_secs(5)
+        );
+        let error = parse(&["--etcd", "a:2379", "--worker", "w:1"]).unwrap_err();
+        assert!(error.to_string().contains("--worker"), "{error}");
+
+        let mut both = parse(&["--worker", "w:1"]).unwrap();
+        assert_eq!(both.etcd_endpoints().unwrap(), None);
+        both.etcd = vec!["a:2379".into()];
+        let error = both.etcd_endpoints().unwrap_err().to_string();
+        assert!(error.contains("cannot both be given"), "{error}");
     }
 }

@@ -2,7 +2,8 @@
 //! (answered, failed, late), check quorum, combine, and for fusion run the meta-model.
 
 use crate::combine::{self, Vote};
-use crate::pool::{CallError, Pool};
+use crate::pool::CallError;
+use crate::router::Router;
 use crate::spec::{CombinerKind, EnsembleSpec};
 use chorus_common::rpc::{InferCall, InferReply};
 use chorus_common::{Tensor, WorkerError};
@@ -25,6 +26,10 @@ pub struct MemberReport {
     pub used: Vec<String>,
     pub failed: Vec<String>,
     pub late: Vec<String>,
+    /// Members whose call was retried on another replica.
+    pub retried: Vec<String>,
+    /// Members whose call was hedged to another replica.
+    pub hedged: Vec<String>,
 }
 
 impl MemberReport {
@@ -57,6 +62,15 @@ pub enum EnsembleError {
         failed: String,
         late: String,
     },
+    #[error(
+        "ensemble '{ensemble}' needs {needed} members to answer but only {answered} did before the deadline (late: {late})"
+    )]
+    QuorumLate {
+        ensemble: String,
+        needed: usize,
+        answered: usize,
+        late: String,
+    },
     #[error("ensemble '{ensemble}' could not combine its members' answers: {message}")]
     Combine { ensemble: String, message: String },
     #[error("ensemble '{ensemble}': meta-model '{model}' failed: {error}")]
@@ -71,7 +85,7 @@ pub enum EnsembleError {
 
 /// Runs `spec` on `inputs`, answering by `deadline`.
 pub async fn run(
-    pool: &Pool,
+    router: &Router,
     spec: &EnsembleSpec,
     inputs: Vec<Tensor>,
     deadline: Instant,
@@ -86,10 +100,22 @@ pub async fn run(
             request_id: request_id.to_string(),
         };
         async move {
-            match tokio::time::timeout_at(deadline.into(), pool.call(call, deadline)).await {
-                Ok(Ok(reply)) => MemberOutcome::Answered(reply),
-                Ok(Err(CallError::DeadlineExceeded { .. })) | Err(_) => MemberOutcome::Late,
-                Ok(Err(error)) => MemberOutcome::Failed(error),
+            match tokio::time::timeout_at(deadline.into(), router.call(call, deadline)).await {
+                Ok(routed) => {
+                    let outcome = match routed.result {
+                        Ok(reply) => MemberOutcome::Answered(reply),
+                        Err(
+                            CallError::DeadlineExceeded { .. }
+                            | CallError::Worker {
+                                error: WorkerError::DeadlineExceeded,
+                                ..
+                            },
+                        ) => MemberOutcome::Late,
+                        Err(error) => MemberOutcome::Failed(error),
+                    };
+                    (outcome, routed.retried, routed.hedged)
+                }
+                Err(_) => (MemberOutcome::Late, false, false),
             }
         }
     });
@@ -97,8 +123,14 @@ pub async fn run(
 
     let mut report = MemberReport::default();
     let mut answered: Vec<(usize, Tensor)> = Vec::new();
-    for (index, outcome) in outcomes.into_iter().enumerate() {
+    for (index, (outcome, retried, hedged)) in outcomes.into_iter().enumerate() {
         let name = spec.members[index].model.clone();
+        if retried {
+            report.retried.push(name.clone());
+        }
+        if hedged {
+            report.hedged.push(name.clone());
+        }
         match outcome {
             MemberOutcome::Answered(reply) => {
                 match reply
@@ -132,6 +164,15 @@ pub async fn run(
     }
 
     if answered.len() < spec.min_members {
+        // Only lateness stood between the request and quorum: that is a deadline, not an outage.
+        if report.failed.is_empty() {
+            return Err(EnsembleError::QuorumLate {
+                ensemble: spec.name.clone(),
+                needed: spec.min_members,
+                answered: answered.len(),
+                late: list_or_none(&report.late),
+            });
+        }
         return Err(EnsembleError::NoQuorum {
             ensemble: spec.name.clone(),
             needed: spec.min_members,
@@ -141,12 +182,12 @@ pub async fn run(
         });
     }
 
-    let outputs = combine_answers(pool, spec, &answered, deadline, request_id).await?;
+    let outputs = combine_answers(router, spec, &answered, deadline, request_id).await?;
     Ok(EnsembleAnswer { outputs, report })
 }
 
 async fn combine_answers(
-    pool: &Pool,
+    router: &Router,
     spec: &EnsembleSpec,
     answered: &[(usize, Tensor)],
     deadline: Instant,
@@ -183,13 +224,13 @@ async fn combine_answers(
                     (member.model.as_str(), block)
                 })
                 .collect();
-            run_meta_model(pool, spec, &blocks, deadline, request_id).await
+            run_meta_model(router, spec, &blocks, deadline, request_id).await
         }
     }
 }
 
 async fn run_meta_model(
-    pool: &Pool,
+    router: &Router,
     spec: &EnsembleSpec,
     blocks: &[(&str, Option<&Tensor>)],
     deadline: Instant,
@@ -199,7 +240,7 @@ async fn run_meta_model(
         .meta_model
         .clone()
         .expect("fusion specs are validated to name a meta-model");
-    let input_name = meta_input_name(pool, &model, version.as_deref());
+    let input_name = meta_input_name(router, &model, version.as_deref());
     let input = combine::fusion_input(blocks, &input_name).map_err(|e| EnsembleError::Combine {
         ensemble: spec.name.clone(),
         message: e.to_string(),
@@ -211,7 +252,8 @@ async fn run_meta_model(
         outputs: vec![],
         request_id: request_id.to_string(),
     };
-    match tokio::time::timeout_at(deadline.into(), pool.call(call, deadline)).await {
+    let routed = tokio::time::timeout_at(deadline.into(), router.call(call, deadline)).await;
+    match routed.map(|r| r.result) {
         Ok(Ok(reply)) => Ok(reply.outputs),
         Ok(Err(CallError::DeadlineExceeded { .. })) | Err(_) => Err(EnsembleError::MetaModelLate {
             ensemble: spec.name.clone(),
@@ -226,8 +268,10 @@ async fn run_meta_model(
 }
 
 /// The meta-model's single input name, as its workers describe it ("input" if none has yet).
-fn meta_input_name(pool: &Pool, model: &str, version: Option<&str>) -> String {
-    pool.models()
+fn meta_input_name(router: &Router, model: &str, version: Option<&str>) -> String {
+    router
+        .pool()
+        .models()
         .get(model)
         .and_then(|versions| {
             versions

@@ -8,6 +8,7 @@ pub mod ensemble;
 pub mod http;
 pub mod membership;
 pub mod pool;
+pub mod router;
 pub mod server;
 pub mod spec;
 

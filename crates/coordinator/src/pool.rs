@@ -7,7 +7,7 @@ use chorus_common::{ModelInfo, WorkerError, WorkerInfo, WorkerServiceClient, Wor
 use rand::seq::IndexedRandom;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tarpc::client::RpcError;
@@ -43,13 +43,29 @@ pub enum CallError {
 
 impl CallError {
     /// Whether another replica might answer where this one did not.
-    fn worth_retrying(&self) -> bool {
+    pub fn worth_retrying(&self) -> bool {
         match self {
             CallError::Worker { error, .. } => error.is_retryable(),
             CallError::Transport { .. } => true,
             CallError::DeadlineExceeded { .. } | CallError::NoReplica { .. } => false,
         }
     }
+}
+
+/// What an operator sees of one worker (`GET /chorus/workers`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WorkerStatus {
+    pub worker_id: String,
+    pub addr: String,
+    /// Receiving new calls: healthy and not draining.
+    pub routable: bool,
+    pub healthy: bool,
+    pub draining: bool,
+    pub outstanding: u32,
+    /// Calls it answered successfully since it joined this coordinator's view.
+    pub completed: u64,
+    pub latency_ewma_us: u64,
+    pub models: Vec<String>,
 }
 
 /// What the pool knows of one worker's link.
@@ -66,6 +82,10 @@ pub struct WorkerHandle {
     link: Mutex<Link>,
     /// Member calls sent and not yet answered: the load signal for replica choice.
     outstanding: AtomicU32,
+    /// Exponentially weighted mean of successful call latency, in microseconds.
+    latency_ewma_micros: AtomicU64,
+    /// Calls this worker answered successfully since it joined.
+    completed: AtomicU64,
     consecutive_failures: AtomicU32,
     healthy: AtomicBool,
     draining: AtomicBool,
@@ -88,6 +108,8 @@ impl WorkerHandle {
             addr,
             link: Mutex::default(),
             outstanding: AtomicU32::new(0),
+            latency_ewma_micros: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             healthy: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -104,6 +126,29 @@ impl WorkerHandle {
         self.link.lock().expect("link lock").info.clone()
     }
 
+    /// A point-in-time view of this worker for operators.
+    pub fn status(&self) -> WorkerStatus {
+        let info = self.info();
+        WorkerStatus {
+            worker_id: self.worker_id.clone(),
+            addr: self.addr.clone(),
+            routable: self.is_routable(),
+            healthy: self.healthy.load(Ordering::Relaxed),
+            draining: self.draining.load(Ordering::Relaxed),
+            outstanding: self.outstanding.load(Ordering::Relaxed),
+            completed: self.completed.load(Ordering::Relaxed),
+            latency_ewma_us: self.latency_ewma_micros.load(Ordering::Relaxed),
+            models: info
+                .map(|i| {
+                    i.models
+                        .iter()
+                        .map(|m| format!("{}@{}", m.name, m.version))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
     /// In rotation: linked, answering probes and not draining.
     pub fn is_routable(&self) -> bool {
         self.healthy.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
@@ -115,6 +160,20 @@ impl WorkerHandle {
                 .iter()
                 .any(|m| m.name == model && version.is_none_or(|v| m.version == v))
         })
+    }
+
+    /// Folds a call's latency into the EWMA (weight 1/5 for the newest sample).
+    fn record_latency(&self, latency: Duration) {
+        let sample = latency.as_micros().min(u64::MAX as u128) as u64;
+        let _ =
+            self.latency_ewma_micros
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                    Some(if old == 0 {
+                        sample
+                    } else {
+                        (old * 4 + sample) / 5
+                    })
+                });
     }
 
     fn record_success(&self) {
@@ -151,9 +210,12 @@ impl WorkerHandle {
         let _outstanding = Outstanding(&self.outstanding);
         let mut ctx = context::current();
         ctx.deadline = deadline;
+        let started = Instant::now();
         match client.infer(ctx, call).await {
             Ok(Ok(reply)) => {
                 self.record_success();
+                self.record_latency(started.elapsed());
+                self.completed.fetch_add(1, Ordering::Relaxed);
                 Ok(reply)
             }
             Ok(Err(error)) => {
@@ -165,8 +227,9 @@ impl WorkerHandle {
                     error,
                 })
             }
+            // A missed deadline is not held against the worker: the client may have asked for
+            // a millisecond. Frozen workers are caught by the pings, whose deadline we choose.
             Err(RpcError::DeadlineExceeded) => {
-                self.record_failure("call deadline exceeded");
                 Err(CallError::DeadlineExceeded { worker: worker() })
             }
             Err(e @ (RpcError::Shutdown | RpcError::Channel(_))) => {
@@ -351,8 +414,9 @@ impl Pool {
             .any(|w| w.is_routable() && w.serves(model, version))
     }
 
-    /// Power of two choices on outstanding calls among routable replicas not yet tried.
-    fn pick(
+    /// Power of two choices on outstanding calls (latency EWMA breaks ties) among routable
+    /// replicas not yet tried.
+    pub fn pick(
         &self,
         model: &str,
         version: Option<&str>,
@@ -368,33 +432,13 @@ impl Pool {
         let mut rng = rand::rng();
         let two: Vec<_> = candidates.choose_multiple(&mut rng, 2).collect();
         two.into_iter()
-            .min_by_key(|w| w.outstanding.load(Ordering::Relaxed))
+            .min_by_key(|w| {
+                (
+                    w.outstanding.load(Ordering::Relaxed),
+                    w.latency_ewma_micros.load(Ordering::Relaxed),
+                )
+            })
             .cloned()
-    }
-
-    /// Calls a model on one replica, retrying once on a different replica when the first fails
-    /// in a way another might not, and time remains.
-    pub async fn call(&self, call: InferCall, deadline: Instant) -> Result<InferReply, CallError> {
-        let mut tried = Vec::new();
-        let mut last_error = None;
-        while tried.len() < 2 {
-            let Some(worker) = self.pick(&call.model, call.version.as_deref(), &tried) else {
-                break;
-            };
-            tried.push(worker.worker_id.clone());
-            match worker.infer(call.clone(), deadline).await {
-                Ok(reply) => return Ok(reply),
-                Err(error) if error.worth_retrying() && Instant::now() < deadline => {
-                    debug!(worker = %worker.worker_id, model = %call.model, error = %error, "retrying on another replica");
-                    last_error = Some(error);
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| CallError::NoReplica {
-            model: call.model.clone(),
-            version: call.version.clone(),
-        }))
     }
 }
 

@@ -219,6 +219,13 @@ fn validate(raw: RawEnsemble) -> Result<EnsembleSpec, String> {
                 raw.combiner.as_str()
             )
         })?;
+    if raw.meta_version.is_some() && raw.combiner != CombinerKind::Fusion {
+        return Err(format!(
+            "{} only applies to the fusion combiner, not {}",
+            at("meta_version"),
+            raw.combiner.as_str()
+        ));
+    }
     let meta_model = match (raw.combiner, raw.meta_model) {
         (CombinerKind::Fusion, Some(model)) => Some((model, raw.meta_version)),
         (CombinerKind::Fusion, None) => {

@@ -1,6 +1,8 @@
 //! The worker's one typed configuration: command-line flags with `CHORUS_WORKER_*` fallbacks.
 
 use crate::error::LoadError;
+use crate::registration::RegistrationConfig;
+use chorus_common::membership::is_valid_worker_id;
 use chorus_common::transport::DEFAULT_MAX_FRAME_BYTES;
 use clap::{Args, ValueEnum};
 use serde::Deserialize;
@@ -10,6 +12,15 @@ use std::time::Duration;
 
 /// Largest accepted `--queue-capacity`; the queue's slots are allocated when a model loads.
 pub const MAX_QUEUE_CAPACITY: usize = 100_000;
+
+/// Default `--lease-ttl-secs`.
+pub const DEFAULT_LEASE_TTL_SECS: u64 = 10;
+/// etcd grants no lease shorter than this (a request for less is granted this).
+pub const MIN_LEASE_TTL_SECS: u64 = 2;
+/// Longest accepted `--lease-ttl-secs` (a day; longer leases make a dead worker linger).
+pub const MAX_LEASE_TTL_SECS: u64 = 86_400;
+/// Default `--etcd-give-up-ttls`.
+pub const DEFAULT_ETCD_GIVE_UP_TTLS: u32 = 3;
 
 /// Which execution provider a model's sessions should run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
@@ -94,6 +105,26 @@ pub struct WorkerConfig {
     /// Seconds to wait for in-flight calls to finish after shutdown is requested.
     #[arg(long, env = "CHORUS_WORKER_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,
+
+    /// etcd endpoints to register in, comma-separated (e.g. `http://etcd-0:2379,http://etcd-1:2379`);
+    /// empty means no etcd: coordinators then list this worker statically.
+    #[arg(long = "etcd", env = "CHORUS_WORKER_ETCD", value_delimiter = ',')]
+    pub etcd: Vec<String>,
+
+    /// TTL of the worker's etcd lease in seconds (at least 2); it is renewed every TTL/3, and
+    /// coordinators forget a worker about one TTL after it stops renewing.
+    #[arg(long, env = "CHORUS_WORKER_LEASE_TTL_SECS", default_value_t = DEFAULT_LEASE_TTL_SECS)]
+    pub lease_ttl_secs: u64,
+
+    /// Address (`host:port`) that coordinators dial, registered in etcd and reported in metadata;
+    /// defaults to the listener's address, or `<hostname>:<port>` when it listens on 0.0.0.0 or [::].
+    #[arg(long, env = "CHORUS_WORKER_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+
+    /// Lease TTLs to go on without being able to reach etcd (at start-up) or to renew or
+    /// re-register the lease, before the worker exits with an error for its supervisor to restart it.
+    #[arg(long, env = "CHORUS_WORKER_ETCD_GIVE_UP_TTLS", default_value_t = DEFAULT_ETCD_GIVE_UP_TTLS)]
+    pub etcd_give_up_ttls: u32,
 }
 
 impl Default for WorkerConfig {
@@ -111,6 +142,10 @@ impl Default for WorkerConfig {
             queue_capacity: 1024,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             drain_timeout_secs: 10,
+            etcd: Vec::new(),
+            lease_ttl_secs: DEFAULT_LEASE_TTL_SECS,
+            advertise_addr: None,
+            etcd_give_up_ttls: DEFAULT_ETCD_GIVE_UP_TTLS,
         }
     }
 }
@@ -137,7 +172,56 @@ impl WorkerConfig {
                 "--require-provider needs --execution-provider cuda (auto falls back to CPU by design)",
             );
         }
+        if !(MIN_LEASE_TTL_SECS..=MAX_LEASE_TTL_SECS).contains(&self.lease_ttl_secs) {
+            return bad("--lease-ttl-secs must be between 2 (etcd's minimum) and 86400");
+        }
+        if !(1..=1000).contains(&self.etcd_give_up_ttls) {
+            return bad("--etcd-give-up-ttls must be between 1 and 1000");
+        }
+        if let Some(addr) = &self.advertise_addr {
+            let port = addr
+                .rsplit_once(':')
+                .map(|(host, port)| (host, port.parse::<u16>()));
+            if !matches!(port, Some((host, Ok(p))) if !host.is_empty() && p != 0) {
+                return bad(
+                    "--advertise-addr must be host:port with a non-zero port, e.g. worker-3.example:9000",
+                );
+            }
+        }
+        let id = self.resolved_worker_id();
+        if self.registration().is_some() && !is_valid_worker_id(&id) {
+            return Err(LoadError::Config(format!(
+                "worker id '{id}' is not usable: give --worker-id 1 to 128 printable ASCII characters without spaces or '/'"
+            )));
+        }
         Ok(())
+    }
+
+    /// The etcd registration settings, or `None` when no `--etcd` endpoint is configured.
+    pub fn registration(&self) -> Option<RegistrationConfig> {
+        // Blank entries (e.g. CHORUS_WORKER_ETCD="") are ignored: empty means no etcd.
+        let endpoints: Vec<String> = self
+            .etcd
+            .iter()
+            .map(|e| e.trim())
+            .filter(|e| !e.is_empty())
+            .map(str::to_string)
+            .collect();
+        if endpoints.is_empty() {
+            return None;
+        }
+        Some(RegistrationConfig {
+            endpoints,
+            lease_ttl: Duration::from_secs(self.lease_ttl_secs),
+            give_up_ttls: self.etcd_give_up_ttls,
+        })
+    }
+
+    /// The address other processes should dial, given the listener's local address:
+    /// `--advertise-addr`, else the listener's address unless it is unspecified (0.0.0.0 or
+    /// [::]), in which case `<hostname>:<port>`.
+    pub fn advertised_addr(&self, local: SocketAddr) -> String {
+        advertised_addr(self.advertise_addr.as_deref(), local)
     }
 
     /// The configured worker id, or `<hostname>-<pid>`.
@@ -150,6 +234,15 @@ impl WorkerConfig {
 
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_secs)
+    }
+}
+
+/// See [`WorkerConfig::advertised_addr`].
+pub(crate) fn advertised_addr(configured: Option<&str>, local: SocketAddr) -> String {
+    match configured.map(str::trim).filter(|a| !a.is_empty()) {
+        Some(addr) => addr.to_string(),
+        None if local.ip().is_unspecified() => format!("{}:{}", hostname(), local.port()),
+        None => local.to_string(),
     }
 }
 
@@ -250,6 +343,110 @@ mod tests {
                 .to_string()
                 .contains("--require-provider")
         );
+    }
+
+    #[test]
+    fn etcd_flags_parse_and_make_a_registration() {
+        assert_eq!(parse(&[]).unwrap().registration(), None);
+        let c = parse(&[
+            "--etcd",
+            "http://etcd-0:2379,etcd-1:2379",
+            "--lease-ttl-secs",
+            "2",
+            "--etcd-give-up-ttls",
+            "5",
+            "--advertise-addr",
+            "worker-3.example:9000",
+        ])
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.registration(),
+            Some(RegistrationConfig {
+                endpoints: vec!["http://etcd-0:2379".into(), "etcd-1:2379".into()],
+                lease_ttl: Duration::from_secs(2),
+                give_up_ttls: 5,
+            })
+        );
+        let local = SocketAddr::from(([127, 0, 0, 1], 4000));
+        assert_eq!(c.advertised_addr(local), "worker-3.example:9000");
+    }
+
+    #[test]
+    fn blank_etcd_endpoints_mean_no_etcd() {
+        let blank = WorkerConfig {
+            etcd: vec!["".into(), " ".into()],
+            ..WorkerConfig::default()
+        };
+        blank.validate().unwrap();
+        assert_eq!(blank.registration(), None);
+        let some = WorkerConfig {
+            etcd: vec![" a:1 ".into(), "".into(), "b:2".into()],
+            ..WorkerConfig::default()
+        };
+        assert_eq!(some.registration().unwrap().endpoints, ["a:1", "b:2"]);
+    }
+
+    #[test]
+    fn bad_etcd_settings_name_their_flag() {
+        let check = |c: WorkerConfig, flag: &str| {
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(flag), "{e}");
+        };
+        let etcd = || WorkerConfig {
+            etcd: vec!["http://127.0.0.1:2379".into()],
+            ..WorkerConfig::default()
+        };
+        check(
+            WorkerConfig {
+                lease_ttl_secs: 1,
+                ..etcd()
+            },
+            "--lease-ttl-secs",
+        );
+        check(
+            WorkerConfig {
+                etcd_give_up_ttls: 0,
+                ..etcd()
+            },
+            "--etcd-give-up-ttls",
+        );
+        for bad in ["worker-3", ":9000", "host:0", "host:port"] {
+            check(
+                WorkerConfig {
+                    advertise_addr: Some(bad.into()),
+                    ..etcd()
+                },
+                "--advertise-addr",
+            );
+        }
+        check(
+            WorkerConfig {
+                worker_id: Some("a/b".into()),
+                ..etcd()
+            },
+            "--worker-id",
+        );
+        // Without etcd the id is only a label, as before.
+        WorkerConfig {
+            worker_id: Some("a/b".into()),
+            ..WorkerConfig::default()
+        }
+        .validate()
+        .unwrap();
+    }
+
+    #[test]
+    fn the_advertised_address_replaces_an_unspecified_host_with_the_hostname() {
+        let c = WorkerConfig::default();
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 4000));
+        assert_eq!(c.advertised_addr(loopback), "127.0.0.1:4000");
+        let any = SocketAddr::from(([0, 0, 0, 0], 4000));
+        assert_eq!(c.advertised_addr(any), format!("{}:4000", hostname()));
+        let any6: SocketAddr = "[::]:4001".parse().unwrap();
+        assert_eq!(c.advertised_addr(any6), format!("{}:4001", hostname()));
+        let v6: SocketAddr = "[::1]:4001".parse().unwrap();
+        assert_eq!(c.advertised_addr(v6), "[::1]:4001");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! (CPU or CUDA), and serves them over tarpc as `chorus_common::WorkerService`.
 //!
 //! The binary parses a [`WorkerConfig`], calls [`LoadedWorker::load`] (blocking: finds the ORT
-//! library, loads and warms every model), binds a listener and hands it to
-//! [`LoadedWorker::serve`] with a shutdown future.
+//! library, loads and warms every model), binds a listener, hands it to
+//! [`LoadedWorker::register`] (which registers the worker in etcd when `--etcd` is given) and
+//! serves with [`ReadyWorker::serve`] until a shutdown future resolves.
 
 pub mod closable;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod loader;
 pub mod model_config;
 pub mod ort_library;
 pub mod pool;
+pub mod registration;
 pub mod registry;
 pub mod repository;
 pub mod server;
@@ -22,8 +24,10 @@ pub mod signature;
 
 pub use config::{ProviderChoice, WorkerConfig};
 pub use error::LoadError;
+pub use registration::{Membership, RegistrationConfig, RegistrationError, RegistrationHandle};
 
 use chorus_common::ModelInfo;
+use registration::Registration;
 use registry::Registry;
 use service::Shared;
 use std::future::Future;
@@ -38,6 +42,8 @@ pub struct LoadedWorker {
     registry: Registry,
     max_frame_bytes: usize,
     drain_timeout: Duration,
+    advertise_addr: Option<String>,
+    registration: Option<RegistrationConfig>,
 }
 
 impl LoadedWorker {
@@ -50,6 +56,8 @@ impl LoadedWorker {
             registry,
             max_frame_bytes: config.max_frame_bytes,
             drain_timeout: config.drain_timeout(),
+            advertise_addr: config.advertise_addr.clone(),
+            registration: config.registration(),
         })
     }
 
@@ -67,21 +75,73 @@ impl LoadedWorker {
         self.registry.capacity()
     }
 
-    /// Serves RPCs on `listener` until `shutdown` resolves, then drains in-flight calls (bounded by
-    /// the configured drain timeout) and returns. The worker's `rpc_addr` is the listener's
-    /// local address.
+    /// Takes the bound `listener` and, when etcd is configured, registers the worker under
+    /// `/chorus/v1/workers/{worker_id}` with its advertised address, models and capacity
+    /// (retrying an unreachable etcd for up to `--etcd-give-up-ttls` TTLs). Fails if another
+    /// process holds the worker id. Without etcd it only works out the advertised address.
+    pub async fn register(self, listener: TcpListener) -> Result<ReadyWorker, RegistrationError> {
+        let local = listener.local_addr().map_err(RegistrationError::Listener)?;
+        let rpc_addr = config::advertised_addr(self.advertise_addr.as_deref(), local);
+        let shared = Arc::new(Shared::new(self.worker_id, rpc_addr, self.registry));
+        let registration = match self.registration {
+            Some(config) => Some(Registration::start(config, shared.info()).await?),
+            None => None,
+        };
+        Ok(ReadyWorker {
+            shared,
+            listener,
+            max_frame_bytes: self.max_frame_bytes,
+            drain_timeout: self.drain_timeout,
+            registration,
+        })
+    }
+
+    /// [`LoadedWorker::register`], then [`ReadyWorker::serve`].
     pub async fn serve(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> anyhow::Result<()> {
-        let rpc_addr = listener.local_addr()?.to_string();
-        let shared = Arc::new(Shared::new(self.worker_id, rpc_addr, self.registry));
-        server::run(
-            shared,
-            listener,
+        self.register(listener).await?.serve(shutdown).await
+    }
+}
+
+/// A worker that is listening and, with etcd, registered: ready to serve.
+#[derive(Debug)]
+pub struct ReadyWorker {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    max_frame_bytes: usize,
+    drain_timeout: Duration,
+    registration: Option<RegistrationHandle>,
+}
+
+impl ReadyWorker {
+    /// The address other processes dial (`--advertise-addr` or the listener's), as registered
+    /// in etcd and reported in metadata.
+    pub fn rpc_addr(&self) -> &str {
+        &self.shared.rpc_addr
+    }
+
+    pub fn worker_id(&self) -> &str {
+        &self.shared.worker_id
+    }
+
+    /// The etcd registration, when etcd is configured.
+    pub fn registration(&self) -> Option<&RegistrationHandle> {
+        self.registration.as_ref()
+    }
+
+    /// Serves RPCs until `shutdown` resolves, then (with etcd) marks the worker draining in etcd,
+    /// drains in-flight calls (bounded by the configured drain timeout), revokes the lease and
+    /// returns `Ok`. Returns an error if the etcd registration is lost for good.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        server::run_registered(
+            self.shared,
+            self.listener,
             self.max_frame_bytes,
             self.drain_timeout,
+            self.registration,
             shutdown,
         )
         .await

@@ -1,6 +1,8 @@
-//! The RPC server: accept loop, one tarpc channel per connection, graceful drain on shutdown.
+//! The RPC server: accept loop, one tarpc channel per connection, graceful drain on shutdown,
+//! and the etcd registration's part in it (refuse work while unregistered, draining, revoke).
 
 use crate::closable::UntilClosed;
+use crate::registration::{Membership, RegistrationHandle};
 use crate::service::{Shared, WorkerServer};
 use chorus_common::WorkerService;
 use chorus_common::transport::framed;
@@ -13,7 +15,7 @@ use tarpc::server::{BaseChannel, Channel};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -31,26 +33,114 @@ pub async fn run(
     drain_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
+    run_registered(
+        shared,
+        listener,
+        max_frame_bytes,
+        drain_timeout,
+        None,
+        shutdown,
+    )
+    .await
+}
+
+/// [`run`] for a worker registered in etcd (when `registration` is given): it refuses new work
+/// while its lease is lost; on shutdown it marks itself draining in etcd before the drain and
+/// revokes its lease after it, then returns `Ok`. If the registration gives up (no lease for
+/// too long), it stops accepting, drains and returns the error, for the process to exit non-zero.
+pub async fn run_registered(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    max_frame_bytes: usize,
+    drain_timeout: Duration,
+    mut registration: Option<RegistrationHandle>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
     let mut connections = JoinSet::new();
     let (closing, closing_rx) = watch::channel(false);
-    tokio::pin!(shutdown);
+    let follower = registration
+        .as_ref()
+        .map(|r| tokio::spawn(follow_membership(Arc::clone(&shared), r.membership())));
     info!(
         worker_id = %shared.worker_id,
         addr = %shared.rpc_addr,
         capacity = shared.registry.capacity(),
         "worker serving"
     );
+    let gave_up = async {
+        match registration.as_mut() {
+            Some(registration) => registration.failed().await,
+            None => std::future::pending().await,
+        }
+    };
+    let stopped = accept_until(
+        &shared,
+        &listener,
+        &mut connections,
+        &closing_rx,
+        max_frame_bytes,
+        async {
+            tokio::select! {
+                () = shutdown => None,
+                error = gave_up => Some(error),
+            }
+        },
+    )
+    .await;
+    drop(listener);
+    shared.start_draining();
+    if let Some(follower) = follower {
+        follower.abort();
+    }
+    if let (None, Some(registration)) = (&stopped, &registration) {
+        // Coordinators watching etcd stop routing here; pings already say draining.
+        if let Err(e) = registration.set_draining().await {
+            warn!(worker_id = %shared.worker_id, error = %e, "cannot mark the worker draining in etcd");
+        }
+    }
+    drain(&shared, connections, closing, drain_timeout).await;
+    if let Some(error) = stopped {
+        error!(
+            worker_id = %shared.worker_id,
+            error = %error,
+            "etcd registration lost for good, worker stopping"
+        );
+        return Err(error.into());
+    }
+    if let Some(registration) = registration
+        && let Err(e) = registration.revoke().await
+    {
+        warn!(
+            worker_id = %shared.worker_id,
+            error = %e,
+            "cannot revoke the etcd lease; the registration disappears when it expires"
+        );
+    }
+    info!(worker_id = %shared.worker_id, "worker stopped");
+    Ok(())
+}
+
+/// Accepts connections until `stop` resolves, and returns its output.
+async fn accept_until<T>(
+    shared: &Arc<Shared>,
+    listener: &TcpListener,
+    connections: &mut JoinSet<()>,
+    closing: &watch::Receiver<bool>,
+    max_frame_bytes: usize,
+    stop: impl Future<Output = T>,
+) -> T {
+    tokio::pin!(stop);
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            output = &mut stop => return output,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     connections.spawn(serve_connection(
-                        Arc::clone(&shared),
+                        Arc::clone(shared),
                         stream,
                         peer,
                         max_frame_bytes,
-                        closing_rx.clone(),
+                        closing.clone(),
                     ));
                 }
                 Err(e) => {
@@ -62,8 +152,16 @@ pub async fn run(
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
-    drop(listener);
-    shared.start_draining();
+}
+
+/// Waits (up to `drain_timeout`) for in-flight calls to finish, then closes every connection.
+/// New inference must already be refused (`Shared::start_draining`).
+async fn drain(
+    shared: &Shared,
+    mut connections: JoinSet<()>,
+    closing: watch::Sender<bool>,
+    drain_timeout: Duration,
+) {
     info!(in_flight = shared.in_flight(), "worker draining");
     if tokio::time::timeout(drain_timeout, shared.idle())
         .await
@@ -89,8 +187,17 @@ pub async fn run(
         );
     }
     connections.shutdown().await;
-    info!(worker_id = %shared.worker_id, "worker stopped");
-    Ok(())
+}
+
+/// Mirrors the registration's membership into the service: no new work while the lease is lost.
+async fn follow_membership(shared: Arc<Shared>, mut membership: watch::Receiver<Membership>) {
+    loop {
+        let lost = *membership.borrow_and_update() == Membership::Lost;
+        shared.set_lease_lost(lost);
+        if membership.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn serve_connection(

@@ -20,6 +20,8 @@ pub struct Shared {
     pub rpc_addr: String,
     pub registry: Registry,
     draining: AtomicBool,
+    /// Set while an etcd-registered worker has no live lease: it takes no new work then.
+    lease_lost: AtomicBool,
     in_flight: AtomicU32,
     /// Woken whenever the in-flight count drops to zero, for the drain.
     idle: Notify,
@@ -32,16 +34,30 @@ impl Shared {
             rpc_addr,
             registry,
             draining: AtomicBool::new(false),
+            lease_lost: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             idle: Notify::new(),
         }
     }
 
+    /// `Draining` while shutting down, and also while the etcd lease is lost, so that
+    /// coordinators pinging this worker stop routing to it until it has registered again.
     pub fn state(&self) -> WorkerState {
-        if self.draining.load(Ordering::SeqCst) {
+        if !self.takes_work() {
             WorkerState::Draining
         } else {
             WorkerState::Serving
+        }
+    }
+
+    /// What the worker says about itself: `metadata`'s answer and its etcd record.
+    pub fn info(&self) -> WorkerInfo {
+        WorkerInfo {
+            worker_id: self.worker_id.clone(),
+            rpc_addr: self.rpc_addr.clone(),
+            state: self.state(),
+            capacity: self.registry.capacity(),
+            models: self.registry.infos(),
         }
     }
 
@@ -49,9 +65,20 @@ impl Shared {
         self.in_flight.load(Ordering::SeqCst)
     }
 
+    /// Whether new inference is accepted: not draining, and not without an etcd lease.
+    pub fn takes_work(&self) -> bool {
+        !self.draining.load(Ordering::SeqCst) && !self.lease_lost.load(Ordering::SeqCst)
+    }
+
     /// Refuses new inference from now on.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Refuses new inference (as `Draining`, which callers retry on another replica) while the
+    /// etcd lease is lost; takes work again once re-registered.
+    pub fn set_lease_lost(&self, lost: bool) {
+        self.lease_lost.store(lost, Ordering::SeqCst);
     }
 
     /// Resolves once no inference call is in flight.
@@ -77,7 +104,7 @@ impl Shared {
         // Counted before the drain check: a drain that sees zero in flight has also set the flag
         // this call is about to read, so no call slips past an idle drain.
         let _guard = InFlight::enter(self);
-        if self.draining.load(Ordering::SeqCst) {
+        if !self.takes_work() {
             return Err(WorkerError::Draining);
         }
         // tarpc does not refuse a call whose deadline has already passed; do it here so that no
@@ -144,14 +171,7 @@ pub struct WorkerServer(pub Arc<Shared>);
 
 impl WorkerService for WorkerServer {
     async fn metadata(self, _: Context) -> WorkerInfo {
-        let shared = &self.0;
-        WorkerInfo {
-            worker_id: shared.worker_id.clone(),
-            rpc_addr: shared.rpc_addr.clone(),
-            state: shared.state(),
-            capacity: shared.registry.capacity(),
-            models: shared.registry.infos(),
-        }
+        self.0.info()
     }
 
     async fn infer(self, ctx: Context, call: InferCall) -> Result<InferReply, WorkerError> {

@@ -20,6 +20,14 @@ pub enum ApiError {
         model: String,
         version: Option<String>,
     },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error(
+        "the inputs hold {bytes} bytes, more than the {limit} bytes one worker call may carry (raise --max-frame-bytes on coordinator and workers, or split the batch)"
+    )]
+    CallTooLarge { bytes: usize, limit: usize },
     #[error("request body is larger than the limit of {limit} bytes")]
     PayloadTooLarge { limit: usize },
     #[error("{0}")]
@@ -36,8 +44,11 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::ModelNotFound { .. } => StatusCode::NOT_FOUND,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::ModelNotFound { .. } | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge { .. } | ApiError::CallTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -95,7 +106,9 @@ impl From<EnsembleError> for ApiError {
         match e {
             EnsembleError::BadInput(message) => ApiError::BadRequest(message),
             EnsembleError::NoQuorum { .. } => ApiError::Unavailable(e.to_string()),
-            EnsembleError::MetaModelLate { .. } => ApiError::DeadlineExceeded(e.to_string()),
+            EnsembleError::MetaModelLate { .. } | EnsembleError::QuorumLate { .. } => {
+                ApiError::DeadlineExceeded(e.to_string())
+            }
             EnsembleError::MetaModel { error, .. } => ApiError::from(error),
             EnsembleError::Combine { .. } => ApiError::Internal(e.to_string()),
         }

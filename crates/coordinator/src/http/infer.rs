@@ -24,7 +24,7 @@ pub async fn infer(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = read_body(&headers, body, app.max_body_bytes).await?;
+    let body = read_body(&headers, body, app.limits.max_body_bytes).await?;
     run(&app, &model, None, &headers, body).await
 }
 
@@ -34,12 +34,13 @@ pub async fn infer_version(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let body = read_body(&headers, body, app.max_body_bytes).await?;
+    let body = read_body(&headers, body, app.limits.max_body_bytes).await?;
     run(&app, &model, Some(version), &headers, body).await
 }
 
-/// Parses the body and checks it against `signature`.
+/// Parses the body and checks it against `signature` and the size of one worker call.
 fn parse_and_validate(
+    app: &App,
     name: &str,
     signature: &Signature,
     headers: &HeaderMap,
@@ -53,6 +54,13 @@ fn parse_and_validate(
     validate_inputs(name, &signature.inputs, &request.inputs, &signature.policy)?;
     let requested: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();
     validate_requested_outputs(name, &signature.outputs, &requested)?;
+    let input_bytes: usize = request.inputs.iter().map(|t| t.data.len()).sum();
+    if input_bytes > app.limits.max_call_bytes {
+        return Err(ApiError::CallTooLarge {
+            bytes: input_bytes,
+            limit: app.limits.max_call_bytes,
+        });
+    }
     Ok(request)
 }
 
@@ -79,12 +87,12 @@ async fn run(
         let signature = catalog
             .ensemble_signature(&spec)
             .map_err(ApiError::Unavailable)?;
-        let request = parse_and_validate(name, &signature, headers, body)?;
+        let request = parse_and_validate(app, name, &signature, headers, body)?;
         let request_id = request.id.clone().unwrap_or_else(|| app.fresh_request_id());
         debug!(ensemble = %name, request_id = %request_id, "ensemble request");
         let deadline = deadline(spec.deadline, request.timeout);
         let answer =
-            ensemble::run(catalog.pool(), &spec, request.inputs, deadline, &request_id).await?;
+            ensemble::run(&app.router, &spec, request.inputs, deadline, &request_id).await?;
         let outputs = response::select_outputs(answer.outputs, &request.outputs)?;
         return response::encode(
             InferResponse {
@@ -116,7 +124,7 @@ async fn run_model(
             version: version.clone(),
         })?;
     let signature = Catalog::model_signature(&info);
-    let request = parse_and_validate(name, &signature, headers, body)?;
+    let request = parse_and_validate(app, name, &signature, headers, body)?;
     let request_id = request.id.clone().unwrap_or_else(|| app.fresh_request_id());
     let call = InferCall {
         model: name.to_string(),
@@ -125,8 +133,8 @@ async fn run_model(
         outputs: request.outputs.iter().map(|o| o.name.clone()).collect(),
         request_id,
     };
-    let deadline = deadline(app.model_deadline, request.timeout);
-    let reply = catalog.pool().call(call, deadline).await?;
+    let deadline = deadline(app.limits.model_deadline, request.timeout);
+    let reply = app.router.call(call, deadline).await.result?;
     let outputs = response::select_outputs(reply.outputs, &request.outputs)?;
     response::encode(
         InferResponse {
@@ -151,5 +159,13 @@ fn member_parameters(report: &MemberReport) -> Map<String, Value> {
         Value::String(report.failed.join(",")),
     );
     p.insert("members_late".into(), Value::String(report.late.join(",")));
+    p.insert(
+        "members_retried".into(),
+        Value::String(report.retried.join(",")),
+    );
+    p.insert(
+        "members_hedged".into(),
+        Value::String(report.hedged.join(",")),
+    );
     p
 }

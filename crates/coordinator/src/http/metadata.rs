@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 
 /// Extensions of OIP v2 / Triton that Chorus implements.
-const EXTENSIONS: [&str; 2] = ["binary_tensor_data", "model_repository"];
+/// Only the read-only repository index of Triton's model_repository extension is served, so
+/// the extension itself is not claimed.
+const EXTENSIONS: [&str; 1] = ["binary_tensor_data"];
 
 pub async fn server() -> Json<Value> {
     Json(json!({
@@ -30,15 +32,17 @@ pub async fn live() -> StatusCode {
 /// served). Not ready is 400, as Triton answers, since OIP v2 asks for a 4xx.
 pub async fn ready(State(app): State<Arc<App>>) -> StatusCode {
     let catalog = &app.catalog;
-    let mut ensembles = catalog.ensembles().peekable();
-    let ready = if ensembles.peek().is_none() {
+    let ensembles = catalog.ensembles();
+    let ready = if ensembles.is_empty() {
         catalog
             .pool()
             .models()
             .keys()
             .any(|name| catalog.model_ready(name, None))
     } else {
-        ensembles.all(|spec| catalog.ensemble_unready_reason(spec).is_none())
+        ensembles
+            .iter()
+            .all(|spec| catalog.ensemble_unready_reason(spec).is_none())
     };
     if ready {
         StatusCode::OK
@@ -47,10 +51,18 @@ pub async fn ready(State(app): State<Arc<App>>) -> StatusCode {
     }
 }
 
-pub async fn not_found() -> ApiError {
-    ApiError::BadRequest(
-        "no such endpoint; see docs/protocol.md for the routes Chorus serves".into(),
-    )
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!(
+        "no such endpoint: {}; see docs/protocol.md for the routes Chorus serves",
+        uri.path()
+    ))
+}
+
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{method} is not allowed on {}; see docs/protocol.md for each route's method",
+        uri.path()
+    ))
 }
 
 fn tensor_metadata(specs: &[TensorSpec]) -> Vec<Value> {
@@ -80,6 +92,7 @@ fn model_metadata(app: &App, name: &str, version: Option<&str>) -> Result<Value,
             "inputs": tensor_metadata(&signature.inputs),
             "outputs": tensor_metadata(&signature.outputs),
             "parameters": {
+                "description": spec.description,
                 "combiner": spec.combiner.as_str(),
                 "members": spec.members.iter().map(|m| m.model.as_str()).collect::<Vec<_>>().join(","),
                 "min_members": spec.min_members,
@@ -169,7 +182,7 @@ pub async fn repository_index(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let body = read_body(&headers, body, app.max_body_bytes).await?;
+    let body = read_body(&headers, body, app.limits.max_body_bytes).await?;
     let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
         IndexRequest::default()
     } else {
@@ -182,7 +195,7 @@ pub async fn repository_index(
     let catalog = &app.catalog;
     let mut entries = Vec::new();
     for spec in catalog.ensembles() {
-        let reason = catalog.ensemble_unready_reason(spec);
+        let reason = catalog.ensemble_unready_reason(&spec);
         entries.push((spec.name.clone(), ENSEMBLE_VERSION.to_string(), reason));
     }
     for (name, versions) in catalog.pool().models() {
@@ -208,4 +221,17 @@ pub async fn repository_index(
         })
         .collect();
     Ok(Json(Value::Array(index)))
+}
+
+/// Chorus's own operator view: every worker in this coordinator's membership with its health,
+/// load and models.
+pub async fn workers(State(app): State<Arc<App>>) -> Json<Value> {
+    let workers: Vec<_> = app
+        .catalog
+        .pool()
+        .workers()
+        .iter()
+        .map(|w| w.status())
+        .collect();
+    Json(json!({ "workers": workers }))
 }

@@ -10,6 +10,7 @@ mod response;
 pub use error::ApiError;
 
 use crate::catalog::Catalog;
+use crate::router::Router as MemberRouter;
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
@@ -19,21 +20,44 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Request limits and defaults, from the coordinator's config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    /// Largest total of input bytes one worker call may carry (the RPC frame limit, less room
+    /// for the call's other fields).
+    pub max_call_bytes: usize,
+    /// Deadline of single-model requests (ensembles carry their own).
+    pub model_deadline: Duration,
+}
+
+impl Limits {
+    /// Room left in an RPC frame for everything but the tensors' bytes.
+    const FRAME_OVERHEAD: usize = 64 * 1024;
+
+    pub fn new(max_body_bytes: usize, max_frame_bytes: usize, model_deadline: Duration) -> Self {
+        Limits {
+            max_body_bytes,
+            max_call_bytes: max_frame_bytes.saturating_sub(Self::FRAME_OVERHEAD),
+            model_deadline,
+        }
+    }
+}
+
 /// State every handler shares.
 pub struct App {
     pub catalog: Catalog,
-    pub max_body_bytes: usize,
-    /// Deadline of single-model requests (ensembles carry their own).
-    pub model_deadline: Duration,
+    pub router: Arc<MemberRouter>,
+    pub limits: Limits,
     next_request_id: AtomicU64,
 }
 
 impl App {
-    pub fn new(catalog: Catalog, max_body_bytes: usize, model_deadline: Duration) -> Self {
+    pub fn new(catalog: Catalog, router: Arc<MemberRouter>, limits: Limits) -> Self {
         App {
             catalog,
-            max_body_bytes,
-            model_deadline,
+            router,
+            limits,
             next_request_id: AtomicU64::new(1),
         }
     }
@@ -69,7 +93,9 @@ pub fn router(app: Arc<App>) -> Router {
             post(infer::infer_version),
         )
         .route("/v2/repository/index", post(metadata::repository_index))
+        .route("/chorus/workers", get(metadata::workers))
         .fallback(metadata::not_found)
+        .method_not_allowed_fallback(metadata::method_not_allowed)
         .with_state(app)
 }
 

@@ -1,5 +1,17 @@
 //! The membership seam: sources of "which workers exist" emit [`MembershipChange`]s that the pool
-//! applies. Handlers never look at a source; swapping the static list for etcd touches only this.
+//! applies, and sources of ensemble specs emit [`SpecChange`]s that the catalog applies. Handlers
+//! never look at a source; swapping the static list for etcd touches only this module.
+//!
+//! Sources: [`static_list`] (the embedded default) and [`etcd`] (list, watch, re-list). The
+//! decisions about etcd keys and revisions live in the plain [`view::View`], which tests drive
+//! without etcd.
+
+pub mod ensembles;
+pub mod etcd;
+pub mod view;
+
+pub use ensembles::SpecChange;
+pub use view::{MembershipView, View};
 
 use chorus_common::WorkerState;
 use tokio::sync::mpsc;

@@ -1,0 +1,181 @@
+//! Routing one model call: pick a replica (power of two choices), hedge a slow call to another
+//! replica after the model's rolling p95, retry a failed call once on a different replica — the
+//! extra calls each under their own budget — and cancel whichever attempt loses.
+
+mod budget;
+mod latency;
+
+pub use budget::Budget;
+pub use latency::LatencyTracker;
+
+use crate::pool::{CallError, Pool, WorkerHandle};
+use chorus_common::rpc::{InferCall, InferReply};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::debug;
+
+/// Tuning of retries and hedging.
+#[derive(Debug, Clone)]
+pub struct RouterSettings {
+    /// Retries allowed per first attempt, on average (the retry budget's refill ratio).
+    pub retry_ratio: f64,
+    /// Hedges allowed per first attempt, on average; 0 disables hedging.
+    pub hedge_ratio: f64,
+    /// Extra calls a budget can hold for a burst.
+    pub budget_burst: f64,
+    /// Never hedge sooner than this, however fast the model usually is.
+    pub hedge_min_delay: Duration,
+    /// Calls a latency window needs before its p95 sets the hedging delay.
+    pub hedge_min_samples: u64,
+}
+
+/// What happened to one routed call.
+#[derive(Debug)]
+pub struct Routed {
+    pub result: Result<InferReply, CallError>,
+    /// A failed attempt was retried on another replica.
+    pub retried: bool,
+    /// A slow attempt was duplicated to another replica.
+    pub hedged: bool,
+}
+
+/// Routes calls over the pool's replicas.
+pub struct Router {
+    pool: Arc<Pool>,
+    retries: Budget,
+    hedges: Budget,
+    latency: LatencyTracker,
+    settings: RouterSettings,
+}
+
+impl Router {
+    pub fn new(pool: Arc<Pool>, settings: RouterSettings) -> Self {
+        Router {
+            retries: Budget::new(settings.retry_ratio, settings.budget_burst),
+            hedges: Budget::new(settings.hedge_ratio, settings.budget_burst),
+            latency: LatencyTracker::new(settings.hedge_min_samples),
+            pool,
+            settings,
+        }
+    }
+
+    pub fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Calls `call.model` under `deadline`: one attempt, maybe hedged, maybe retried once.
+    pub async fn call(&self, call: InferCall, deadline: Instant) -> Routed {
+        let mut tried: Vec<String> = Vec::new();
+        let mut routed = Routed {
+            result: Err(no_replica(&call)),
+            retried: false,
+            hedged: false,
+        };
+        let Some(first) = self.pick(&call, &tried) else {
+            return routed;
+        };
+        self.retries.deposit();
+        self.hedges.deposit();
+        tried.push(first.worker_id.clone());
+        let (result, hedged) = self.attempt(&call, deadline, first, &mut tried).await;
+        routed.hedged = hedged;
+        routed.result = result;
+        let worth_retrying = matches!(&routed.result, Err(e) if e.worth_retrying());
+        if !worth_retrying || Instant::now() >= deadline {
+            return routed;
+        }
+        let Some(second) = self.pick(&call, &tried) else {
+            return routed;
+        };
+        if !self.retries.try_spend() {
+            debug!(model = %call.model, "retry budget spent; not retrying");
+            return routed;
+        }
+        if let Err(error) = &routed.result {
+            debug!(model = %call.model, worker = %second.worker_id, error = %error, "retrying on another replica");
+        }
+        tried.push(second.worker_id.clone());
+        routed.retried = true;
+        routed.result = self.timed(&call, deadline, &second).await;
+        routed
+    }
+
+    fn pick(&self, call: &InferCall, tried: &[String]) -> Option<Arc<WorkerHandle>> {
+        self.pool.pick(&call.model, call.version.as_deref(), tried)
+    }
+
+    /// One call on `worker`, its latency recorded when it succeeds.
+    async fn timed(
+        &self,
+        call: &InferCall,
+        deadline: Instant,
+        worker: &WorkerHandle,
+    ) -> Result<InferReply, CallError> {
+        let started = Instant::now();
+        let result = worker.infer(call.clone(), deadline).await;
+        if result.is_ok() {
+            self.latency.record(&call.model, started.elapsed());
+        }
+        result
+    }
+
+    /// The hedging delay for a model: its rolling p95, floored; `None` while hedging is off or
+    /// the model has no trusted p95 yet.
+    fn hedge_delay(&self, model: &str) -> Option<Duration> {
+        if self.settings.hedge_ratio <= 0.0 {
+            return None;
+        }
+        self.latency
+            .p95(model)
+            .map(|p95| p95.max(self.settings.hedge_min_delay))
+    }
+
+    /// The first attempt: if it has not answered by the hedging delay, a duplicate goes to
+    /// another replica; the first success wins and the other future is dropped, which cancels
+    /// its RPC. Returns the result and whether a hedge was sent.
+    async fn attempt(
+        &self,
+        call: &InferCall,
+        deadline: Instant,
+        first: Arc<WorkerHandle>,
+        tried: &mut Vec<String>,
+    ) -> (Result<InferReply, CallError>, bool) {
+        let primary = self.timed(call, deadline, &first);
+        tokio::pin!(primary);
+        let Some(delay) = self.hedge_delay(&call.model) else {
+            return (primary.await, false);
+        };
+        tokio::select! {
+            result = &mut primary => return (result, false),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let Some(second) = self.pick(call, tried) else {
+            return (primary.await, false);
+        };
+        if !self.hedges.try_spend() {
+            return (primary.await, false);
+        }
+        debug!(model = %call.model, slow = %first.worker_id, hedge = %second.worker_id, delay_us = delay.as_micros() as u64, "hedging");
+        tried.push(second.worker_id.clone());
+        let hedge = self.timed(call, deadline, &second);
+        tokio::pin!(hedge);
+        let result = tokio::select! {
+            result = &mut primary => match result {
+                Ok(reply) => Ok(reply),
+                Err(_) => hedge.await,
+            },
+            result = &mut hedge => match result {
+                Ok(reply) => Ok(reply),
+                Err(_) => primary.await,
+            },
+        };
+        (result, true)
+    }
+}
+
+fn no_replica(call: &InferCall) -> CallError {
+    CallError::NoReplica {
+        model: call.model.clone(),
+        version: call.version.clone(),
+    }
+}

@@ -1,0 +1,436 @@
+//! The lease keeper: registers the worker, renews its lease every TTL/3, re-registers after a
+//! loss and gives up after too long, on an OS thread with a single-threaded runtime of its own.
+//!
+//! Why a thread: a renewal that comes late drops a healthy worker out of membership. The
+//! server's runtime may be saturated by request handling (or blocked by a careless call); this
+//! runtime has nothing else to do, and it also owns the etcd client's connection tasks, so no
+//! etcd I/O ever waits for the server's runtime.
+
+use super::etcd::{Created, Etcd, EtcdError, KeepAlive};
+use super::schedule::{LeaseSchedule, Phase};
+use super::{Membership, RegistrationConfig, RegistrationError};
+use chorus_common::membership::encode_record;
+use chorus_common::{WorkerInfo, WorkerState};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+/// How long the keeper sleeps when it has nothing to do but wait for a command.
+const IDLE: Duration = Duration::from_secs(3600);
+
+type Reply = oneshot::Sender<Result<(), RegistrationError>>;
+
+/// What the handle asks of the keeper.
+#[derive(Debug)]
+pub enum Command {
+    SetDraining(Reply),
+    Revoke(Reply),
+}
+
+/// The keeper's ends of the channels to its handle.
+pub(super) struct Channels {
+    pub membership: watch::Sender<Membership>,
+    pub commands: mpsc::Receiver<Command>,
+    /// Answered once: registered, or why not.
+    pub ready: oneshot::Sender<Result<(), RegistrationError>>,
+    /// Sent the error when the keeper gives up.
+    pub failure: oneshot::Sender<RegistrationError>,
+}
+
+/// Starts the keeper's thread; it reports on `channels.ready` whether it registered.
+pub(super) fn spawn(
+    config: RegistrationConfig,
+    info: WorkerInfo,
+    channels: Channels,
+) -> std::io::Result<()> {
+    // The thread logs to whatever subscriber the caller logs to (a test's own, too).
+    let dispatch = tracing::dispatcher::get_default(Clone::clone);
+    std::thread::Builder::new()
+        .name("chorus-etcd-lease".into())
+        .spawn(move || {
+            tracing::dispatcher::with_default(&dispatch, move || {
+                let Channels {
+                    membership,
+                    commands,
+                    ready,
+                    failure,
+                } = channels;
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready.send(Err(RegistrationError::Keeper(e)));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let mut keeper =
+                        match Keeper::register(config, info, membership, commands).await {
+                            Ok(keeper) => keeper,
+                            Err(e) => {
+                                let _ = ready.send(Err(e));
+                                return;
+                            }
+                        };
+                    if ready.send(Ok(())).is_err() {
+                        // Nobody waits for this registration any more: undo it.
+                        let _ = keeper.revoke_all().await;
+                        return;
+                    }
+                    if let Err(e) = keeper.run().await {
+                        let _ = failure.send(e);
+                    }
+                });
+            })
+        })?;
+    Ok(())
+}
+
+/// A uniform draw from [0, 1) for backoff jitter.
+fn jitter() -> f64 {
+    rand::random::<f64>()
+}
+
+struct Keeper {
+    etcd: Etcd,
+    info: WorkerInfo,
+    endpoints: Vec<String>,
+    schedule: LeaseSchedule,
+    /// The open keep-alive stream of the live lease; reopened after any error.
+    keep_alive: Option<KeepAlive>,
+    /// The TTL etcd granted the live lease (what a reopened keep-alive stream renews it to).
+    granted_ttl: Duration,
+    /// Leases this process made and no longer uses (lost, or granted by an attempt that failed
+    /// half-way); revoked before the next registration attempt, so that a key one of them may
+    /// still hold disappears instead of blocking the attempt until etcd expires it.
+    stale: Vec<i64>,
+    /// When to renew or retry next.
+    next_attempt: Instant,
+    /// Shutting down: publish nothing new, never re-register.
+    draining: bool,
+    /// Consecutive failed attempts.
+    attempts: u32,
+    last_error: String,
+    membership: watch::Sender<Membership>,
+    commands: mpsc::Receiver<Command>,
+}
+
+impl Keeper {
+    /// Connects and creates the worker's key, retrying an unreachable etcd until the give-up
+    /// bound; fails at once if another lease holds the key.
+    async fn register(
+        config: RegistrationConfig,
+        info: WorkerInfo,
+        membership: watch::Sender<Membership>,
+        commands: mpsc::Receiver<Command>,
+    ) -> Result<Keeper, RegistrationError> {
+        let start = Instant::now();
+        let key = chorus_common::membership::worker_key(&info.worker_id);
+        let etcd = Etcd::connect(&config.endpoints, key, config.request_timeout())
+            .await
+            .map_err(|e| RegistrationError::InvalidEndpoints {
+                endpoints: config.endpoints.clone(),
+                message: e.to_string(),
+            })?;
+        let mut keeper = Keeper {
+            etcd,
+            info,
+            endpoints: config.endpoints,
+            schedule: LeaseSchedule::new(config.lease_ttl, config.give_up_ttls, start),
+            keep_alive: None,
+            granted_ttl: config.lease_ttl,
+            stale: Vec::new(),
+            next_attempt: start,
+            draining: false,
+            attempts: 0,
+            last_error: String::new(),
+            membership,
+            commands,
+        };
+        loop {
+            keeper.attempts += 1;
+            match keeper.create().await {
+                Ok(Created::Ours) => {
+                    info!(
+                        worker_id = %keeper.info.worker_id,
+                        key = %keeper.etcd.key(),
+                        lease = %format_args!("{:x}", keeper.schedule.lease_id().unwrap_or(0)),
+                        ttl_s = keeper.granted_ttl.as_secs(),
+                        rpc_addr = %keeper.info.rpc_addr,
+                        "worker registered in etcd"
+                    );
+                    return Ok(keeper);
+                }
+                Ok(Created::Taken { .. }) => {
+                    // Best effort: the unused lease holds no key and would expire anyway.
+                    let _ = keeper.revoke_stale().await;
+                    return Err(RegistrationError::AlreadyRegistered {
+                        worker_id: keeper.info.worker_id.clone(),
+                        key: keeper.etcd.key().to_string(),
+                    });
+                }
+                Err(e) => {
+                    let now = Instant::now();
+                    if keeper.schedule.should_give_up(now) {
+                        return Err(RegistrationError::Unreachable {
+                            endpoints: keeper.endpoints.clone(),
+                            attempts: keeper.attempts,
+                            waited: now.duration_since(start),
+                            last_error: e.to_string(),
+                        });
+                    }
+                    let delay = keeper.schedule.retry_delay(now, jitter());
+                    warn!(
+                        endpoints = ?keeper.endpoints,
+                        attempt = keeper.attempts,
+                        error = %e,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "etcd unreachable, retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Keeps the lease alive and answers commands until revoked (`Ok`) or until it gives up.
+    async fn run(&mut self) -> Result<(), RegistrationError> {
+        loop {
+            let now = Instant::now();
+            if self.schedule.expired(now) {
+                self.lose("the lease may have expired before it could be renewed");
+            }
+            let wake = match self.schedule.phase() {
+                Phase::Registered { expires_at, .. } => self.next_attempt.min(expires_at),
+                Phase::Lost if self.draining => now + IDLE,
+                Phase::Lost if self.schedule.should_give_up(now) => {
+                    return Err(RegistrationError::GaveUp {
+                        worker_id: self.info.worker_id.clone(),
+                        waited: now.saturating_duration_since(self.schedule.last_confirmed()),
+                        last_error: self.last_error.clone(),
+                    });
+                }
+                Phase::Lost => self.next_attempt.min(self.schedule.give_up_at()),
+            };
+            let command = tokio::select! {
+                command = self.commands.recv() => Some(command),
+                () = tokio::time::sleep_until(wake.into()) => None,
+            };
+            match command {
+                Some(Some(Command::SetDraining(reply))) => {
+                    let _ = reply.send(self.set_draining().await);
+                    continue;
+                }
+                Some(Some(Command::Revoke(reply))) => {
+                    let _ = reply.send(self.revoke_all().await);
+                    return Ok(());
+                }
+                Some(None) => {
+                    // The handle is gone without revoking (the server was dropped): the worker
+                    // serves nothing any more, so take it out of membership now.
+                    if let Err(e) = self.revoke_all().await {
+                        warn!(error = %e, "cannot revoke the etcd lease of a dropped worker");
+                    }
+                    return Ok(());
+                }
+                None => {}
+            }
+            if Instant::now() < self.next_attempt {
+                continue;
+            }
+            match self.schedule.phase() {
+                Phase::Registered { .. } => self.renew().await,
+                Phase::Lost if !self.draining => self.reregister().await,
+                Phase::Lost => {}
+            }
+        }
+    }
+
+    /// Revokes leaves over from earlier attempts, grants a lease and creates the key under it
+    /// if the key does not exist. On success the worker is registered.
+    async fn create(&mut self) -> Result<Created, EtcdError> {
+        self.revoke_stale().await?;
+        let sent = Instant::now();
+        let (lease_id, granted) = self.etcd.grant(self.schedule.ttl()).await?;
+        let granted = if granted.is_zero() {
+            self.schedule.ttl()
+        } else {
+            granted
+        };
+        match self.etcd.create(lease_id, encode_record(&self.info)).await {
+            Ok(Created::Ours) => {
+                self.schedule.registered(lease_id, sent, granted);
+                self.granted_ttl = granted;
+                self.keep_alive = None;
+                self.next_attempt = self.schedule.next_renewal();
+                self.attempts = 0;
+                self.membership
+                    .send_replace(Membership::Registered { lease_id });
+                Ok(Created::Ours)
+            }
+            // Not registered under this lease (the key is taken, or the answer was lost and the
+            // key may hold it): revoke it before the next attempt.
+            other => {
+                self.stale.push(lease_id);
+                other
+            }
+        }
+    }
+
+    /// Sends one renewal, (re)opening the keep-alive stream first if it is not open.
+    async fn renew(&mut self) {
+        let Some(lease_id) = self.schedule.lease_id() else {
+            return;
+        };
+        let sent = Instant::now();
+        let result = match self.keep_alive.as_mut() {
+            Some(keep_alive) => keep_alive.renew().await,
+            // Opening the stream renews the lease to its full TTL.
+            None => match self.etcd.keep_alive(lease_id).await {
+                Ok(keep_alive) => {
+                    self.keep_alive = Some(keep_alive);
+                    Ok(self.granted_ttl)
+                }
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(ttl) => {
+                if self.attempts > 0 {
+                    info!(
+                        worker_id = %self.info.worker_id,
+                        lease = %format_args!("{lease_id:x}"),
+                        failed_attempts = self.attempts,
+                        "etcd lease renewed again"
+                    );
+                }
+                self.attempts = 0;
+                self.schedule.renewed(sent, ttl);
+                self.next_attempt = self.schedule.next_renewal();
+                debug!(lease = %format_args!("{lease_id:x}"), ttl_s = ttl.as_secs(), "etcd lease renewed");
+            }
+            Err(EtcdError::LeaseNotFound) => self.lose("etcd says the lease no longer exists"),
+            Err(e) => {
+                // The stream may be broken (etcd restarted, connection reset): reopen it.
+                self.keep_alive = None;
+                self.attempts += 1;
+                self.last_error = e.to_string();
+                let now = Instant::now();
+                let delay = self.schedule.retry_delay(now, jitter());
+                self.next_attempt = now + delay;
+                warn!(
+                    worker_id = %self.info.worker_id,
+                    lease = %format_args!("{lease_id:x}"),
+                    attempt = self.attempts,
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "etcd lease renewal failed, retrying"
+                );
+            }
+        }
+    }
+
+    /// One attempt to register again after a loss.
+    async fn reregister(&mut self) {
+        self.attempts += 1;
+        let attempts = self.attempts;
+        let outcome = self.create().await;
+        let failure = match outcome {
+            Ok(Created::Ours) => {
+                info!(
+                    worker_id = %self.info.worker_id,
+                    lease = %format_args!("{:x}", self.schedule.lease_id().unwrap_or(0)),
+                    attempts,
+                    "worker re-registered in etcd, taking work again"
+                );
+                return;
+            }
+            Ok(Created::Taken { lease_id: holder }) => format!(
+                "key {} is held by another lease ({holder:x}); it disappears when that lease expires, unless another process has taken this worker id",
+                self.etcd.key()
+            ),
+            Err(e) => e.to_string(),
+        };
+        let now = Instant::now();
+        let delay = self.schedule.retry_delay(now, jitter());
+        self.next_attempt = now + delay;
+        warn!(
+            worker_id = %self.info.worker_id,
+            endpoints = ?self.endpoints,
+            attempt = attempts,
+            error = %failure,
+            retry_in_ms = delay.as_millis() as u64,
+            "cannot re-register in etcd, retrying"
+        );
+        self.last_error = failure;
+    }
+
+    /// The lease is gone or may be: refuse work (via `Lost`) and re-register at once.
+    fn lose(&mut self, reason: &str) {
+        if let Some(lease_id) = self.schedule.lose() {
+            self.stale.push(lease_id);
+            self.keep_alive = None;
+            self.next_attempt = Instant::now();
+            self.membership.send_replace(Membership::Lost);
+            warn!(
+                worker_id = %self.info.worker_id,
+                lease = %format_args!("{lease_id:x}"),
+                reason,
+                "etcd lease lost, refusing new work until registered again"
+            );
+        }
+    }
+
+    /// Marks the record `draining` under the live lease; no re-registration from now on.
+    async fn set_draining(&mut self) -> Result<(), RegistrationError> {
+        self.draining = true;
+        self.info.state = WorkerState::Draining;
+        let Some(lease_id) = self.schedule.lease_id() else {
+            // Not in etcd right now, so nobody routes here: nothing to mark.
+            return Ok(());
+        };
+        match self.etcd.update(lease_id, encode_record(&self.info)).await {
+            Ok(true) => {
+                info!(
+                    worker_id = %self.info.worker_id,
+                    lease = %format_args!("{lease_id:x}"),
+                    "worker marked draining in etcd"
+                );
+                Ok(())
+            }
+            Ok(false) => Err(RegistrationError::Etcd(format!(
+                "key {} is no longer held by lease {lease_id:x}",
+                self.etcd.key()
+            ))),
+            Err(e) => Err(RegistrationError::Etcd(e.to_string())),
+        }
+    }
+
+    /// Revokes every lease this process holds, deleting the record at once.
+    async fn revoke_all(&mut self) -> Result<(), RegistrationError> {
+        if let Some(lease_id) = self.schedule.lose() {
+            self.stale.push(lease_id);
+        }
+        self.keep_alive = None;
+        self.membership.send_replace(Membership::Lost);
+        self.revoke_stale()
+            .await
+            .map_err(|e| RegistrationError::Etcd(e.to_string()))?;
+        info!(
+            worker_id = %self.info.worker_id,
+            key = %self.etcd.key(),
+            "etcd lease revoked, worker deregistered"
+        );
+        Ok(())
+    }
+
+    async fn revoke_stale(&mut self) -> Result<(), EtcdError> {
+        while let Some(&lease_id) = self.stale.last() {
+            self.etcd.revoke(lease_id).await?;
+            self.stale.pop();
+        }
+        Ok(())
+    }
+}

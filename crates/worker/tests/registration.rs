@@ -1,0 +1,431 @@
+//! Worker registration against a real etcd (Debian's etcd 3.4 on loopback) with a real worker
+//! serving the repository's logreg model: the record and its lease, duplicate ids, shutdown,
+//! lease loss and recovery, giving up, and an unreachable etcd at start-up.
+
+mod support;
+
+use chorus_common::membership::{decode_record, worker_key};
+use chorus_common::testing::Etcd;
+use chorus_common::transport::{DEFAULT_MAX_FRAME_BYTES, connect_worker};
+use chorus_common::{
+    ExecutionProvider, InferCall, Tensor, WorkerError, WorkerServiceClient, WorkerState,
+};
+use chorus_worker::{LoadedWorker, ProviderChoice, ReadyWorker, RegistrationError, WorkerConfig};
+use etcd_client::{Client, EventType, KeyValue, WatchOptions};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::{features, load, wait_until};
+use tarpc::context;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The shortest lease etcd grants; every test uses it to stay fast.
+const TTL: Duration = Duration::from_secs(2);
+
+fn etcd_config(etcd: &str, worker_id: &str, give_up_ttls: u32) -> WorkerConfig {
+    WorkerConfig {
+        worker_id: Some(worker_id.into()),
+        etcd: vec![etcd.to_string()],
+        lease_ttl_secs: TTL.as_secs(),
+        etcd_give_up_ttls: give_up_ttls,
+        ..support::config(&["logreg"], ProviderChoice::Cpu)
+    }
+}
+
+async fn etcd_client(etcd: &Etcd) -> Client {
+    Client::connect([etcd.endpoint.as_str()], None)
+        .await
+        .unwrap()
+}
+
+/// The worker's key-value in etcd, if any.
+async fn record(client: &mut Client, worker_id: &str) -> Option<KeyValue> {
+    let mut answer = client.get(worker_key(worker_id), None).await.unwrap();
+    answer.take_kvs().into_iter().next()
+}
+
+/// Polls the worker's key until `check` accepts it.
+async fn wait_for_record(
+    client: &mut Client,
+    worker_id: &str,
+    timeout: Duration,
+    what: &str,
+    check: impl Fn(&KeyValue) -> bool,
+) -> KeyValue {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(kv) = record(client, worker_id).await
+            && check(&kv)
+        {
+            return kv;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A registered worker serving in the background, with a client and its shutdown switch.
+struct Running {
+    addr: SocketAddr,
+    client: WorkerServiceClient,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    async fn start(ready: ReadyWorker) -> Running {
+        let addr: SocketAddr = ready.rpc_addr().parse().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(ready.serve(async {
+            let _ = stopped.await;
+        }));
+        let client = connect_worker(addr, DEFAULT_MAX_FRAME_BYTES, Duration::from_secs(5))
+            .await
+            .unwrap();
+        Running {
+            addr,
+            client,
+            stop: Some(stop),
+            server,
+        }
+    }
+
+    /// Requests shutdown and waits for `serve` to return.
+    async fn shut_down(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), self.server)
+            .await
+            .expect("serve returns after shutdown")
+            .unwrap()
+    }
+
+    async fn state(&self) -> WorkerState {
+        self.client.ping(context::current()).await.unwrap().state
+    }
+
+    async fn infer(&self) -> Result<(), WorkerError> {
+        let call = InferCall {
+            model: "logreg".into(),
+            version: None,
+            inputs: vec![Tensor::from_values("input", vec![1, 64], &features(1, 64))],
+            outputs: vec![],
+            request_id: "registration-test".into(),
+        };
+        self.client
+            .infer(context::current(), call)
+            .await
+            .unwrap()
+            .map(|_| ())
+    }
+}
+
+async fn bind() -> TcpListener {
+    TcpListener::bind("127.0.0.1:0").await.unwrap()
+}
+
+async fn register(worker: LoadedWorker) -> ReadyWorker {
+    worker
+        .register(bind().await)
+        .await
+        .unwrap_or_else(|e| panic!("registration failed: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_appears_after_load_under_a_lease_of_the_configured_ttl() {
+    let etcd = Etcd::start();
+    let mut client = etcd_client(&etcd).await;
+    let worker = load(etcd_config(&etcd.endpoint, "w-record", 3)).await;
+    // Loaded and warm is not registered: the key appears only once the listener is handed over.
+    assert!(record(&mut client, "w-record").await.is_none());
+    let ready = register(worker).await;
+    let kv = record(&mut client, "w-record")
+        .await
+        .expect("registered once register returns");
+
+    let info = decode_record("w-record", kv.value()).unwrap();
+    assert_eq!(info.rpc_addr, ready.rpc_addr());
+    assert_eq!(info.state, WorkerState::Serving);
+    assert_eq!(info.capacity, 1);
+    assert_eq!(info.models.len(), 1);
+    assert_eq!(
+        (
+            info.models[0].name.as_str(),
+            info.models[0].version.as_str()
+        ),
+        ("logreg", "1")
+    );
+    assert_eq!(info.models[0].execution_provider, ExecutionProvider::Cpu);
+    assert_eq!(info.models[0].inputs[0].name, "input");
+
+    // The key lives under the worker's lease, granted with the configured TTL.
+    assert_ne!(kv.lease(), 0);
+    let registration = ready.registration().expect("etcd is configured");
+    assert_eq!(registration.key(), "/chorus/v1/workers/w-record");
+    assert_eq!(registration.lease_id(), Some(kv.lease()));
+    let lease = client.lease_time_to_live(kv.lease(), None).await.unwrap();
+    assert_eq!(lease.granted_ttl(), 2);
+    assert!((1..=2).contains(&lease.ttl()), "ttl {}", lease.ttl());
+
+    // Renewals keep it alive well past one TTL, and metadata reports the advertised address.
+    let running = Running::start(ready).await;
+    let meta = running.client.metadata(context::current()).await.unwrap();
+    assert_eq!(meta.rpc_addr, running.addr.to_string());
+    tokio::time::sleep(TTL + Duration::from_millis(1500)).await;
+    let kv_later = record(&mut client, "w-record")
+        .await
+        .expect("still registered");
+    assert_eq!(kv_later.lease(), kv.lease());
+    assert_eq!(running.infer().await, Ok(()));
+    running.shut_down().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_worker_with_the_same_id_fails_fast_with_a_clear_error() {
+    let etcd = Etcd::start();
+    let mut client = etcd_client(&etcd).await;
+    let config = etcd_config(&etcd.endpoint, "w-dup", 3);
+    let first = Running::start(register(load(config.clone()).await).await).await;
+    let held_by = record(&mut client, "w-dup").await.unwrap().lease();
+
+    let second = load(config).await;
+    let started = Instant::now();
+    let error = second.register(bind().await).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(error, RegistrationError::AlreadyRegistered { .. }),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.to_string(),
+        "worker id 'w-dup' is already registered in etcd (key /chorus/v1/workers/w-dup); choose another --worker-id or stop the other worker"
+    );
+    // The first worker keeps its registration and keeps serving.
+    assert_eq!(record(&mut client, "w-dup").await.unwrap().lease(), held_by);
+    assert_eq!(first.infer().await, Ok(()));
+    first.shut_down().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_marks_draining_then_revokes_the_lease() {
+    let etcd = Etcd::start();
+    let mut client = etcd_client(&etcd).await;
+    let running =
+        Running::start(register(load(etcd_config(&etcd.endpoint, "w-stop", 3)).await).await).await;
+    let lease = record(&mut client, "w-stop").await.unwrap().lease();
+    let mut events = client
+        .watch(worker_key("w-stop"), Some(WatchOptions::new()))
+        .await
+        .unwrap();
+    // The first message only says the watch was created.
+    events.message().await.unwrap();
+
+    let started = Instant::now();
+    running.shut_down().await.unwrap();
+    let took = started.elapsed();
+
+    let mut seen = Vec::new();
+    while seen.last().map(|(t, _)| *t) != Some(EventType::Delete) {
+        let message = tokio::time::timeout(Duration::from_secs(1), events.message())
+            .await
+            .expect("the record changes promptly")
+            .unwrap()
+            .unwrap();
+        for event in message.events() {
+            let state = event
+                .kv()
+                .filter(|_| event.event_type() == EventType::Put)
+                .map(|kv| decode_record("w-stop", kv.value()).unwrap().state);
+            seen.push((event.event_type(), state));
+        }
+    }
+    assert_eq!(
+        seen,
+        [
+            (EventType::Put, Some(WorkerState::Draining)),
+            (EventType::Delete, None)
+        ]
+    );
+    // Revoked, not expired: gone well before the TTL.
+    assert!(took < TTL / 2, "shutdown took {took:?}");
+    assert!(record(&mut client, "w-stop").await.is_none());
+    assert_eq!(
+        client.lease_time_to_live(lease, None).await.unwrap().ttl(),
+        -1,
+        "the lease is revoked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_lease_refuses_work_then_re_registers_under_a_new_lease() {
+    let mut etcd = Etcd::start();
+    let mut client = etcd_client(&etcd).await;
+    // Generous give-up bound: this test is about recovering.
+    let running =
+        Running::start(register(load(etcd_config(&etcd.endpoint, "w-loss", 20)).await).await).await;
+    let old_lease = record(&mut client, "w-loss").await.unwrap().lease();
+    assert_eq!(running.infer().await, Ok(()));
+
+    etcd.kill();
+    let killed = Instant::now();
+    let worker = &running;
+    wait_until(
+        TTL * 2,
+        "the worker to notice its lease is lost",
+        || async move { worker.state().await == WorkerState::Draining },
+    )
+    .await;
+    let noticed = killed.elapsed();
+    // Unregistered: new work is refused with an error coordinators retry elsewhere.
+    let refused = running.infer().await.unwrap_err();
+    assert_eq!(refused, WorkerError::Draining);
+    assert!(refused.is_retryable());
+    // Stay down longer than a TTL in all.
+    tokio::time::sleep((TTL + Duration::from_millis(500)).saturating_sub(killed.elapsed())).await;
+    assert_eq!(running.state().await, WorkerState::Draining);
+
+    etcd.resume();
+    let resumed = Instant::now();
+    let mut client = etcd_client(&etcd).await;
+    let kv = wait_for_record(
+        &mut client,
+        "w-loss",
+        Duration::from_secs(8),
+        "re-registration under a new lease",
+        |kv| {
+            kv.lease() != old_lease
+                && decode_record("w-loss", kv.value()).unwrap().state == WorkerState::Serving
+        },
+    )
+    .await;
+    let reregistered = resumed.elapsed();
+    wait_until(
+        Duration::from_secs(2),
+        "the worker to serve again",
+        || async move { worker.state().await == WorkerState::Serving },
+    )
+    .await;
+    assert_eq!(running.infer().await, Ok(()));
+    let ttl = client.lease_time_to_live(kv.lease(), None).await.unwrap();
+    assert!(ttl.ttl() > 0, "the new lease is alive");
+    eprintln!(
+        "lease loss: noticed {noticed:?} after etcd was killed; re-registered {reregistered:?} after it resumed"
+    );
+    running.shut_down().await.unwrap();
+    assert!(record(&mut client, "w-loss").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_fails_after_give_up_ttls_without_etcd() {
+    let mut etcd = Etcd::start();
+    let running =
+        Running::start(register(load(etcd_config(&etcd.endpoint, "w-gone", 2)).await).await).await;
+    etcd.kill();
+    let killed = Instant::now();
+    let result = tokio::time::timeout(TTL * 4, running.server)
+        .await
+        .expect("serve gives up within the bound")
+        .unwrap();
+    let took = killed.elapsed();
+    let error = result.unwrap_err();
+    let error = error
+        .downcast_ref::<RegistrationError>()
+        .unwrap_or_else(|| panic!("not a registration error: {error:#}"));
+    assert!(
+        matches!(error, RegistrationError::GaveUp { .. }),
+        "{error:?}"
+    );
+    assert!(
+        error.to_string().contains("'w-gone' lost its etcd lease"),
+        "{error}"
+    );
+    // Two TTLs after the last renewal, which was at most TTL/3 before the kill.
+    assert!(
+        took >= TTL * 2 - TTL / 3 - Duration::from_millis(100) && took < TTL * 3,
+        "gave up after {took:?}"
+    );
+    eprintln!("give-up: serve returned {took:?} after etcd was killed");
+}
+
+/// Log lines written by the code under test, kept for assertions.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+// Current-thread runtime: the test's log subscriber is thread-local, and registration hands the
+// caller's subscriber to its lease-keeper thread.
+#[tokio::test]
+async fn an_unreachable_etcd_at_start_up_is_retried_then_given_up() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    // A port where nothing listens.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let worker = load(etcd_config(&endpoint, "w-nowhere", 1)).await;
+    let started = Instant::now();
+    let error = worker.register(bind().await).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(error, RegistrationError::Unreachable { .. }),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains(&endpoint), "{message}");
+    assert!(message.contains("--etcd-give-up-ttls"), "{message}");
+    assert!(took >= TTL && took < TTL * 2, "gave up after {took:?}");
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let retries: Vec<_> = logs
+        .lines()
+        .filter(|l| l.contains("etcd unreachable, retrying") && l.contains(&endpoint))
+        .collect();
+    assert!(retries.len() >= 3, "{logs}");
+    assert!(
+        retries[0].contains("WARN") && retries[0].contains("attempt=1"),
+        "{}",
+        retries[0]
+    );
+    assert!(retries[1].contains("attempt=2"), "{}", retries[1]);
+}
+
+// Current-thread runtime, blocked on purpose: the lease lives on its own thread and runtime.
+#[tokio::test]
+async fn a_blocked_server_runtime_does_not_starve_the_lease() {
+    let etcd = Etcd::start();
+    let mut client = etcd_client(&etcd).await;
+    let ready = register(load(etcd_config(&etcd.endpoint, "w-busy", 3)).await).await;
+    let lease = record(&mut client, "w-busy").await.unwrap().lease();
+    // Two TTLs of CPU-bound work (or a blocking call) on the runtime that serves RPCs.
+    std::thread::sleep(TTL * 2);
+    assert_eq!(ready.registration().unwrap().lease_id(), Some(lease));
+    assert_eq!(record(&mut client, "w-busy").await.unwrap().lease(), lease);
+    assert!(client.lease_time_to_live(lease, None).await.unwrap().ttl() > 0);
+}
