@@ -172,6 +172,10 @@ impl Suite {
             fmt(detect),
             fmt(recover)
         );
+        println!(
+            "  routing so far: {}",
+            serde_json::from_str::<Value>(&self.http.get("/chorus/workers").1).unwrap()["routing"]
+        );
         for failure in self.load().failures() {
             println!("  failure seen so far: {failure}");
         }

@@ -105,14 +105,16 @@ impl Load {
         self.shared.failures.lock().unwrap().clone()
     }
 
-    /// Waits until every request sent so far has an outcome, so counts taken now are settled.
+    /// Waits until every request sent so far has an outcome, and returns counts in which `sent`
+    /// is the number of requests with an outcome, so differences of settled counts add up.
     pub fn settle(&self) -> Counts {
         let give_up = Instant::now() + CLIENT_TIMEOUT + Duration::from_secs(1);
         let target = self.counts().sent;
         loop {
-            let c = self.counts();
+            let mut c = self.counts();
             let done = c.ok + c.degraded + c.failed + c.lost + c.wrong;
             if done >= target || Instant::now() > give_up {
+                c.sent = done;
                 return c;
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -121,8 +121,9 @@ pub struct WorkerConfig {
     #[arg(long, env = "CHORUS_WORKER_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
 
-    /// Lease TTLs to go on without being able to reach etcd (at start-up) or to renew or
-    /// re-register the lease, before the worker exits with an error for its supervisor to restart it.
+    /// Lease TTLs to keep trying to register in etcd, at start-up or after etcd said the lease is
+    /// gone, before the worker exits with an error for its supervisor to restart it. An etcd that
+    /// cannot be reached while the worker is registered never counts: it keeps serving and retrying.
     #[arg(long, env = "CHORUS_WORKER_ETCD_GIVE_UP_TTLS", default_value_t = DEFAULT_ETCD_GIVE_UP_TTLS)]
     pub etcd_give_up_ttls: u32,
 }

@@ -45,9 +45,10 @@ pub async fn run(
 }
 
 /// [`run`] for a worker registered in etcd (when `registration` is given): it refuses new work
-/// while its lease is lost; on shutdown it marks itself draining in etcd before the drain and
-/// revokes its lease after it, then returns `Ok`. If the registration gives up (no lease for
-/// too long), it stops accepting, drains and returns the error, for the process to exit non-zero.
+/// while etcd says its lease is lost (not while etcd is merely unreachable); on shutdown it marks
+/// itself draining in etcd before the drain and revokes its lease after it, then returns `Ok`.
+/// If the registration gives up (lease lost and no re-registration for too long), it stops
+/// accepting, drains and returns the error, for the process to exit non-zero.
 pub async fn run_registered(
     shared: Arc<Shared>,
     listener: TcpListener,

@@ -75,8 +75,8 @@ impl Shared {
         self.draining.store(true, Ordering::SeqCst);
     }
 
-    /// Refuses new inference (as `Draining`, which callers retry on another replica) while the
-    /// etcd lease is lost; takes work again once re-registered.
+    /// Refuses new inference (as `Draining`, which callers retry on another replica) while etcd
+    /// says the lease is lost; takes work again once re-registered.
     pub fn set_lease_lost(&self, lost: bool) {
         self.lease_lost.store(lost, Ordering::SeqCst);
     }

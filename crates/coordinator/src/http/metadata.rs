@@ -233,5 +233,5 @@ pub async fn workers(State(app): State<Arc<App>>) -> Json<Value> {
         .iter()
         .map(|w| w.status())
         .collect();
-    Json(json!({ "workers": workers }))
+    Json(json!({ "workers": workers, "routing": app.router.stats() }))
 }

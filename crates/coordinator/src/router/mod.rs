@@ -11,6 +11,7 @@ pub use latency::LatencyTracker;
 use crate::pool::{CallError, Pool, WorkerHandle};
 use chorus_common::rpc::{InferCall, InferReply};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tracing::debug;
 
@@ -39,9 +40,31 @@ pub struct Routed {
     pub hedged: bool,
 }
 
+/// Extra calls made and refused, since start.
+#[derive(Debug, Default)]
+pub struct RouterCounters {
+    pub retries: AtomicU64,
+    pub retries_refused: AtomicU64,
+    pub hedges: AtomicU64,
+    pub hedges_refused: AtomicU64,
+    /// Hedges that answered before the attempt they duplicated.
+    pub hedges_won: AtomicU64,
+}
+
+/// A point-in-time copy of [`RouterCounters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct RouterStats {
+    pub retries: u64,
+    pub retries_refused: u64,
+    pub hedges: u64,
+    pub hedges_refused: u64,
+    pub hedges_won: u64,
+}
+
 /// Routes calls over the pool's replicas.
 pub struct Router {
     pool: Arc<Pool>,
+    counters: RouterCounters,
     retries: Budget,
     hedges: Budget,
     latency: LatencyTracker,
@@ -54,6 +77,7 @@ impl Router {
             retries: Budget::new(settings.retry_ratio, settings.budget_burst),
             hedges: Budget::new(settings.hedge_ratio, settings.budget_burst),
             latency: LatencyTracker::new(settings.hedge_min_samples),
+            counters: RouterCounters::default(),
             pool,
             settings,
         }
@@ -61,6 +85,17 @@ impl Router {
 
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
+    }
+
+    pub fn stats(&self) -> RouterStats {
+        let c = &self.counters;
+        RouterStats {
+            retries: c.retries.load(Ordering::Relaxed),
+            retries_refused: c.retries_refused.load(Ordering::Relaxed),
+            hedges: c.hedges.load(Ordering::Relaxed),
+            hedges_refused: c.hedges_refused.load(Ordering::Relaxed),
+            hedges_won: c.hedges_won.load(Ordering::Relaxed),
+        }
     }
 
     /// Calls `call.model` under `deadline`: one attempt, maybe hedged, maybe retried once.
@@ -88,9 +123,13 @@ impl Router {
             return routed;
         };
         if !self.retries.try_spend() {
+            self.counters
+                .retries_refused
+                .fetch_add(1, Ordering::Relaxed);
             debug!(model = %call.model, "retry budget spent; not retrying");
             return routed;
         }
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
         if let Err(error) = &routed.result {
             debug!(model = %call.model, worker = %second.worker_id, error = %error, "retrying on another replica");
         }
@@ -153,8 +192,10 @@ impl Router {
             return (primary.await, false);
         };
         if !self.hedges.try_spend() {
+            self.counters.hedges_refused.fetch_add(1, Ordering::Relaxed);
             return (primary.await, false);
         }
+        self.counters.hedges.fetch_add(1, Ordering::Relaxed);
         debug!(model = %call.model, slow = %first.worker_id, hedge = %second.worker_id, delay_us = delay.as_micros() as u64, "hedging");
         tried.push(second.worker_id.clone());
         let hedge = self.timed(call, deadline, &second);
@@ -165,7 +206,10 @@ impl Router {
                 Err(_) => hedge.await,
             },
             result = &mut hedge => match result {
-                Ok(reply) => Ok(reply),
+                Ok(reply) => {
+                    self.counters.hedges_won.fetch_add(1, Ordering::Relaxed);
+                    Ok(reply)
+                }
                 Err(_) => primary.await,
             },
         };

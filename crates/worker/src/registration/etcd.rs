@@ -162,6 +162,18 @@ impl Etcd {
         Ok(answer.succeeded())
     }
 
+    /// The lease the worker's key is attached to: `None` if the key does not exist, `Some(0)`
+    /// if it has no lease.
+    pub async fn holder(&mut self) -> Result<Option<i64>, EtcdError> {
+        let key = self.key.clone();
+        let client = &mut self.client;
+        let answer = bounded(self.request_timeout, async {
+            Ok(client.get(key, None).await?)
+        })
+        .await?;
+        Ok(answer.kvs().first().map(|kv| kv.lease()))
+    }
+
     /// Opens a keep-alive stream for `lease_id` (its first renewal included).
     pub async fn keep_alive(&mut self, lease_id: i64) -> Result<KeepAlive, EtcdError> {
         let client = &mut self.client;

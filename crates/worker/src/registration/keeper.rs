@@ -1,6 +1,16 @@
 //! The lease keeper: registers the worker, renews its lease every TTL/3, re-registers after a
 //! loss and gives up after too long, on an OS thread with a single-threaded runtime of its own.
 //!
+//! An unreachable etcd is not a lost lease. While renewals fail because etcd cannot be reached,
+//! the worker keeps serving and keeps retrying with jittered backoff; it warns once when the
+//! renewal is overdue (past the local expiry) and says so when a renewal succeeds again. Why:
+//! etcd cannot expire a lease while it is down (on restart it renews every lease for a full
+//! TTL), coordinators keep their last view while etcd is down, and a worker cut off from a
+//! healthy etcd is dropped by the coordinators anyway when its key expires. Refusing work would
+//! add no safety and turn an etcd outage into a full outage. The lease is lost only when etcd
+//! says so (lease not found, TTL 0, or the key under another lease); only then does the worker
+//! refuse work, re-register, and, if it cannot for `--etcd-give-up-ttls` TTLs, give up.
+//!
 //! Why a thread: a renewal that comes late drops a healthy worker out of membership. The
 //! server's runtime may be saturated by request handling (or blocked by a careless call); this
 //! runtime has nothing else to do, and it also owns the etcd client's connection tasks, so no
@@ -88,6 +98,15 @@ pub(super) fn spawn(
     Ok(())
 }
 
+/// What a successful exchange with etcd found out about the lease.
+enum Renewal {
+    /// Renewed: etcd keeps it for this long from when the request was sent.
+    Renewed(Duration),
+    /// The lease may be alive, but the worker's key is gone (`None`) or attached to another
+    /// lease: as lost as a lease etcd no longer knows.
+    KeyTaken(Option<i64>),
+}
+
 /// A uniform draw from [0, 1) for backoff jitter.
 fn jitter() -> f64 {
     rand::random::<f64>()
@@ -112,6 +131,8 @@ struct Keeper {
     draining: bool,
     /// Consecutive failed attempts.
     attempts: u32,
+    /// The overdue renewal has been reported (once per overdue spell).
+    overdue_reported: bool,
     last_error: String,
     membership: watch::Sender<Membership>,
     commands: mpsc::Receiver<Command>,
@@ -145,6 +166,7 @@ impl Keeper {
             next_attempt: start,
             draining: false,
             attempts: 0,
+            overdue_reported: false,
             last_error: String::new(),
             membership,
             commands,
@@ -195,24 +217,23 @@ impl Keeper {
         }
     }
 
-    /// Keeps the lease alive and answers commands until revoked (`Ok`) or until it gives up.
+    /// Keeps the lease alive and answers commands until revoked (`Ok`) or until it gives up
+    /// (only after etcd said the lease is gone and re-registering failed for too long).
     async fn run(&mut self) -> Result<(), RegistrationError> {
         loop {
             let now = Instant::now();
-            if self.schedule.expired(now) {
-                self.lose("the lease may have expired before it could be renewed");
-            }
+            self.report_overdue(now);
             let wake = match self.schedule.phase() {
-                Phase::Registered { expires_at, .. } => self.next_attempt.min(expires_at),
                 Phase::Lost if self.draining => now + IDLE,
                 Phase::Lost if self.schedule.should_give_up(now) => {
                     return Err(RegistrationError::GaveUp {
                         worker_id: self.info.worker_id.clone(),
-                        waited: now.saturating_duration_since(self.schedule.last_confirmed()),
+                        waited: now.saturating_duration_since(self.schedule.lost_since()),
                         last_error: self.last_error.clone(),
                     });
                 }
-                Phase::Lost => self.next_attempt.min(self.schedule.give_up_at()),
+                // Never a moment already past (an overdue expiry), or the loop would spin.
+                _ => self.schedule.wake_at(now, self.next_attempt),
             };
             let command = tokio::select! {
                 command = self.commands.recv() => Some(command),
@@ -280,38 +301,48 @@ impl Keeper {
     }
 
     /// Sends one renewal, (re)opening the keep-alive stream first if it is not open.
+    ///
+    /// Only etcd's own answer loses the lease: "lease not found" (or TTL 0), or the key found
+    /// under another lease. Any other failure (timeout, connection refused or reset, etcd
+    /// unavailable) leaves the worker registered and serving, and is retried with backoff.
     async fn renew(&mut self) {
         let Some(lease_id) = self.schedule.lease_id() else {
             return;
         };
         let sent = Instant::now();
         let result = match self.keep_alive.as_mut() {
-            Some(keep_alive) => keep_alive.renew().await,
-            // Opening the stream renews the lease to its full TTL.
-            None => match self.etcd.keep_alive(lease_id).await {
-                Ok(keep_alive) => {
-                    self.keep_alive = Some(keep_alive);
-                    Ok(self.granted_ttl)
-                }
-                Err(e) => Err(e),
-            },
+            Some(keep_alive) => keep_alive.renew().await.map(Renewal::Renewed),
+            None => self.reopen(lease_id).await,
         };
         match result {
-            Ok(ttl) => {
+            Ok(Renewal::Renewed(ttl)) => {
+                let now = Instant::now();
                 if self.attempts > 0 {
                     info!(
                         worker_id = %self.info.worker_id,
                         lease = %format_args!("{lease_id:x}"),
                         failed_attempts = self.attempts,
+                        unrenewed_ms = now.saturating_duration_since(self.schedule.last_renewal()).as_millis() as u64,
+                        was_overdue = self.overdue_reported,
                         "etcd lease renewed again"
                     );
                 }
                 self.attempts = 0;
+                self.overdue_reported = false;
                 self.schedule.renewed(sent, ttl);
                 self.next_attempt = self.schedule.next_renewal();
                 debug!(lease = %format_args!("{lease_id:x}"), ttl_s = ttl.as_secs(), "etcd lease renewed");
             }
-            Err(EtcdError::LeaseNotFound) => self.lose("etcd says the lease no longer exists"),
+            Ok(Renewal::KeyTaken(holder)) => self.lose(match holder {
+                None => "the worker's key no longer exists in etcd".to_string(),
+                Some(0) => "the worker's key is in etcd without a lease".to_string(),
+                Some(holder) => {
+                    format!("the worker's key is held by another lease ({holder:x}) in etcd")
+                }
+            }),
+            Err(EtcdError::LeaseNotFound) => {
+                self.lose("etcd says the lease no longer exists".to_string())
+            }
             Err(e) => {
                 // The stream may be broken (etcd restarted, connection reset): reopen it.
                 self.keep_alive = None;
@@ -320,16 +351,59 @@ impl Keeper {
                 let now = Instant::now();
                 let delay = self.schedule.retry_delay(now, jitter());
                 self.next_attempt = now + delay;
-                warn!(
-                    worker_id = %self.info.worker_id,
-                    lease = %format_args!("{lease_id:x}"),
-                    attempt = self.attempts,
-                    error = %e,
-                    retry_in_ms = delay.as_millis() as u64,
-                    "etcd lease renewal failed, retrying"
-                );
+                if self.schedule.overdue(now) {
+                    // Reported once (`report_overdue`); every attempt would flood the log
+                    // during a long etcd outage.
+                    debug!(
+                        worker_id = %self.info.worker_id,
+                        lease = %format_args!("{lease_id:x}"),
+                        attempt = self.attempts,
+                        error = %e,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "etcd lease renewal failed, still serving, retrying"
+                    );
+                    self.report_overdue(now);
+                } else {
+                    warn!(
+                        worker_id = %self.info.worker_id,
+                        lease = %format_args!("{lease_id:x}"),
+                        attempt = self.attempts,
+                        error = %e,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "etcd lease renewal failed, retrying"
+                    );
+                }
             }
         }
+    }
+
+    /// Opens the keep-alive stream of `lease_id` (which renews it to its full TTL), after making
+    /// sure the key is still attached to it: the stream is opened after registering and after
+    /// any renewal failure, such as an etcd outage, during which the key may have changed.
+    async fn reopen(&mut self, lease_id: i64) -> Result<Renewal, EtcdError> {
+        let holder = self.etcd.holder().await?;
+        if holder != Some(lease_id) {
+            return Ok(Renewal::KeyTaken(holder));
+        }
+        self.keep_alive = Some(self.etcd.keep_alive(lease_id).await?);
+        Ok(Renewal::Renewed(self.granted_ttl))
+    }
+
+    /// Warns once per overdue spell that the renewal is past the local expiry.
+    fn report_overdue(&mut self, now: Instant) {
+        if self.overdue_reported || !self.schedule.overdue(now) {
+            return;
+        }
+        self.overdue_reported = true;
+        let lease = self.schedule.lease_id().unwrap_or(0);
+        warn!(
+            worker_id = %self.info.worker_id,
+            lease = %format_args!("{lease:x}"),
+            unrenewed_ms = now.saturating_duration_since(self.schedule.last_renewal()).as_millis() as u64,
+            failed_attempts = self.attempts,
+            last_error = %self.last_error,
+            "etcd lease renewal overdue: etcd unreachable, still serving"
+        );
     }
 
     /// One attempt to register again after a loss.
@@ -367,19 +441,25 @@ impl Keeper {
         self.last_error = failure;
     }
 
-    /// The lease is gone or may be: refuse work (via `Lost`) and re-register at once.
-    fn lose(&mut self, reason: &str) {
-        if let Some(lease_id) = self.schedule.lose() {
+    /// etcd says the lease is gone: refuse work (via `Lost`) and re-register at once. The
+    /// give-up clock starts now.
+    fn lose(&mut self, reason: String) {
+        let now = Instant::now();
+        if let Some(lease_id) = self.schedule.lose(now) {
             self.stale.push(lease_id);
             self.keep_alive = None;
-            self.next_attempt = Instant::now();
+            self.next_attempt = now;
+            self.attempts = 0;
+            self.overdue_reported = false;
             self.membership.send_replace(Membership::Lost);
             warn!(
                 worker_id = %self.info.worker_id,
                 lease = %format_args!("{lease_id:x}"),
-                reason,
+                reason = %reason,
+                give_up_in_s = self.schedule.give_up_after().as_secs_f64(),
                 "etcd lease lost, refusing new work until registered again"
             );
+            self.last_error = reason;
         }
     }
 
@@ -410,7 +490,7 @@ impl Keeper {
 
     /// Revokes every lease this process holds, deleting the record at once.
     async fn revoke_all(&mut self) -> Result<(), RegistrationError> {
-        if let Some(lease_id) = self.schedule.lose() {
+        if let Some(lease_id) = self.schedule.lose(Instant::now()) {
             self.stale.push(lease_id);
         }
         self.keep_alive = None;

@@ -2,10 +2,14 @@
 //!
 //! Once its models are warm and its listener is bound, a worker creates
 //! `/chorus/v1/workers/{worker_id}` under a lease, only if no other process holds that key, and
-//! keeps the lease alive every TTL/3 from a thread of its own. If the lease is lost the worker
-//! refuses new work until it has re-registered under a new lease; if it cannot for
-//! `--etcd-give-up-ttls` TTLs it gives up, so that its supervisor restarts it. On shutdown it
-//! publishes `draining`, and revokes the lease once in-flight work is done.
+//! keeps the lease alive every TTL/3 from a thread of its own.
+//!
+//! An unreachable etcd does not stop the worker: while renewals cannot reach etcd it keeps
+//! serving under its lease and keeps retrying (see `keeper` for why that is safe). The lease is
+//! lost only when etcd says so (lease not found, TTL 0, or the key under another lease); then
+//! the worker refuses new work until it has re-registered under a new lease, and if it cannot
+//! for `--etcd-give-up-ttls` TTLs it gives up, so that its supervisor restarts it. On shutdown
+//! it publishes `draining`, and revokes the lease once in-flight work is done.
 //!
 //! [`Registration::start`] returns a [`RegistrationHandle`]: the server reads [`Membership`]
 //! from it, awaits [`RegistrationHandle::failed`], and calls `set_draining` and `revoke`.
@@ -28,7 +32,8 @@ pub struct RegistrationConfig {
     pub endpoints: Vec<String>,
     /// The lease's time to live (whole seconds; etcd grants at least 2 s).
     pub lease_ttl: Duration,
-    /// TTLs without a live lease (or, at start-up, without reaching etcd) before giving up.
+    /// TTLs to go on trying to register, at start-up or after etcd said the lease is gone,
+    /// before giving up. An unreachable etcd while registered never counts.
     pub give_up_ttls: u32,
 }
 
@@ -42,9 +47,10 @@ impl RegistrationConfig {
 /// Whether the worker is in etcd's membership right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Membership {
-    /// The record is in etcd under this lease, which is being kept alive.
+    /// The record is in etcd under this lease, which is being kept alive (or, while etcd
+    /// cannot be reached, retried: an overdue renewal keeps the worker serving).
     Registered { lease_id: i64 },
-    /// No live lease (expired, unreachable etcd): take no new work until re-registered.
+    /// Not registered: etcd said the lease is gone. Take no new work until re-registered.
     Lost,
 }
 
@@ -74,7 +80,7 @@ pub enum RegistrationError {
     },
 
     #[error(
-        "worker '{worker_id}' lost its etcd lease and could not renew it or re-register for {:.1} s (--etcd-give-up-ttls × --lease-ttl-secs); exiting so that a supervisor restarts it. last error: {last_error}",
+        "worker '{worker_id}' lost its etcd lease (etcd said it is gone) and could not re-register for {:.1} s (--etcd-give-up-ttls × --lease-ttl-secs); exiting so that a supervisor restarts it. last error: {last_error}",
         waited.as_secs_f64()
     )]
     GaveUp {
@@ -170,8 +176,8 @@ impl RegistrationHandle {
         }
     }
 
-    /// Resolves when the keeper gives up (the lease could not be renewed or replaced for
-    /// `give_up_ttls` TTLs); never resolves otherwise. Cancel-safe.
+    /// Resolves when the keeper gives up (etcd said the lease is gone and the worker could not
+    /// re-register for `give_up_ttls` TTLs); never resolves otherwise. Cancel-safe.
     pub async fn failed(&mut self) -> RegistrationError {
         if let Some(failure) = self.failure.as_mut()
             && let Ok(error) = failure.await
