@@ -180,12 +180,7 @@ fn a_killed_member_degrades_the_answer_until_quorum_is_lost() {
     let reply = cluster
         .http
         .post_json("/v2/models/digits_soft/infer", &request);
-    assert_eq!(
-        reply.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.expect_status(200);
     let response = reply.json();
     assert_eq!(response["parameters"]["degraded"], true);
     assert_eq!(
@@ -205,12 +200,7 @@ fn a_killed_member_degrades_the_answer_until_quorum_is_lost() {
     let reply = cluster
         .http
         .post_json("/v2/models/digits_fusion/infer", &request);
-    assert_eq!(
-        reply.status,
-        503,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.expect_status(503);
     assert!(
         reply.error_message().contains("stacker"),
         "{}",
@@ -225,12 +215,7 @@ fn a_killed_member_degrades_the_answer_until_quorum_is_lost() {
     let reply = cluster
         .http
         .post_json("/v2/models/digits_soft/infer", &request);
-    assert_eq!(
-        reply.status,
-        503,
-        "{}",
-        String::from_utf8_lossy(&reply.body)
-    );
+    reply.expect_status(503);
     assert!(reply.headers.contains_key("retry-after"));
     let message = reply.error_message();
     assert!(

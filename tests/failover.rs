@@ -41,16 +41,11 @@ struct Row {
 }
 
 fn start_worker_in(etcd: &Etcd, id: &str, models: &[&str]) -> Proc {
-    let args = vec![
-        "worker".to_string(),
-        "--listen=127.0.0.1:0".to_string(),
-        format!("--worker-id={id}"),
-        "--model-repository=models".to_string(),
-        format!("--models={}", models.join(",")),
+    let extra = [
         format!("--etcd={}", etcd.endpoint),
         format!("--lease-ttl-secs={}", TTL.as_secs()),
     ];
-    spawn(id, &args, "chorus-worker ready")
+    start_worker_with(id, models, &extra)
 }
 
 impl Suite {

@@ -37,7 +37,11 @@ fn run_up(extra: &[&str], expected_processes: usize) -> Vec<String> {
         .spawn()
         .expect("chorus up starts");
     // Owned by a Proc from here on, so a failing assertion still kills it.
-    let mut up = Proc { name: "chorus up".into(), child, ready_line: String::new() };
+    let mut up = Proc {
+        name: "chorus up".into(),
+        child,
+        ready_line: String::new(),
+    };
     let stdout = up.child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -55,18 +59,37 @@ fn run_up(extra: &[&str], expected_processes: usize) -> Vec<String> {
         if let Ok(Some(status)) = up.child.try_wait() {
             panic!("chorus up exited early ({status}): {lines:#?}");
         }
-        lines.iter().any(|l| l.starts_with("sample request to digits_soft")).then_some(())
+        lines
+            .iter()
+            .any(|l| l.starts_with("sample request to digits_soft"))
+            .then_some(())
     });
-    let sample = lines.iter().find(|l| l.starts_with("sample request")).unwrap();
+    let sample = lines
+        .iter()
+        .find(|l| l.starts_with("sample request"))
+        .unwrap();
     assert!(sample.contains("200 OK"), "{sample}");
     assert!(sample.contains("\"degraded\":false"), "{sample}");
-    assert!(lines.iter().any(|l| l.starts_with("Chorus is up")), "{lines:#?}");
+    assert!(
+        lines.iter().any(|l| l.starts_with("Chorus is up")),
+        "{lines:#?}"
+    );
 
     let pids: Vec<u32> = lines
         .iter()
-        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "pid").nth(1)?.parse().ok())
+        .filter_map(|l| {
+            l.split_whitespace()
+                .skip_while(|w| *w != "pid")
+                .nth(1)?
+                .parse()
+                .ok()
+        })
         .collect();
-    assert_eq!(pids.len(), expected_processes, "workers and a coordinator: {lines:#?}");
+    assert_eq!(
+        pids.len(),
+        expected_processes,
+        "workers and a coordinator: {lines:#?}"
+    );
     assert!(pids.iter().all(|&p| alive(p)));
 
     up.signal(libc::SIGINT);
@@ -101,6 +124,10 @@ fn chorus_up_with_etcd_registers_workers_and_revokes_them_on_stop() {
     }
     // A clean stop drains and revokes each lease: no key waits for its TTL.
     for id in workers {
-        assert_eq!(support::etcdctl::worker_key(&etcd.endpoint, id), None, "{id} still registered");
+        assert_eq!(
+            support::etcdctl::worker_key(&etcd.endpoint, id),
+            None,
+            "{id} still registered"
+        );
     }
 }

@@ -138,13 +138,19 @@ pub fn spawn(name: &str, args: &[String], ready_prefix: &str) -> Proc {
 
 /// Starts a worker serving `models` on an ephemeral port.
 pub fn start_worker(id: &str, models: &[&str]) -> Proc {
-    let args = vec![
+    start_worker_with(id, models, &[])
+}
+
+/// Starts a worker serving `models` on an ephemeral port, with `extra` flags.
+pub fn start_worker_with(id: &str, models: &[&str], extra: &[String]) -> Proc {
+    let mut args = vec![
         "worker".to_string(),
         "--listen=127.0.0.1:0".to_string(),
         format!("--worker-id={id}"),
         "--model-repository=models".to_string(),
         format!("--models={}", models.join(",")),
     ];
+    args.extend_from_slice(extra);
     spawn(id, &args, "chorus-worker ready")
 }
 
@@ -228,6 +234,17 @@ impl Reply {
                 String::from_utf8_lossy(&self.body)
             )
         })
+    }
+
+    /// Asserts the status, showing the body when it differs.
+    pub fn expect_status(&self, status: u16) -> &Reply {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        self
     }
 
     pub fn error_message(&self) -> String {
