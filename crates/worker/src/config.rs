@@ -1,5 +1,6 @@
 //! The worker's one typed configuration: command-line flags with `CHORUS_WORKER_*` fallbacks.
 
+use crate::batch::{MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US};
 use crate::error::LoadError;
 use crate::registration::RegistrationConfig;
 use chorus_common::membership::is_valid_worker_id;
@@ -126,6 +127,22 @@ pub struct WorkerConfig {
     /// cannot be reached while the worker is registered never counts: it keeps serving and retrying.
     #[arg(long, env = "CHORUS_WORKER_ETCD_GIVE_UP_TTLS", default_value_t = DEFAULT_ETCD_GIVE_UP_TTLS)]
     pub etcd_give_up_ttls: u32,
+
+    /// Default largest dynamic batch, in rows, for models whose config.toml does not say:
+    /// concurrent requests for a model are joined along dimension 0 into one ONNX Runtime run
+    /// of up to this many rows. 0 or 1 turns batching off.
+    #[arg(long, env = "CHORUS_WORKER_MAX_BATCH_SIZE", default_value_t = 0)]
+    pub max_batch_size: u32,
+
+    /// Default time, in microseconds, that the first request of a batch may wait for others to
+    /// join it (0: take only what is already queued when an instance is free). At most 1000000.
+    #[arg(long, env = "CHORUS_WORKER_MAX_QUEUE_DELAY_US", default_value_t = 0)]
+    pub max_queue_delay_us: u64,
+
+    /// Address of the HTTP listener serving Prometheus `/metrics` and `/health` (e.g.
+    /// `0.0.0.0:8002`, Triton's metrics port; port 0 for any port). None by default.
+    #[arg(long, env = "CHORUS_WORKER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for WorkerConfig {
@@ -147,6 +164,9 @@ impl Default for WorkerConfig {
             lease_ttl_secs: DEFAULT_LEASE_TTL_SECS,
             advertise_addr: None,
             etcd_give_up_ttls: DEFAULT_ETCD_GIVE_UP_TTLS,
+            max_batch_size: 0,
+            max_queue_delay_us: 0,
+            metrics_addr: None,
         }
     }
 }
@@ -175,6 +195,12 @@ impl WorkerConfig {
         }
         if !(MIN_LEASE_TTL_SECS..=MAX_LEASE_TTL_SECS).contains(&self.lease_ttl_secs) {
             return bad("--lease-ttl-secs must be between 2 (etcd's minimum) and 86400");
+        }
+        if self.max_batch_size > MAX_BATCH_SIZE {
+            return bad("--max-batch-size must be at most 65536 (0 or 1 turns batching off)");
+        }
+        if self.max_queue_delay_us > MAX_QUEUE_DELAY_US {
+            return bad("--max-queue-delay-us must be at most 1000000 (one second)");
         }
         if !(1..=1000).contains(&self.etcd_give_up_ttls) {
             return bad("--etcd-give-up-ttls must be between 1 and 1000");
@@ -302,6 +328,44 @@ mod tests {
         assert_eq!(c.instances, 3);
         assert_eq!(c.listen.port(), 9100);
         c.validate().unwrap();
+    }
+
+    #[test]
+    fn batching_and_metrics_flags_parse() {
+        let c = parse(&[
+            "--max-batch-size=32",
+            "--max-queue-delay-us",
+            "200",
+            "--metrics-addr",
+            "127.0.0.1:8002",
+        ])
+        .unwrap();
+        assert_eq!(c.max_batch_size, 32);
+        assert_eq!(c.max_queue_delay_us, 200);
+        assert_eq!(
+            c.metrics_addr,
+            Some(SocketAddr::from(([127, 0, 0, 1], 8002)))
+        );
+        c.validate().unwrap();
+        for (bad, flag) in [
+            (
+                WorkerConfig {
+                    max_batch_size: 1 << 20,
+                    ..WorkerConfig::default()
+                },
+                "--max-batch-size",
+            ),
+            (
+                WorkerConfig {
+                    max_queue_delay_us: 5_000_000,
+                    ..WorkerConfig::default()
+                },
+                "--max-queue-delay-us",
+            ),
+        ] {
+            let e = bad.validate().unwrap_err().to_string();
+            assert!(e.contains(flag), "{e}");
+        }
     }
 
     #[test]

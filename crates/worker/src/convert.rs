@@ -1,32 +1,77 @@
-//! Converts wire tensors (raw little-endian bytes) to ONNX Runtime values and back.
+//! Converts wire tensors (raw little-endian bytes) to ONNX Runtime values and back, one request
+//! at a time or a batch of them joined along dimension 0.
 //!
 //! Inputs are decoded into a typed `Vec` rather than viewed in place: the bytes of a
 //! `bytes::Bytes` carry no alignment guarantee, and the copy is one pass over memory that ORT would
-//! otherwise read anyway. Outputs borrow the session, so they are copied out before it runs again.
+//! otherwise read anyway. A batch's parts are decoded straight into the one buffer ORT takes, so
+//! joining costs no second copy. Outputs borrow the session, so they are copied out (split by
+//! rows for a batch) before it runs again.
 
 use chorus_common::tensor::{Element, encode_bytes_elements};
 use chorus_common::{DataType, Tensor, TensorSpec, WorkerError};
 use ort::value::{DynValue, PrimitiveTensorElementType, TensorElementType, ValueType};
 use std::fmt::Debug;
+use std::ops::Range;
 
 /// An ORT value holding `tensor`'s data, or why it cannot be made.
 pub fn to_ort_value(tensor: &Tensor) -> Result<DynValue, WorkerError> {
-    match tensor.datatype {
-        DataType::Bool => bool_value(tensor),
-        DataType::Uint8 => typed::<u8>(tensor),
-        DataType::Uint16 => typed::<u16>(tensor),
-        DataType::Uint32 => typed::<u32>(tensor),
-        DataType::Uint64 => typed::<u64>(tensor),
-        DataType::Int8 => typed::<i8>(tensor),
-        DataType::Int16 => typed::<i16>(tensor),
-        DataType::Int32 => typed::<i32>(tensor),
-        DataType::Int64 => typed::<i64>(tensor),
-        DataType::Fp16 => typed::<half::f16>(tensor),
-        DataType::Fp32 => typed::<f32>(tensor),
-        DataType::Fp64 => typed::<f64>(tensor),
-        DataType::Bf16 => typed::<half::bf16>(tensor),
-        DataType::Bytes => string_value(tensor),
+    to_ort_value_rows(&[tensor])
+}
+
+/// An ORT value holding `parts` joined along dimension 0 (one part: that tensor as it is). The
+/// parts must share name, datatype and non-batch dimensions; `BYTES` inputs are not joined.
+pub fn to_ort_value_rows(parts: &[&Tensor]) -> Result<DynValue, WorkerError> {
+    let first = *parts
+        .first()
+        .ok_or_else(|| WorkerError::Internal("no tensor to convert".into()))?;
+    let shape = joined_shape(parts)?;
+    match first.datatype {
+        DataType::Bool => bool_value(parts, shape),
+        DataType::Uint8 => typed::<u8>(parts, shape),
+        DataType::Uint16 => typed::<u16>(parts, shape),
+        DataType::Uint32 => typed::<u32>(parts, shape),
+        DataType::Uint64 => typed::<u64>(parts, shape),
+        DataType::Int8 => typed::<i8>(parts, shape),
+        DataType::Int16 => typed::<i16>(parts, shape),
+        DataType::Int32 => typed::<i32>(parts, shape),
+        DataType::Int64 => typed::<i64>(parts, shape),
+        DataType::Fp16 => typed::<half::f16>(parts, shape),
+        DataType::Fp32 => typed::<f32>(parts, shape),
+        DataType::Fp64 => typed::<f64>(parts, shape),
+        DataType::Bf16 => typed::<half::bf16>(parts, shape),
+        DataType::Bytes if parts.len() == 1 => string_value(first),
+        DataType::Bytes => Err(WorkerError::Internal(format!(
+            "BYTES input '{}' cannot be batched",
+            first.name
+        ))),
     }
+}
+
+/// The shape of `parts` joined along dimension 0, after checking that they can be joined.
+fn joined_shape(parts: &[&Tensor]) -> Result<Vec<i64>, WorkerError> {
+    let first = parts[0];
+    if parts.len() == 1 {
+        return Ok(first.shape.clone());
+    }
+    let mut shape = first.shape.clone();
+    let mut rows = 0i64;
+    for part in parts {
+        let joinable = !part.shape.is_empty()
+            && part.name == first.name
+            && part.datatype == first.datatype
+            && part.shape[1..] == first.shape[1..];
+        if !joinable {
+            return Err(WorkerError::Internal(format!(
+                "cannot batch '{}' {:?} with {:?}",
+                first.name, first.shape, part.shape
+            )));
+        }
+        rows = rows.checked_add(part.shape[0]).ok_or_else(|| {
+            WorkerError::Internal(format!("batch of '{}' is too large", first.name))
+        })?;
+    }
+    shape[0] = rows;
+    Ok(shape)
 }
 
 fn invalid(e: impl ToString) -> WorkerError {
@@ -37,23 +82,40 @@ fn ort_failure(name: &str, e: ort::Error) -> WorkerError {
     WorkerError::Internal(format!("cannot build input '{name}' for ONNX Runtime: {e}"))
 }
 
-fn typed<T>(tensor: &Tensor) -> Result<DynValue, WorkerError>
+fn typed<T>(parts: &[&Tensor], shape: Vec<i64>) -> Result<DynValue, WorkerError>
 where
     T: Element + PrimitiveTensorElementType + Debug + Clone + 'static,
 {
-    let values = tensor.to_values::<T>().map_err(invalid)?;
-    ort::value::Tensor::from_array((tensor.shape.clone(), values))
+    let size = std::mem::size_of::<T>();
+    let mut values: Vec<T> = Vec::with_capacity(parts.iter().map(|p| p.data.len() / size).sum());
+    for part in parts {
+        if part.datatype != T::DATATYPE {
+            return Err(invalid(format!(
+                "'{}' holds {}, not {}",
+                part.name,
+                part.datatype,
+                T::DATATYPE
+            )));
+        }
+        part.check_byte_size().map_err(invalid)?;
+        // The one copy: little-endian bytes straight into the buffer ORT takes ownership of.
+        values.extend(part.data.chunks_exact(size).map(T::read_le));
+    }
+    ort::value::Tensor::from_array((shape, values))
         .map(|t| t.into_dyn())
-        .map_err(|e| ort_failure(&tensor.name, e))
+        .map_err(|e| ort_failure(&parts[0].name, e))
 }
 
-fn bool_value(tensor: &Tensor) -> Result<DynValue, WorkerError> {
-    tensor.check_byte_size().map_err(invalid)?;
-    // Any non-zero byte is true; handing ORT a byte other than 0/1 as a C++ bool is undefined.
-    let values: Vec<bool> = tensor.data.iter().map(|&b| b != 0).collect();
-    ort::value::Tensor::from_array((tensor.shape.clone(), values))
+fn bool_value(parts: &[&Tensor], shape: Vec<i64>) -> Result<DynValue, WorkerError> {
+    let mut values: Vec<bool> = Vec::with_capacity(parts.iter().map(|p| p.data.len()).sum());
+    for part in parts {
+        part.check_byte_size().map_err(invalid)?;
+        // Any non-zero byte is true; handing ORT a byte other than 0/1 as a C++ bool is undefined.
+        values.extend(part.data.iter().map(|&b| b != 0));
+    }
+    ort::value::Tensor::from_array((shape, values))
         .map(|t| t.into_dyn())
-        .map_err(|e| ort_failure(&tensor.name, e))
+        .map_err(|e| ort_failure(&parts[0].name, e))
 }
 
 fn string_value(tensor: &Tensor) -> Result<DynValue, WorkerError> {
@@ -74,6 +136,119 @@ fn string_value(tensor: &Tensor) -> Result<DynValue, WorkerError> {
     ort::value::Tensor::from_string_array((tensor.shape.clone(), strings.as_slice()))
         .map(|t| t.into_dyn())
         .map_err(|e| ort_failure(&tensor.name, e))
+}
+
+/// Why a batch's output could not be split back into its requests' answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitError {
+    /// Its dimension 0 is not the batch's rows.
+    NotBatchMajor(String),
+    Other(String),
+}
+
+/// Splits ORT output `value` into consecutive pieces of `rows` rows, named `name`; only the
+/// pieces whose `wants` entry is true are copied out (one copy each), the others are `None`.
+pub fn split_ort_value(
+    name: &str,
+    value: &DynValue,
+    rows: &[usize],
+    wants: &[bool],
+) -> Result<Vec<Option<Tensor>>, SplitError> {
+    let ValueType::Tensor { ty, .. } = value.dtype() else {
+        return Err(SplitError::Other(format!(
+            "output '{name}' is a {}, not a tensor",
+            value.dtype()
+        )));
+    };
+    let other = |e: ort::Error| SplitError::Other(format!("cannot read output '{name}': {e}"));
+    match ty {
+        TensorElementType::Bool => {
+            let (shape, data) = value.try_extract_tensor::<bool>().map_err(other)?;
+            split_with(name, shape, rows, wants, |range, shape| {
+                let bytes: Vec<u8> = data[range].iter().map(|&b| u8::from(b)).collect();
+                Tensor {
+                    name: name.to_string(),
+                    datatype: DataType::Bool,
+                    shape,
+                    data: bytes.into(),
+                }
+            })
+        }
+        TensorElementType::Uint8 => split_typed::<u8>(name, value, rows, wants),
+        TensorElementType::Uint16 => split_typed::<u16>(name, value, rows, wants),
+        TensorElementType::Uint32 => split_typed::<u32>(name, value, rows, wants),
+        TensorElementType::Uint64 => split_typed::<u64>(name, value, rows, wants),
+        TensorElementType::Int8 => split_typed::<i8>(name, value, rows, wants),
+        TensorElementType::Int16 => split_typed::<i16>(name, value, rows, wants),
+        TensorElementType::Int32 => split_typed::<i32>(name, value, rows, wants),
+        TensorElementType::Int64 => split_typed::<i64>(name, value, rows, wants),
+        TensorElementType::Float16 => split_typed::<half::f16>(name, value, rows, wants),
+        TensorElementType::Float32 => split_typed::<f32>(name, value, rows, wants),
+        TensorElementType::Float64 => split_typed::<f64>(name, value, rows, wants),
+        TensorElementType::Bfloat16 => split_typed::<half::bf16>(name, value, rows, wants),
+        TensorElementType::String => {
+            let (shape, strings) = value.try_extract_strings().map_err(other)?;
+            split_with(name, shape, rows, wants, |range, shape| Tensor {
+                name: name.to_string(),
+                datatype: DataType::Bytes,
+                shape,
+                data: encode_bytes_elements(strings[range].iter().map(String::as_bytes)),
+            })
+        }
+        unsupported => Err(SplitError::Other(format!(
+            "output '{name}' has unsupported element type {unsupported:?}"
+        ))),
+    }
+}
+
+fn split_typed<T>(
+    name: &str,
+    value: &DynValue,
+    rows: &[usize],
+    wants: &[bool],
+) -> Result<Vec<Option<Tensor>>, SplitError>
+where
+    T: Element + PrimitiveTensorElementType,
+{
+    let (shape, data) = value
+        .try_extract_tensor::<T>()
+        .map_err(|e| SplitError::Other(format!("cannot read output '{name}': {e}")))?;
+    split_with(name, shape, rows, wants, |range, shape| {
+        Tensor::from_values(name, shape, &data[range])
+    })
+}
+
+/// Cuts an output of `shape` into the element ranges of each member's rows and makes the
+/// wanted pieces with `piece(elements, piece_shape)`.
+fn split_with(
+    name: &str,
+    shape: &[i64],
+    rows: &[usize],
+    wants: &[bool],
+    mut piece: impl FnMut(Range<usize>, Vec<i64>) -> Tensor,
+) -> Result<Vec<Option<Tensor>>, SplitError> {
+    let total: usize = rows.iter().sum();
+    let batch_major = shape
+        .first()
+        .is_some_and(|&d| usize::try_from(d).ok() == Some(total));
+    if !batch_major {
+        return Err(SplitError::NotBatchMajor(format!(
+            "output '{name}' has shape {shape:?}, whose first dimension is not the batch's {total} rows"
+        )));
+    }
+    let per_row: usize = shape[1..].iter().map(|&d| d.max(0) as usize).product();
+    let mut start = 0;
+    let mut pieces = Vec::with_capacity(rows.len());
+    for (&n, &want) in rows.iter().zip(wants) {
+        let elements = start..start + n * per_row;
+        start = elements.end;
+        pieces.push(want.then(|| {
+            let mut mine = shape.to_vec();
+            mine[0] = n as i64;
+            piece(elements, mine)
+        }));
+    }
+    Ok(pieces)
 }
 
 /// Copies an ORT output into a wire tensor named `name`.

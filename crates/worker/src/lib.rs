@@ -3,20 +3,25 @@
 //!
 //! The binary parses a [`WorkerConfig`], calls [`LoadedWorker::load`] (blocking: finds the ORT
 //! library, loads and warms every model), binds a listener, hands it to
-//! [`LoadedWorker::register`] (which registers the worker in etcd when `--etcd` is given) and
-//! serves with [`ReadyWorker::serve`] until a shutdown future resolves.
+//! [`LoadedWorker::register`] (which registers the worker in etcd when `--etcd` is given),
+//! optionally binds the `/metrics` listener and hands it to [`ReadyWorker::with_metrics_listener`],
+//! and serves with [`ReadyWorker::serve`] until a shutdown future resolves.
 
+pub mod batch;
 pub mod closable;
 pub mod config;
 pub mod convert;
 pub mod error;
+pub mod http;
 pub mod loader;
+pub mod metrics;
 pub mod model_config;
 pub mod ort_library;
 pub mod pool;
 pub mod registration;
 pub mod registry;
 pub mod repository;
+pub mod rows;
 pub mod server;
 pub mod service;
 pub mod session;
@@ -27,10 +32,12 @@ pub use error::LoadError;
 pub use registration::{Membership, RegistrationConfig, RegistrationError, RegistrationHandle};
 
 use chorus_common::ModelInfo;
+use metrics::Metrics;
 use registration::Registration;
 use registry::Registry;
 use service::Shared;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -40,6 +47,7 @@ use tokio::net::TcpListener;
 pub struct LoadedWorker {
     worker_id: String,
     registry: Registry,
+    metrics: Arc<Metrics>,
     max_frame_bytes: usize,
     drain_timeout: Duration,
     advertise_addr: Option<String>,
@@ -50,10 +58,12 @@ impl LoadedWorker {
     /// Finds the ONNX Runtime library, loads the configured models and warms them up. Blocking:
     /// call it before starting to serve, or inside `spawn_blocking`.
     pub fn load(config: &WorkerConfig) -> Result<LoadedWorker, LoadError> {
-        let registry = loader::load_registry(config)?;
+        let metrics = Arc::new(Metrics::new());
+        let registry = loader::load_registry(config, &metrics)?;
         Ok(LoadedWorker {
             worker_id: config.resolved_worker_id(),
             registry,
+            metrics,
             max_frame_bytes: config.max_frame_bytes,
             drain_timeout: config.drain_timeout(),
             advertise_addr: config.advertise_addr.clone(),
@@ -75,6 +85,11 @@ impl LoadedWorker {
         self.registry.capacity()
     }
 
+    /// The worker's metrics (what `/metrics` serves).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Takes the bound `listener` and, when etcd is configured, registers the worker under
     /// `/chorus/v1/workers/{worker_id}` with its advertised address, models and capacity
     /// (retrying an unreachable etcd for up to `--etcd-give-up-ttls` TTLs). Fails if another
@@ -82,14 +97,22 @@ impl LoadedWorker {
     pub async fn register(self, listener: TcpListener) -> Result<ReadyWorker, RegistrationError> {
         let local = listener.local_addr().map_err(RegistrationError::Listener)?;
         let rpc_addr = config::advertised_addr(self.advertise_addr.as_deref(), local);
-        let shared = Arc::new(Shared::new(self.worker_id, rpc_addr, self.registry));
+        let shared = Arc::new(Shared::new(
+            self.worker_id,
+            rpc_addr,
+            self.registry,
+            self.metrics,
+        ));
         let registration = match self.registration {
             Some(config) => Some(Registration::start(config, shared.info()).await?),
             None => None,
         };
+        // Registered in etcd, or listed statically by coordinators.
+        shared.set_lease_lost(false);
         Ok(ReadyWorker {
             shared,
             listener,
+            metrics_listener: None,
             max_frame_bytes: self.max_frame_bytes,
             drain_timeout: self.drain_timeout,
             registration,
@@ -111,6 +134,7 @@ impl LoadedWorker {
 pub struct ReadyWorker {
     shared: Arc<Shared>,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     max_frame_bytes: usize,
     drain_timeout: Duration,
     registration: Option<RegistrationHandle>,
@@ -132,11 +156,36 @@ impl ReadyWorker {
         self.registration.as_ref()
     }
 
+    /// The worker's metrics (what `/metrics` serves).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Serves `/metrics` and `/health` on `listener` while the worker serves (see [`http`]);
+    /// `/health` answers 503 from the start of the drain.
+    pub fn with_metrics_listener(mut self, listener: TcpListener) -> Self {
+        self.metrics_listener = Some(listener);
+        self
+    }
+
+    /// The address of the `/metrics` listener, when there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves RPCs until `shutdown` resolves, then (with etcd) marks the worker draining in etcd,
     /// drains in-flight calls (bounded by the configured drain timeout), revokes the lease and
     /// returns `Ok`. Returns an error if the etcd registration is lost for good.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
-        server::run_registered(
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let http = self.metrics_listener.map(|listener| {
+            tokio::spawn(http::serve(listener, Arc::clone(&self.shared), async {
+                let _ = http_stopped.await;
+            }))
+        });
+        let result = server::run_registered(
             self.shared,
             self.listener,
             self.max_frame_bytes,
@@ -144,6 +193,17 @@ impl ReadyWorker {
             self.registration,
             shutdown,
         )
-        .await
+        .await;
+        let _ = stop_http.send(());
+        if let Some(mut http) = http {
+            // Scrapers keep connections open; do not let one hold the exit up.
+            match tokio::time::timeout(Duration::from_secs(2), &mut http).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::warn!(error = %e, "the metrics listener failed"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "the metrics listener panicked"),
+                Err(_) => http.abort(),
+            }
+        }
+        result
     }
 }

@@ -1,22 +1,25 @@
 //! Turns a worker configuration into a registry of loaded, warmed model versions.
 
+use crate::batch::BatchPolicy;
 use crate::config::WorkerConfig;
 use crate::error::LoadError;
+use crate::metrics::Metrics;
 use crate::model_config::ModelSettings;
 use crate::ort_library;
-use crate::pool::{InstancePool, Runner};
+use crate::pool::{InstancePool, PoolSettings, Runner};
 use crate::registry::{LoadedModel, Registry};
 use crate::repository::{self, ModelSource, VersionSource};
 use crate::session::{ModelSession, ProviderRequest, SessionError};
 use chorus_common::model::ONNX_PLATFORM;
 use chorus_common::validate::InputPolicy;
-use chorus_common::{ExecutionProvider, ModelInfo};
+use chorus_common::{DataType, ExecutionProvider, ModelInfo, TensorSpec};
 use ort::environment::Environment;
 use std::time::Instant;
-use tracing::info;
+use tracing::{info, warn};
 
-/// Scans the repository, creates every session on its provider and warms it up. Blocking.
-pub fn load_registry(config: &WorkerConfig) -> Result<Registry, LoadError> {
+/// Scans the repository, creates every session on its provider and warms it up, with its
+/// metrics in `metrics`. Blocking.
+pub fn load_registry(config: &WorkerConfig, metrics: &Metrics) -> Result<Registry, LoadError> {
     config.validate()?;
     let defaults = ModelSettings::defaults(config);
     // Scan before touching ORT so that layout and config mistakes are reported even where the
@@ -26,7 +29,7 @@ pub fn load_registry(config: &WorkerConfig) -> Result<Registry, LoadError> {
     let mut registry = Registry::default();
     for source in &sources {
         for version in &source.versions {
-            let loaded = load_version(&env, source, version, config.queue_capacity)?;
+            let loaded = load_version(&env, source, version, config.queue_capacity, metrics)?;
             registry.insert(version.version, loaded);
         }
     }
@@ -38,6 +41,7 @@ fn load_version(
     source: &ModelSource,
     version: &VersionSource,
     queue_capacity: usize,
+    metrics: &Metrics,
 ) -> Result<LoadedModel, LoadError> {
     let started = Instant::now();
     let settings = &source.settings;
@@ -88,14 +92,34 @@ fn load_version(
         return Err(model_error("no instances configured".into()));
     };
     let thread_name = format!("{}-{}", source.name, version.version);
-    let pool = InstancePool::start(label, &thread_name, runners, queue_capacity).map_err(
+    let version_label = version.version.to_string();
+    let batching = match not_batch_major(&inputs, &outputs) {
+        Some(reason) if settings.batch_policy().enabled() => {
+            warn!(
+                model = %source.name,
+                version = %version.version,
+                reason = %reason,
+                "batching turned off for this model: its signature is not batch-major"
+            );
+            BatchPolicy::off()
+        }
+        _ => settings.batch_policy(),
+    };
+    let model_metrics = metrics.model(&source.name, &version_label);
+    metrics.set_provider(&source.name, &version_label, &provider.to_string());
+    let pool_settings = PoolSettings {
+        capacity: queue_capacity,
+        batching,
+        metrics: model_metrics,
+    };
+    let pool = InstancePool::start_with(label, &thread_name, runners, pool_settings).map_err(
         |source_err| LoadError::Thread {
             model: source.name.clone(),
             version: version.version,
             source: source_err,
         },
     )?;
-    log_loaded(source, version, provider, started);
+    log_loaded(source, version, provider, pool.batching(), started);
     Ok(LoadedModel {
         info: ModelInfo {
             name: source.name.clone(),
@@ -119,6 +143,7 @@ fn log_loaded(
     source: &ModelSource,
     version: &VersionSource,
     provider: ExecutionProvider,
+    batching: &BatchPolicy,
     started: Instant,
 ) {
     info!(
@@ -126,7 +151,69 @@ fn log_loaded(
         version = %version.version,
         provider = %provider,
         instances = source.settings.instances,
+        max_batch_size = batching.max_batch_size,
+        max_queue_delay_us = batching.max_queue_delay.as_micros() as u64,
         load_ms = started.elapsed().as_millis() as u64,
         "model loaded"
     );
+}
+
+/// Why a model with this signature cannot be batched, if it cannot: every input and output must
+/// have a variable dimension 0 (the rows), and inputs must not be `BYTES`.
+pub fn not_batch_major(inputs: &[TensorSpec], outputs: &[TensorSpec]) -> Option<String> {
+    let rows_vary = |spec: &TensorSpec| spec.shape.first().is_some_and(|&d| d < 0);
+    if inputs.is_empty() {
+        return Some("it has no inputs".into());
+    }
+    for spec in inputs {
+        if spec.datatype == DataType::Bytes {
+            return Some(format!("input '{}' is BYTES", spec.name));
+        }
+        if !rows_vary(spec) {
+            return Some(format!(
+                "input '{}' has shape {:?}, without a variable first dimension",
+                spec.name, spec.shape
+            ));
+        }
+    }
+    outputs.iter().find(|spec| !rows_vary(spec)).map(|spec| {
+        format!(
+            "output '{}' has shape {:?}, without a variable first dimension",
+            spec.name, spec.shape
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, datatype: DataType, shape: &[i64]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            datatype,
+            shape: shape.to_vec(),
+        }
+    }
+
+    #[test]
+    fn batch_major_signatures_have_variable_rows_everywhere() {
+        let input = [spec("input", DataType::Fp32, &[-1, 64])];
+        let label = [spec("label", DataType::Int64, &[-1])];
+        let both = [
+            label[0].clone(),
+            spec("probabilities", DataType::Fp32, &[-1, 10]),
+        ];
+        assert_eq!(not_batch_major(&input, &both), None);
+        let why = |inputs: &[TensorSpec], outputs: &[TensorSpec]| {
+            not_batch_major(inputs, outputs).unwrap_or_default()
+        };
+        let fixed = [spec("input", DataType::Fp32, &[1, 64])];
+        assert!(why(&fixed, &label).contains("'input'"));
+        let scalar_out = [spec("total", DataType::Fp32, &[])];
+        assert!(why(&input, &scalar_out).contains("'total'"));
+        let text = [spec("text", DataType::Bytes, &[-1])];
+        assert!(why(&text, &label).contains("BYTES"));
+        assert!(not_batch_major(&[], &label).is_some());
+    }
 }

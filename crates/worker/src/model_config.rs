@@ -1,9 +1,11 @@
 //! A model's `config.toml`: per-model settings over the worker's defaults.
 
+use crate::batch::{BatchPolicy, MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US};
 use crate::config::{ProviderChoice, WorkerConfig};
 use crate::error::LoadError;
 use serde::Deserialize;
 use std::path::Path;
+use std::time::Duration;
 
 /// Default largest element count of one input tensor.
 pub const DEFAULT_MAX_INPUT_ELEMENTS: u64 = 1 << 22;
@@ -19,6 +21,9 @@ struct ModelConfigFile {
     require_provider: Option<bool>,
     allow_non_finite: Option<bool>,
     max_input_elements: Option<u64>,
+    max_batch_size: Option<u32>,
+    max_queue_delay_us: Option<u64>,
+    preferred_batch_sizes: Option<Vec<u32>>,
 }
 
 /// Effective settings of one model, after the file is merged over the worker defaults.
@@ -33,6 +38,12 @@ pub struct ModelSettings {
     pub require_provider: bool,
     pub allow_non_finite: bool,
     pub max_input_elements: u64,
+    /// Largest dynamic batch in rows; 0 or 1: batching off.
+    pub max_batch_size: u32,
+    /// How long the first request of a batch may wait for others, in microseconds.
+    pub max_queue_delay_us: u64,
+    /// Batch sizes dispatched without waiting, ascending and distinct.
+    pub preferred_batch_sizes: Vec<u32>,
 }
 
 impl ModelSettings {
@@ -46,6 +57,22 @@ impl ModelSettings {
             require_provider: config.require_provider,
             allow_non_finite: false,
             max_input_elements: DEFAULT_MAX_INPUT_ELEMENTS,
+            max_batch_size: config.max_batch_size,
+            max_queue_delay_us: config.max_queue_delay_us,
+            preferred_batch_sizes: Vec::new(),
+        }
+    }
+
+    /// The dynamic batcher's policy for this model.
+    pub fn batch_policy(&self) -> BatchPolicy {
+        BatchPolicy {
+            max_batch_size: self.max_batch_size as usize,
+            max_queue_delay: Duration::from_micros(self.max_queue_delay_us),
+            preferred_batch_sizes: self
+                .preferred_batch_sizes
+                .iter()
+                .map(|&s| s as usize)
+                .collect(),
         }
     }
 
@@ -88,6 +115,18 @@ impl ModelSettings {
             max_input_elements: file
                 .max_input_elements
                 .unwrap_or(defaults.max_input_elements),
+            max_batch_size: file.max_batch_size.unwrap_or(defaults.max_batch_size),
+            max_queue_delay_us: file
+                .max_queue_delay_us
+                .unwrap_or(defaults.max_queue_delay_us),
+            preferred_batch_sizes: {
+                let mut sizes = file
+                    .preferred_batch_sizes
+                    .unwrap_or_else(|| defaults.preferred_batch_sizes.clone());
+                sizes.sort_unstable();
+                sizes.dedup();
+                sizes
+            },
         };
         if settings.instances == 0 {
             return Err(error("`instances` must be at least 1".into()));
@@ -100,6 +139,28 @@ impl ModelSettings {
         }
         if settings.max_input_elements == 0 {
             return Err(error("`max_input_elements` must be at least 1".into()));
+        }
+        if settings.max_batch_size > MAX_BATCH_SIZE {
+            return Err(error(format!(
+                "`max_batch_size` is {}: it must be at most {MAX_BATCH_SIZE} rows (0 or 1 turns batching off)",
+                settings.max_batch_size
+            )));
+        }
+        if settings.max_queue_delay_us > MAX_QUEUE_DELAY_US {
+            return Err(error(format!(
+                "`max_queue_delay_us` is {}: it must be at most {MAX_QUEUE_DELAY_US} (one second)",
+                settings.max_queue_delay_us
+            )));
+        }
+        if let Some(&bad) = settings
+            .preferred_batch_sizes
+            .iter()
+            .find(|&&size| size < 2 || size > settings.max_batch_size)
+        {
+            return Err(error(format!(
+                "`preferred_batch_sizes` holds {bad}: each must be between 2 and `max_batch_size` ({}); batching needs `max_batch_size` of 2 or more",
+                settings.max_batch_size
+            )));
         }
         Ok(settings)
     }
@@ -138,6 +199,9 @@ mod tests {
             require_provider = true
             allow_non_finite = true
             max_input_elements = 100
+            max_batch_size = 32
+            max_queue_delay_us = 250
+            preferred_batch_sizes = [16, 8, 16]
             "#,
         )
         .unwrap();
@@ -151,8 +215,15 @@ mod tests {
                 require_provider: true,
                 allow_non_finite: true,
                 max_input_elements: 100,
+                max_batch_size: 32,
+                max_queue_delay_us: 250,
+                preferred_batch_sizes: vec![8, 16],
             }
         );
+        let policy = s.batch_policy();
+        assert!(policy.enabled());
+        assert_eq!(policy.max_queue_delay, Duration::from_micros(250));
+        assert_eq!(policy.preferred_batch_sizes, [8, 16]);
     }
 
     #[test]
@@ -163,11 +234,11 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_naming_file_and_key() {
-        let e = parse("instances = 1\nmax_batch_size = 8\n")
+        let e = parse("instances = 1\nmax_batch_delay = 8\n")
             .unwrap_err()
             .to_string();
         assert!(e.contains("models/m/config.toml"), "{e}");
-        assert!(e.contains("max_batch_size"), "{e}");
+        assert!(e.contains("max_batch_delay"), "{e}");
     }
 
     #[test]
@@ -185,6 +256,18 @@ mod tests {
                 "require_provider",
             ),
             ("instances = ", "instances"),
+            ("max_batch_size = 70000", "max_batch_size"),
+            ("max_batch_size = -1", "max_batch_size"),
+            ("max_queue_delay_us = 2000000", "max_queue_delay_us"),
+            ("preferred_batch_sizes = [4]", "preferred_batch_sizes"),
+            (
+                "max_batch_size = 8\npreferred_batch_sizes = [4, 16]",
+                "preferred_batch_sizes",
+            ),
+            (
+                "max_batch_size = 8\npreferred_batch_sizes = [1]",
+                "preferred_batch_sizes",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains("models/m/config.toml"), "{text}: {e}");
@@ -208,6 +291,22 @@ mod tests {
         assert!(!s.require_provider);
         let s = ModelSettings::parse("", Path::new("c.toml"), &strict).unwrap();
         assert!(s.require_provider);
+    }
+
+    #[test]
+    fn batching_is_off_by_default_and_the_worker_flags_are_the_defaults() {
+        assert!(!parse("").unwrap().batch_policy().enabled());
+        let worker = WorkerConfig {
+            max_batch_size: 16,
+            max_queue_delay_us: 100,
+            ..WorkerConfig::default()
+        };
+        let defaults = ModelSettings::defaults(&worker);
+        let s = ModelSettings::parse("", Path::new("c.toml"), &defaults).unwrap();
+        assert_eq!((s.max_batch_size, s.max_queue_delay_us), (16, 100));
+        // A model can opt out of a worker-wide batching default.
+        let s = ModelSettings::parse("max_batch_size = 0", Path::new("c.toml"), &defaults).unwrap();
+        assert!(!s.batch_policy().enabled());
     }
 
     #[test]

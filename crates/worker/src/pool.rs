@@ -1,26 +1,104 @@
-//! Instance threads: each owns one session and takes jobs from its model version's bounded queue.
+//! Instance threads: each owns one session and takes work from its model version's bounded queue,
+//! one job or one dynamic batch of jobs at a time.
 //!
 //! Handle + thread, as in text-embeddings-inference's `BackendThread`: the async side only ever
 //! `try_send`s (a full queue is an immediate `Overloaded`, never a blocked runtime), and the
-//! blocking ONNX Runtime call happens on a plain OS thread. A job whose caller has gone or whose
-//! deadline has passed is skipped rather than run.
+//! blocking ONNX Runtime call happens on a plain OS thread. What runs next, and when, is decided
+//! by [`BatchState`] (see `batch`); the threads only move jobs in and out of it and wait as long
+//! as it says. The idle instance holding the queue's lock forms the next batch, so no extra
+//! thread or hop sits between a request and its run. Jobs whose caller has gone or whose deadline
+//! has passed are skipped rather than run.
 
-use chorus_common::{Tensor, WorkerError};
+use crate::batch::{BatchPolicy, BatchState, Batchable, Dropped, Step};
+use crate::metrics::ModelMetrics;
+use crate::rows;
+use chorus_common::{DataType, Tensor, WorkerError};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{
+    Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
+};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-use tracing::{debug, warn};
+use tracing::{Span, debug, warn};
+
+/// The answer an instance thread sends back.
+pub type JobResult = Result<Vec<Tensor>, WorkerError>;
+
+/// One request in a batched run.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchMember<'a> {
+    /// Its inputs, in the same order (names, datatypes, non-batch dims) as every other member's.
+    pub inputs: &'a [Tensor],
+    /// The outputs it wants, in its order; empty means all, in declared order.
+    pub outputs: &'a [String],
+    /// Its rows (dimension 0 of every input).
+    pub rows: usize,
+}
+
+/// Why a batched run gave no per-request answers; its requests are then run one by one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchError {
+    /// An output's dimension 0 is not the batch's rows: the model is not batch-major, so
+    /// batching is turned off for it.
+    NotBatchMajor(String),
+    /// The run itself failed.
+    Failed(WorkerError),
+}
 
 /// What an instance thread runs: one session (or, in tests, a stand-in).
 pub trait Runner: Send + 'static {
     /// Runs the model on already validated inputs; returns `outputs` (all outputs when empty).
     fn run(&mut self, inputs: &[Tensor], outputs: &[String]) -> Result<Vec<Tensor>, WorkerError>;
+
+    /// Runs `members` as one: their inputs joined along dimension 0, one run, every output split
+    /// back by each member's rows. Returns each member's outputs, as [`Runner::run`] would.
+    ///
+    /// This default joins and splits wire tensors around [`Runner::run`] (a copy each way);
+    /// ONNX Runtime sessions join straight into the input buffer instead.
+    fn run_batch(&mut self, members: &[BatchMember<'_>]) -> Result<Vec<Vec<Tensor>>, BatchError> {
+        let internal = |e: String| BatchError::Failed(WorkerError::Internal(e));
+        let first = members
+            .first()
+            .ok_or_else(|| internal("empty batch".into()))?;
+        let joined = (0..first.inputs.len())
+            .map(|i| rows::join(&members.iter().map(|m| &m.inputs[i]).collect::<Vec<_>>()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(internal)?;
+        let outputs = self.run(&joined, &[]).map_err(BatchError::Failed)?;
+        let rows: Vec<usize> = members.iter().map(|m| m.rows).collect();
+        let mut per_member: Vec<Vec<Tensor>> = members.iter().map(|_| Vec::new()).collect();
+        for output in &outputs {
+            let pieces = rows::split(output, &rows).map_err(BatchError::NotBatchMajor)?;
+            for (mine, piece) in per_member.iter_mut().zip(pieces) {
+                mine.push(piece);
+            }
+        }
+        per_member
+            .into_iter()
+            .zip(members)
+            .map(|(all, member)| select_outputs(all, member.outputs).map_err(internal))
+            .collect()
+    }
 }
 
-/// The answer an instance thread sends back.
-pub type JobResult = Result<Vec<Tensor>, WorkerError>;
+/// `wanted` out of `all` (every output, in declared order), in the order wanted.
+pub fn select_outputs(all: Vec<Tensor>, wanted: &[String]) -> Result<Vec<Tensor>, String> {
+    if wanted.is_empty() {
+        return Ok(all);
+    }
+    let mut all: Vec<Option<Tensor>> = all.into_iter().map(Some).collect();
+    wanted
+        .iter()
+        .map(|name| {
+            all.iter_mut()
+                .find(|t| t.as_ref().is_some_and(|t| &t.name == name))
+                .and_then(Option::take)
+                .ok_or_else(|| format!("the model returned no output '{name}'"))
+        })
+        .collect()
+}
 
 /// One queued model run.
 #[derive(Debug)]
@@ -30,287 +108,382 @@ pub struct Job {
     /// The caller's deadline; past it, the job is answered `DeadlineExceeded` instead of run.
     pub deadline: Instant,
     pub reply: oneshot::Sender<JobResult>,
-}
-
-/// What an instance thread does with a job it has just taken off the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Triage {
-    Run,
-    /// The deadline has passed: answer `DeadlineExceeded` without running.
-    Expired,
-    /// Nobody is waiting for the answer (caller gone, RPC cancelled): drop it.
-    Abandoned,
+    enqueued: Instant,
+    rows: Option<usize>,
+    /// The request's span, for what the instance thread logs about it.
+    span: Span,
 }
 
 impl Job {
-    pub fn triage(&self, now: Instant) -> Triage {
-        if self.reply.is_closed() {
-            Triage::Abandoned
-        } else if now >= self.deadline {
-            Triage::Expired
-        } else {
-            Triage::Run
+    /// A job queued now, in the current span. Its inputs must already be validated.
+    pub fn new(
+        inputs: Vec<Tensor>,
+        outputs: Vec<String>,
+        deadline: Instant,
+        reply: oneshot::Sender<JobResult>,
+    ) -> Self {
+        let rows = batch_rows(&inputs);
+        Job {
+            inputs,
+            outputs,
+            deadline,
+            reply,
+            enqueued: Instant::now(),
+            rows,
+            span: Span::current(),
         }
     }
 }
 
-/// The queue and threads of one model version. Dropping it closes the queue; each thread then
-/// finishes its current job and exits.
+/// The rows a job can contribute to a batch: dimension 0, when every input has the same one
+/// and none is `BYTES` (whose element boundaries ONNX Runtime string tensors need per element).
+fn batch_rows(inputs: &[Tensor]) -> Option<usize> {
+    let rows = rows::rows_of(inputs.first()?)?;
+    let batchable = inputs
+        .iter()
+        .all(|t| rows::rows_of(t) == Some(rows) && t.datatype != DataType::Bytes);
+    (batchable && rows > 0).then_some(rows)
+}
+
+impl Batchable for Job {
+    fn rows(&self) -> Option<usize> {
+        self.rows
+    }
+
+    fn compatible(&self, other: &Self) -> bool {
+        self.rows.is_some()
+            && other.rows.is_some()
+            && self.inputs.len() == other.inputs.len()
+            && self.inputs.iter().zip(&other.inputs).all(|(a, b)| {
+                a.name == b.name && a.datatype == b.datatype && a.shape[1..] == b.shape[1..]
+            })
+    }
+
+    fn enqueued(&self) -> Instant {
+        self.enqueued
+    }
+
+    fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    fn caller_gone(&self) -> bool {
+        self.reply.is_closed()
+    }
+}
+
+/// How a pool queues and batches.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Jobs that may wait before new ones are refused as overloaded.
+    pub capacity: usize,
+    pub batching: BatchPolicy,
+    pub metrics: ModelMetrics,
+}
+
+/// The queue and threads of one model version. Dropping it closes the queue; the threads then
+/// run what is still queued and exit.
 #[derive(Debug)]
 pub struct InstancePool {
     label: String,
     queue: SyncSender<Job>,
+    /// Jobs submitted and not yet dispatched or dropped (in the channel or the batcher).
+    depth: Arc<AtomicUsize>,
     capacity: usize,
     instances: u32,
+    batching: BatchPolicy,
+    metrics: ModelMetrics,
+}
+
+/// What the instance threads of one pool share.
+struct Shared {
+    label: String,
+    queue: Mutex<Queue>,
+    depth: Arc<AtomicUsize>,
+    metrics: ModelMetrics,
+}
+
+struct Queue {
+    receiver: Receiver<Job>,
+    state: BatchState<Job>,
+}
+
+/// What a thread learnt from its last run, folded into the batcher when it next takes the lock.
+#[derive(Debug, Default)]
+struct Feedback {
+    elapsed: Option<Duration>,
+    not_batch_major: Option<String>,
 }
 
 impl InstancePool {
-    /// Starts one thread per runner, all fed from one queue of `capacity` waiting jobs.
-    /// `label` names the model version in logs and errors; threads are `<thread_name>-<index>`.
+    /// Starts one thread per runner, all fed from one queue of `capacity` waiting jobs, without
+    /// batching and with metrics registered nowhere. `label` names the model version in logs and
+    /// errors; threads are `<thread_name>-<index>`.
     pub fn start(
         label: String,
         thread_name: &str,
         runners: Vec<Box<dyn Runner>>,
         capacity: usize,
     ) -> std::io::Result<Self> {
-        let (queue, receiver) = sync_channel(capacity);
-        // std's receiver has one consumer; the instances share it behind a lock. Only the idle
-        // thread waiting for work holds it, so it costs nothing while every instance is busy.
-        let receiver = Arc::new(Mutex::new(receiver));
+        let settings = PoolSettings {
+            capacity,
+            batching: BatchPolicy::off(),
+            metrics: ModelMetrics::detached(),
+        };
+        Self::start_with(label, thread_name, runners, settings)
+    }
+
+    /// [`InstancePool::start`] with batching and metrics.
+    pub fn start_with(
+        label: String,
+        thread_name: &str,
+        runners: Vec<Box<dyn Runner>>,
+        settings: PoolSettings,
+    ) -> std::io::Result<Self> {
+        let (queue, receiver) = sync_channel(settings.capacity);
+        let depth = Arc::new(AtomicUsize::new(0));
+        // std's receiver has one consumer; the instances share it (and the batcher) behind a
+        // lock. Only the idle thread forming the next batch holds it, so it costs nothing while
+        // every instance is busy.
+        let shared = Arc::new(Shared {
+            label: label.clone(),
+            queue: Mutex::new(Queue {
+                receiver,
+                state: BatchState::new(settings.batching.clone()),
+            }),
+            depth: Arc::clone(&depth),
+            metrics: settings.metrics.clone(),
+        });
         let instances = runners.len() as u32;
         for (index, runner) in runners.into_iter().enumerate() {
-            let receiver = Arc::clone(&receiver);
-            let thread_label = label.clone();
+            let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name(format!("{thread_name}-{index}"))
-                .spawn(move || instance_loop(&thread_label, index, runner, &receiver))?;
+                .spawn(move || instance_loop(&shared, index, runner))?;
         }
         Ok(InstancePool {
             label,
             queue,
-            capacity,
+            depth,
+            capacity: settings.capacity,
             instances,
+            batching: settings.batching,
+            metrics: settings.metrics,
         })
     }
 
-    /// Queues `job`, or refuses it at once when the queue is full.
+    /// Queues `job`, or refuses it at once when `capacity` jobs already wait.
     pub fn submit(&self, job: Job) -> Result<(), WorkerError> {
-        match self.queue.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(WorkerError::Overloaded(format!(
+        let overloaded = || {
+            WorkerError::Overloaded(format!(
                 "{} has {} requests queued",
                 self.label, self.capacity
-            ))),
-            Err(TrySendError::Disconnected(_)) => Err(WorkerError::Internal(format!(
-                "{} has no running instances",
-                self.label
-            ))),
+            ))
+        };
+        if self.depth.fetch_add(1, Ordering::AcqRel) >= self.capacity {
+            self.depth.fetch_sub(1, Ordering::AcqRel);
+            return Err(overloaded());
         }
+        // Counted before sending, so that the thread's decrement never comes first.
+        self.metrics.queue_depth.inc();
+        let refused = match self.queue.try_send(job) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Full(_)) => overloaded(),
+            Err(TrySendError::Disconnected(_)) => {
+                WorkerError::Internal(format!("{} has no running instances", self.label))
+            }
+        };
+        self.depth.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.queue_depth.dec();
+        Err(refused)
     }
 
     pub fn instances(&self) -> u32 {
         self.instances
     }
+
+    /// How this version batches.
+    pub fn batching(&self) -> &BatchPolicy {
+        &self.batching
+    }
+
+    /// This version's metric handles.
+    pub fn metrics(&self) -> &ModelMetrics {
+        &self.metrics
+    }
 }
 
-fn instance_loop(
-    label: &str,
-    index: usize,
-    mut runner: Box<dyn Runner>,
-    receiver: &Mutex<Receiver<Job>>,
-) {
-    loop {
-        let next = receiver
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .recv();
-        // Every sender is gone: the worker is shutting down.
-        let Ok(job) = next else { break };
-        match job.triage(Instant::now()) {
-            Triage::Abandoned => {
-                debug!(
-                    model = label,
-                    instance = index,
-                    "skipping a job whose caller has gone"
-                );
-                continue;
-            }
-            Triage::Expired => {
-                debug!(
-                    model = label,
-                    instance = index,
-                    "skipping a job past its deadline"
-                );
-                let _ = job.reply.send(Err(WorkerError::DeadlineExceeded));
-                continue;
-            }
-            Triage::Run => {}
+fn instance_loop(shared: &Shared, index: usize, mut runner: Box<dyn Runner>) {
+    let mut feedback = Feedback::default();
+    while let Some(jobs) = shared.next_batch(std::mem::take(&mut feedback)) {
+        feedback = shared.run(index, runner.as_mut(), jobs);
+    }
+    debug!(model = %shared.label, instance = index, "instance thread stopped");
+}
+
+impl Shared {
+    /// Waits for the batcher to dispatch, moving jobs from the channel into it meanwhile.
+    /// `None` once the queue is closed and empty.
+    fn next_batch(&self, feedback: Feedback) -> Option<Vec<Job>> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let Queue { receiver, state } = &mut *queue;
+        if let Some(elapsed) = feedback.elapsed {
+            state.observe_run(elapsed);
         }
+        if let Some(reason) = feedback.not_batch_major
+            && state.policy().enabled()
+        {
+            warn!(
+                model = %self.label,
+                reason = %reason,
+                "batching turned off: the model's outputs are not batch-major"
+            );
+            state.disable_batching();
+        }
+        loop {
+            // Everything already queued joins the batcher first, without waiting.
+            while !state.is_closed() {
+                match receiver.try_recv() {
+                    Ok(job) => state.push(job),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => state.close(),
+                }
+            }
+            let now = Instant::now();
+            let poll = state.poll(now);
+            for (job, why) in poll.dropped {
+                self.left_queue(1);
+                answer_dropped(job, why);
+            }
+            match poll.step {
+                Step::Run(jobs, _) => {
+                    self.left_queue(jobs.len());
+                    return Some(jobs);
+                }
+                Step::Idle if state.is_closed() => return None,
+                Step::Idle => match receiver.recv() {
+                    Ok(job) => state.push(job),
+                    // Every sender is gone: the worker is shutting down.
+                    Err(_) => state.close(),
+                },
+                Step::Wait(until) => {
+                    match receiver.recv_timeout(until.saturating_duration_since(now)) {
+                        Ok(job) => state.push(job),
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => state.close(),
+                    }
+                }
+            }
+        }
+    }
+
+    fn left_queue(&self, jobs: usize) {
+        self.depth.fetch_sub(jobs, Ordering::AcqRel);
+        self.metrics.queue_depth.dec_by(jobs as i64);
+    }
+
+    /// Runs `jobs` (one, or a batch) and answers them.
+    fn run(&self, index: usize, runner: &mut dyn Runner, jobs: Vec<Job>) -> Feedback {
+        let started = Instant::now();
+        for job in &jobs {
+            let queued = started.saturating_duration_since(job.enqueued);
+            self.metrics.queue.observe(queued.as_secs_f64());
+        }
+        if jobs.len() == 1 {
+            let job = jobs.into_iter().next().expect("one job");
+            return Feedback {
+                elapsed: Some(self.run_alone(index, runner, job)),
+                not_batch_major: None,
+            };
+        }
+        let members: Vec<BatchMember<'_>> = jobs
+            .iter()
+            .map(|job| BatchMember {
+                inputs: &job.inputs,
+                outputs: &job.outputs,
+                rows: job.rows.unwrap_or(0),
+            })
+            .collect();
+        let rows: usize = members.iter().map(|m| m.rows).sum();
+        let result = catch_unwind(AssertUnwindSafe(|| runner.run_batch(&members)));
+        let elapsed = started.elapsed();
+        drop(members);
+        let failure = match result {
+            Ok(Ok(answers)) if answers.len() == jobs.len() => {
+                self.metrics.observe_run(elapsed, rows);
+                debug!(
+                    model = %self.label,
+                    instance = index,
+                    requests = jobs.len(),
+                    rows,
+                    run_us = elapsed.as_micros() as u64,
+                    "batched run"
+                );
+                for (job, outputs) in jobs.into_iter().zip(answers) {
+                    // The caller may have gone while the model ran; then nobody needs it.
+                    let _ = job.reply.send(Ok(outputs));
+                }
+                return Feedback {
+                    elapsed: Some(elapsed),
+                    not_batch_major: None,
+                };
+            }
+            Ok(Ok(answers)) => BatchError::Failed(WorkerError::Internal(format!(
+                "{} answers for {} requests",
+                answers.len(),
+                jobs.len()
+            ))),
+            Ok(Err(e)) => e,
+            Err(_) => BatchError::Failed(WorkerError::Internal("the batched run panicked".into())),
+        };
+        warn!(
+            model = %self.label,
+            instance = index,
+            requests = jobs.len(),
+            error = ?failure,
+            "batched run failed, running its requests one by one"
+        );
+        for job in jobs {
+            self.run_alone(index, runner, job);
+        }
+        Feedback {
+            elapsed: None,
+            not_batch_major: match failure {
+                BatchError::NotBatchMajor(reason) => Some(reason),
+                BatchError::Failed(_) => None,
+            },
+        }
+    }
+
+    /// Runs one job on its own and answers it; returns the run's duration.
+    fn run_alone(&self, index: usize, runner: &mut dyn Runner, job: Job) -> Duration {
+        let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| runner.run(&job.inputs, &job.outputs)))
             .unwrap_or_else(|_| {
-                warn!(model = label, instance = index, "model run panicked");
+                let _entered = job.span.enter();
+                warn!(model = %self.label, instance = index, "model run panicked");
                 Err(WorkerError::Internal(format!(
-                    "{label}: the model run panicked"
+                    "{}: the model run panicked",
+                    self.label
                 )))
             });
-        // The caller may have gone while the model ran; then nobody needs the answer.
+        let elapsed = started.elapsed();
+        self.metrics.observe_run(elapsed, job.rows.unwrap_or(1));
         let _ = job.reply.send(result);
+        elapsed
     }
-    debug!(model = label, instance = index, "instance thread stopped");
+}
+
+fn answer_dropped(job: Job, why: Dropped) {
+    let _entered = job.span.enter();
+    match why {
+        Dropped::Abandoned => debug!("skipping a job whose caller has gone"),
+        Dropped::Expired => {
+            debug!("skipping a job past its deadline");
+            let _ = job.reply.send(Err(WorkerError::DeadlineExceeded));
+        }
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::mpsc;
-    use std::time::Duration;
-
-    /// Echoes its inputs back, first waiting for a permit when gated.
-    struct Echo {
-        gate: Option<mpsc::Receiver<()>>,
-    }
-
-    impl Runner for Echo {
-        fn run(&mut self, inputs: &[Tensor], _: &[String]) -> JobResult {
-            if let Some(gate) = &self.gate {
-                let _ = gate.recv();
-            }
-            Ok(inputs.to_vec())
-        }
-    }
-
-    struct Panics;
-
-    impl Runner for Panics {
-        fn run(&mut self, _: &[Tensor], _: &[String]) -> JobResult {
-            panic!("boom")
-        }
-    }
-
-    fn job(deadline: Instant) -> (Job, oneshot::Receiver<JobResult>) {
-        let (reply, rx) = oneshot::channel();
-        let inputs = vec![Tensor::from_values("x", vec![1], &[1.0f32])];
-        (
-            Job {
-                inputs,
-                outputs: vec![],
-                deadline,
-                reply,
-            },
-            rx,
-        )
-    }
-
-    fn later() -> Instant {
-        Instant::now() + Duration::from_secs(60)
-    }
-
-    #[test]
-    fn triage_runs_live_jobs_and_skips_expired_or_abandoned_ones() {
-        let now = Instant::now();
-        let (live, _rx) = job(now + Duration::from_secs(1));
-        assert_eq!(live.triage(now), Triage::Run);
-        assert_eq!(live.triage(now + Duration::from_secs(1)), Triage::Expired);
-        let (gone, rx) = job(now + Duration::from_secs(1));
-        drop(rx);
-        assert_eq!(gone.triage(now), Triage::Abandoned);
-        // A caller that has gone wins over an expired deadline: nobody to answer.
-        assert_eq!(gone.triage(now + Duration::from_secs(5)), Triage::Abandoned);
-    }
-
-    #[test]
-    fn jobs_run_and_answer() {
-        let pool =
-            InstancePool::start("m v1".into(), "m-1", vec![Box::new(Echo { gate: None })], 4)
-                .unwrap();
-        let (j, rx) = job(later());
-        pool.submit(j).unwrap();
-        let out = rx.blocking_recv().unwrap().unwrap();
-        assert_eq!(out[0].name, "x");
-        assert_eq!(pool.instances(), 1);
-    }
-
-    #[test]
-    fn expired_jobs_are_answered_without_running() {
-        let pool = InstancePool::start("m v1".into(), "m-1", vec![Box::new(Panics)], 4).unwrap();
-        let (j, rx) = job(Instant::now());
-        pool.submit(j).unwrap();
-        assert_eq!(
-            rx.blocking_recv().unwrap(),
-            Err(WorkerError::DeadlineExceeded)
-        );
-    }
-
-    #[test]
-    fn a_full_queue_answers_overloaded_at_once() {
-        let (permits, gate) = mpsc::channel();
-        let pool = InstancePool::start(
-            "m v1".into(),
-            "m-1",
-            vec![Box::new(Echo { gate: Some(gate) })],
-            1,
-        )
-        .unwrap();
-        let mut receivers = Vec::new();
-        let mut overloaded = 0;
-        // One job is taken by the (blocked) instance and one waits in the queue; the rest
-        // must be refused. The instance may not have taken the first yet, hence "at most 2".
-        for _ in 0..5 {
-            let (j, rx) = job(later());
-            match pool.submit(j) {
-                Ok(()) => receivers.push(rx),
-                Err(WorkerError::Overloaded(msg)) => {
-                    assert!(msg.contains("m v1"), "{msg}");
-                    overloaded += 1;
-                }
-                Err(e) => panic!("unexpected {e}"),
-            }
-        }
-        assert!(receivers.len() <= 2 && overloaded >= 3, "{overloaded}");
-        for _ in 0..receivers.len() {
-            permits.send(()).unwrap();
-        }
-        for rx in receivers {
-            assert!(rx.blocking_recv().unwrap().is_ok());
-        }
-    }
-
-    #[test]
-    fn a_panicking_run_is_an_internal_error_and_the_thread_survives() {
-        let pool = InstancePool::start("m v1".into(), "m-1", vec![Box::new(Panics)], 4).unwrap();
-        for _ in 0..2 {
-            let (j, rx) = job(later());
-            pool.submit(j).unwrap();
-            assert!(matches!(
-                rx.blocking_recv().unwrap(),
-                Err(WorkerError::Internal(_))
-            ));
-        }
-    }
-
-    #[test]
-    fn abandoned_jobs_are_not_run() {
-        let (permits, gate) = mpsc::channel();
-        let pool = InstancePool::start(
-            "m v1".into(),
-            "m-1",
-            vec![Box::new(Echo { gate: Some(gate) })],
-            4,
-        )
-        .unwrap();
-        // The first job occupies the instance; the second is abandoned while queued.
-        let (first, first_rx) = job(later());
-        pool.submit(first).unwrap();
-        let (second, second_rx) = job(later());
-        pool.submit(second).unwrap();
-        drop(second_rx);
-        let (third, third_rx) = job(later());
-        pool.submit(third).unwrap();
-        // Two permits: if the abandoned job ran it would eat the third's permit and the third
-        // would hang; the test then fails by timing out instead of passing.
-        permits.send(()).unwrap();
-        permits.send(()).unwrap();
-        assert!(first_rx.blocking_recv().unwrap().is_ok());
-        assert!(third_rx.blocking_recv().unwrap().is_ok());
-    }
-}
+mod tests;

@@ -101,6 +101,7 @@ pub async fn run_registered(
     }
     drain(&shared, connections, closing, drain_timeout).await;
     if let Some(error) = stopped {
+        shared.metrics.set_registered(false);
         error!(
             worker_id = %shared.worker_id,
             error = %error,
@@ -108,14 +109,15 @@ pub async fn run_registered(
         );
         return Err(error.into());
     }
-    if let Some(registration) = registration
-        && let Err(e) = registration.revoke().await
-    {
-        warn!(
-            worker_id = %shared.worker_id,
-            error = %e,
-            "cannot revoke the etcd lease; the registration disappears when it expires"
-        );
+    if let Some(registration) = registration {
+        match registration.revoke().await {
+            Ok(()) => shared.metrics.set_registered(false),
+            Err(e) => warn!(
+                worker_id = %shared.worker_id,
+                error = %e,
+                "cannot revoke the etcd lease; the registration disappears when it expires"
+            ),
+        }
     }
     info!(worker_id = %shared.worker_id, "worker stopped");
     Ok(())

@@ -3,7 +3,7 @@
 use crate::config::ProviderChoice;
 use crate::convert;
 use crate::model_config::ModelSettings;
-use crate::pool::Runner;
+use crate::pool::{BatchError, BatchMember, Runner};
 use crate::signature;
 use chorus_common::{ExecutionProvider, Tensor, TensorSpec, WorkerError};
 use ort::environment::Environment;
@@ -201,6 +201,71 @@ impl Runner for ModelSession {
                 })?;
                 convert::from_ort_value(name, value)
                     .map_err(|e| WorkerError::Internal(format!("{label}: {e}")))
+            })
+            .collect()
+    }
+
+    /// Joins every member's inputs straight into one ORT buffer per input (one copy), runs once
+    /// and copies each member's rows of each output it wants out of ORT's output buffer.
+    fn run_batch(&mut self, members: &[BatchMember<'_>]) -> Result<Vec<Vec<Tensor>>, BatchError> {
+        let label = &self.label;
+        let failed = |e: String| BatchError::Failed(WorkerError::Internal(format!("{label}: {e}")));
+        let first = members
+            .first()
+            .ok_or_else(|| failed("empty batch".into()))?;
+        let values = first
+            .inputs
+            .iter()
+            .enumerate()
+            .map(|(i, input)| {
+                let parts: Vec<&Tensor> = members.iter().map(|m| &m.inputs[i]).collect();
+                convert::to_ort_value_rows(&parts).map(|v| (input.name.as_str(), v))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(BatchError::Failed)?;
+        let results = self
+            .session
+            .run(values)
+            .map_err(|e| failed(e.to_string()))?;
+        let rows: Vec<usize> = members.iter().map(|m| m.rows).collect();
+        // Each declared output, split into the pieces of the members that want it.
+        let mut pieces: Vec<Vec<Option<Tensor>>> = Vec::with_capacity(self.outputs.len());
+        for spec in &self.outputs {
+            let wants: Vec<bool> = members
+                .iter()
+                .map(|m| m.outputs.is_empty() || m.outputs.contains(&spec.name))
+                .collect();
+            if !wants.contains(&true) {
+                pieces.push(Vec::new());
+                continue;
+            }
+            let value = results.get(spec.name.as_str()).ok_or_else(|| {
+                failed(format!("ONNX Runtime returned no output '{}'", spec.name))
+            })?;
+            let split = convert::split_ort_value(&spec.name, value, &rows, &wants).map_err(
+                |e| match e {
+                    convert::SplitError::NotBatchMajor(reason) => BatchError::NotBatchMajor(reason),
+                    convert::SplitError::Other(reason) => failed(reason),
+                },
+            )?;
+            pieces.push(split);
+        }
+        members
+            .iter()
+            .enumerate()
+            .map(|(j, member)| {
+                let mut take = |name: &str| {
+                    self.outputs
+                        .iter()
+                        .position(|s| s.name == name)
+                        .and_then(|o| pieces[o].get_mut(j)?.take())
+                        .ok_or_else(|| failed(format!("no output '{name}' for the request")))
+                };
+                if member.outputs.is_empty() {
+                    self.outputs.iter().map(|s| take(&s.name)).collect()
+                } else {
+                    member.outputs.iter().map(|name| take(name)).collect()
+                }
             })
             .collect()
     }

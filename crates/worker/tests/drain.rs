@@ -9,7 +9,8 @@ use chorus_common::validate::InputPolicy;
 use chorus_common::{
     DataType, ExecutionProvider, InferCall, ModelInfo, Tensor, TensorSpec, WorkerError, WorkerState,
 };
-use chorus_worker::pool::{InstancePool, JobResult, Runner};
+use chorus_worker::metrics::Metrics;
+use chorus_worker::pool::{InstancePool, Job, JobResult, Runner};
 use chorus_worker::registry::{LoadedModel, Registry};
 use chorus_worker::server;
 use chorus_worker::service::Shared;
@@ -117,7 +118,12 @@ async fn shutdown_drains_in_flight_calls_and_refuses_new_ones() {
     let (registry, gate) = gated_registry(8);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let shared = Arc::new(Shared::new("w".into(), addr.to_string(), registry));
+    let shared = Arc::new(Shared::new(
+        "w".into(),
+        addr.to_string(),
+        registry,
+        Arc::new(Metrics::new()),
+    ));
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(server::run(
         Arc::clone(&shared),
@@ -171,7 +177,12 @@ async fn shutdown_drains_in_flight_calls_and_refuses_new_ones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_passing_in_the_queue_is_deadline_exceeded() {
     let (registry, gate) = gated_registry(8);
-    let shared = Arc::new(Shared::new("w".into(), "test".into(), registry));
+    let shared = Arc::new(Shared::new(
+        "w".into(),
+        "test".into(),
+        registry,
+        Arc::new(Metrics::new()),
+    ));
     // Already expired: refused before queueing.
     let past = Instant::now() - Duration::from_millis(1);
     assert_eq!(
@@ -209,7 +220,12 @@ async fn a_deadline_passing_in_the_queue_is_deadline_exceeded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_is_overloaded_and_bad_calls_never_queue() {
     let (registry, gate) = gated_registry(1);
-    let shared = Arc::new(Shared::new("w".into(), "test".into(), registry));
+    let shared = Arc::new(Shared::new(
+        "w".into(),
+        "test".into(),
+        registry,
+        Arc::new(Metrics::new()),
+    ));
     let deadline = || Instant::now() + Duration::from_secs(30);
     // One call occupies the instance...
     let running = tokio::spawn({
@@ -222,12 +238,7 @@ async fn a_full_queue_is_overloaded_and_bad_calls_never_queue() {
     let model = shared.registry.resolve("slow", None).unwrap();
     model
         .pool
-        .submit(chorus_worker::pool::Job {
-            inputs: slow_call().inputs,
-            outputs: vec![],
-            deadline: deadline(),
-            reply,
-        })
+        .submit(Job::new(slow_call().inputs, vec![], deadline(), reply))
         .unwrap();
     match shared.infer(deadline(), slow_call()).await {
         Err(WorkerError::Overloaded(msg)) => assert!(msg.contains("slow"), "{msg}"),

@@ -17,7 +17,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{features, load, wait_until};
+use support::{features, http_get, load, wait_until};
 use tarpc::context;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -409,8 +409,13 @@ async fn a_lease_etcd_says_is_gone_refuses_work_then_re_registers() {
 async fn serve_gives_up_when_it_cannot_re_register() {
     let etcd = Etcd::start();
     let mut client = etcd_client(&etcd).await;
-    let running =
-        Running::start(register(load(etcd_config(&etcd.endpoint, "w-taken", 2)).await).await).await;
+    let ready = register(load(etcd_config(&etcd.endpoint, "w-taken", 2)).await)
+        .await
+        .with_metrics_listener(bind().await);
+    let (metrics, metrics_addr) = (Arc::clone(ready.metrics()), ready.metrics_addr().unwrap());
+    let running = Running::start(ready).await;
+    assert!(metrics.encode().contains("\nchorus_worker_registered 1\n"));
+    assert_eq!(http_get(metrics_addr, "/health").await.0, 200);
     let key = worker_key("w-taken");
     let worker_lease = record(&mut client, "w-taken").await.unwrap().lease();
     // Another lease takes the key first (so it is never free), then the worker's lease goes:
@@ -437,6 +442,11 @@ async fn serve_gives_up_when_it_cannot_re_register() {
     .await;
     let noticed = revoked.elapsed();
     assert_eq!(running.infer().await, Err(WorkerError::Draining));
+    assert!(metrics.encode().contains("\nchorus_worker_registered 0\n"));
+    assert_eq!(
+        http_get(metrics_addr, "/health").await,
+        (503, "etcd lease lost\n".to_string())
+    );
 
     let result = tokio::time::timeout(TTL * 4, running.server)
         .await
