@@ -211,7 +211,7 @@ impl Suite {
     }
 }
 
-/// 1. kill -9 a worker: nothing fails; its key goes within TTL + 1 s; once restarted it gets
+/// Scenario 1: kill -9 a worker: nothing fails; its key goes within TTL + 1 s; once restarted it gets
 /// traffic within 5 s of being ready.
 fn kill_a_worker(s: &mut Suite) {
     let before = s.load().settle();
@@ -231,7 +231,7 @@ fn kill_a_worker(s: &mut Suite) {
     assert_eq!(counts.failed, 0);
 }
 
-/// 2. SIGSTOP shorter than the TTL: nothing fails, the key is never removed, and the worker is
+/// Scenario 2: SIGSTOP shorter than the TTL: nothing fails, the key is never removed, and the worker is
 /// back in rotation after a probe.
 fn short_pause(s: &mut Suite) {
     let before = s.load().settle();
@@ -258,7 +258,7 @@ fn short_pause(s: &mut Suite) {
     assert_eq!(counts.failed, 0);
 }
 
-/// 3. SIGSTOP longer than the TTL: at most the calls in flight to it fail (target 0); after
+/// Scenario 3: SIGSTOP longer than the TTL: at most the calls in flight to it fail (target 0); after
 /// SIGCONT it registers again under a new lease.
 fn long_pause(s: &mut Suite) {
     let before = s.load().settle();
@@ -283,7 +283,7 @@ fn long_pause(s: &mut Suite) {
     );
 }
 
-/// 4. etcd down for 15 s: nothing fails; after it returns the coordinator's view matches etcd
+/// Scenario 4: etcd down for 15 s: nothing fails; after it returns the coordinator's view matches etcd
 /// within 10 s.
 fn etcd_outage(s: &mut Suite) {
     let before = s.load().settle();
@@ -312,7 +312,7 @@ fn etcd_outage(s: &mut Suite) {
     assert_eq!(counts.failed, 0);
 }
 
-/// 5. Rolling restart: SIGTERM each worker in turn and start it again; nothing fails.
+/// Scenario 5: Rolling restart: SIGTERM each worker in turn and start it again; nothing fails.
 fn rolling_restart(s: &mut Suite) {
     let before = s.load().settle();
     let mut detect = Duration::ZERO;
@@ -334,7 +334,7 @@ fn rolling_restart(s: &mut Suite) {
     assert_eq!(counts.failed, 0);
 }
 
-/// 6. A new worker joins mid-run and gets traffic within 5 s of registering.
+/// Scenario 6: A new worker joins mid-run and gets traffic within 5 s of registering.
 fn new_worker_joins(s: &mut Suite) {
     let before = s.load().settle();
     let joiner = start_worker_in(&s.etcd, "w-d", &["logreg", "random_forest", "mlp"]);

@@ -32,10 +32,11 @@ done
 log() { echo "build-images: $*"; }
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 image_label() { docker image inspect --format "{{ index .Config.Labels \"$2\" }}" "$1" 2>/dev/null || true; }
-# The classic builder is what a bare engine has (no buildx): BuildKit would need it.
+# The classic builder is what a bare engine has (no buildx): BuildKit would need it. --force-rm:
+# a failed step leaves no container behind.
 docker_build() {
     local out
-    if ! out=$(DOCKER_BUILDKIT=0 docker build "$@" 2>&1); then
+    if ! out=$(DOCKER_BUILDKIT=0 docker build --force-rm "$@" 2>&1); then
         echo "$out" | tail -n 30 >&2
         echo "build-images: docker build $* failed" >&2
         return 1
@@ -45,8 +46,9 @@ docker_build() {
 # Removes the image a tag pointed at before a rebuild, unless something else still uses it.
 drop_replaced() {
     local old=$1 tag=$2
-    [ -n "$old" ] && [ "$old" != "$(docker image inspect --format '{{.Id}}' "$tag")" ] &&
+    if [ -n "$old" ] && [ "$old" != "$(docker image inspect --format '{{.Id}}' "$tag")" ]; then
         docker rmi "$old" >/dev/null 2>&1 || true
+    fi
 }
 
 # 1. Base image.

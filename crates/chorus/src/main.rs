@@ -1,6 +1,7 @@
 //! The `chorus` command: `up` starts a local cluster, `worker` and `coordinator` run one process
-//! each for real deployments.
+//! each for real deployments, `bench` measures a cluster against the in-process floor.
 
+mod bench;
 mod cluster_config;
 mod placement;
 mod signals;
@@ -34,6 +35,9 @@ enum Command {
     Worker(WorkerConfig),
     /// Run one coordinator: the OIP v2 HTTP gateway in front of workers.
     Coordinator(CoordinatorConfig),
+    /// Benchmark a coordinator over HTTP (closed or open loop, JSON or binary tensors) and/or the
+    /// in-process floor (the same ensemble on ONNX Runtime, no network); see docs/benchmarks.md.
+    Bench(Box<bench::BenchArgs>),
 }
 
 /// Line a worker prints on stdout once its models are warm and its RPC port is open;
@@ -45,12 +49,18 @@ pub const COORDINATOR_LISTENING: &str = "chorus-coordinator listening";
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     chorus_common::telemetry::init(cli.log_json);
+    // The benchmark sizes its own runtime: its load generator must stay small.
+    let command = match cli.command {
+        Command::Bench(args) => return bench::main(*args, cli.log_json),
+        command => command,
+    };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        match cli.command {
+        match command {
             Command::Up(args) => up::run(args, cli.log_json).await,
             Command::Worker(config) => run_worker(config).await,
             Command::Coordinator(config) => run_coordinator(config).await,
+            Command::Bench(_) => unreachable!("handled before the runtime starts"),
         }
     })
 }
@@ -65,16 +75,32 @@ async fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    // Bound before registering, so that a taken port leaves nothing behind in etcd.
+    let metrics = match config.metrics_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --metrics-addr {addr}"))?,
+        ),
+        None => None,
+    };
     // With --etcd, ready means registered: the line comes only after the key is in etcd.
-    let ready = loaded.register(listener).await?;
-    announce(&format!(
+    let mut ready = loaded.register(listener).await?;
+    let mut line = format!(
         "{WORKER_READY} rpc_addr={} worker_id={worker_id}",
         ready.rpc_addr()
-    ));
+    );
+    if let Some(metrics) = metrics {
+        line.push_str(&format!(" metrics_addr={}", metrics.local_addr()?));
+        ready = ready.with_metrics_listener(metrics);
+    }
+    announce(&line);
     ready.serve(signals::shutdown()).await
 }
 
 async fn run_coordinator(config: CoordinatorConfig) -> anyhow::Result<()> {
+    // A bad spec file or flag combination is refused before anything listens or is announced.
+    chorus_coordinator::server::check(&config)?;
     let listener = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", config.http_addr))?;

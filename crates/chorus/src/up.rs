@@ -54,9 +54,9 @@ pub struct UpArgs {
 }
 
 /// A child process we started, stopped by us (never left behind).
-struct Process {
-    name: String,
-    child: Child,
+pub(crate) struct Process {
+    pub(crate) name: String,
+    pub(crate) child: Child,
 }
 
 pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
@@ -79,6 +79,8 @@ pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
         etcd: &args.etcd,
         log_json,
         ready_timeout,
+        worker_args: &[],
+        coordinator_args: &[],
     };
     let started = start_cluster(&launch, &mut processes).await;
     let outcome = match started {
@@ -96,18 +98,23 @@ pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
 }
 
 /// Everything needed to start the cluster's processes.
-struct Launch<'a> {
-    exe: &'a Path,
-    cluster: &'a ClusterConfig,
+pub(crate) struct Launch<'a> {
+    pub(crate) exe: &'a Path,
+    pub(crate) cluster: &'a ClusterConfig,
     /// Models per worker.
-    plan: &'a [Vec<String>],
+    pub(crate) plan: &'a [Vec<String>],
     /// etcd endpoints; empty for static membership.
-    etcd: &'a [String],
-    log_json: bool,
-    ready_timeout: Duration,
+    pub(crate) etcd: &'a [String],
+    pub(crate) log_json: bool,
+    pub(crate) ready_timeout: Duration,
+    /// Extra flags for every worker and for the coordinator (`chorus bench` passes its own).
+    pub(crate) worker_args: &'a [String],
+    pub(crate) coordinator_args: &'a [String],
 }
 
-async fn start_cluster(
+/// Starts the workers, then the coordinator; returns the coordinator's HTTP address once it
+/// reports ready. Every process started is pushed onto `processes`, also on failure.
+pub(crate) async fn start_cluster(
     launch: &Launch<'_>,
     processes: &mut Vec<Process>,
 ) -> anyhow::Result<SocketAddr> {
@@ -118,6 +125,8 @@ async fn start_cluster(
         etcd,
         log_json,
         ready_timeout,
+        worker_args,
+        coordinator_args,
     } = *launch;
     let mut pending = Vec::new();
     for (index, models) in plan.iter().enumerate().filter(|(_, m)| !m.is_empty()) {
@@ -129,7 +138,8 @@ async fn start_cluster(
             .arg(format!("--worker-id={worker_id}"))
             .arg("--model-repository")
             .arg(&cluster.model_repository)
-            .arg(format!("--models={}", models.join(",")));
+            .arg(format!("--models={}", models.join(",")))
+            .args(worker_args);
         if !etcd.is_empty() {
             command.arg(format!("--etcd={}", etcd.join(",")));
         }
@@ -166,7 +176,8 @@ async fn start_cluster(
         .arg("coordinator")
         .arg(format!("--http-addr={}", cluster.http_addr))
         .arg("--ensembles")
-        .arg(&cluster.ensembles);
+        .arg(&cluster.ensembles)
+        .args(coordinator_args);
     if etcd.is_empty() {
         command.arg(format!("--worker={}", worker_addrs.join(",")));
     } else {
@@ -332,7 +343,7 @@ async fn first_exit(processes: &mut [Process]) -> (String, String) {
 
 /// Stops the coordinator first (no new requests), then the workers, each with SIGTERM and a
 /// grace period, then SIGKILL.
-async fn stop_all(processes: &mut [Process]) {
+pub(crate) async fn stop_all(processes: &mut [Process]) {
     const GRACE: Duration = Duration::from_secs(15);
     processes.sort_by_key(|p| p.name != "coordinator");
     for process in processes.iter_mut() {

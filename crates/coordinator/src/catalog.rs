@@ -161,6 +161,11 @@ impl Catalog {
         })
     }
 
+    /// Whether `name` is an ensemble or a model some worker has described.
+    pub fn knows(&self, name: &str) -> bool {
+        self.ensemble(name).is_some() || self.pool.describes(name)
+    }
+
     /// Every version of a model that some worker has described, ascending.
     pub fn model_versions(&self, name: &str) -> Option<Vec<ModelInfo>> {
         self.pool.models().remove(name)

@@ -70,7 +70,7 @@ pub struct CoordinatorConfig {
 
     /// Hedged calls allowed per request on average; 0 turns hedging off. A member call not
     /// answered by its model's rolling p95 is duplicated to another replica.
-    #[arg(long, env = "CHORUS_HEDGE_BUDGET_RATIO", default_value_t = 0.1)]
+    #[arg(long, env = "CHORUS_HEDGE_BUDGET_RATIO", default_value_t = 0.15)]
     pub hedge_budget_ratio: f64,
 
     /// Shortest hedging delay in microseconds, whatever the model's p95.
@@ -123,7 +123,9 @@ impl CoordinatorConfig {
         RouterSettings {
             retry_ratio: self.retry_budget_ratio,
             hedge_ratio: self.hedge_budget_ratio,
-            budget_burst: 10.0,
+            // Room for a burst of stuck calls (a frozen worker) on top of the steady-state tail
+            // hedges that a p95 trigger sends by design (about 5 % of calls).
+            budget_burst: 100.0,
             hedge_min_delay: Duration::from_micros(self.hedge_min_delay_us),
             hedge_min_samples: 20,
         }

@@ -2,6 +2,7 @@
 //! (answered, failed, late), check quorum, combine, and for fusion run the meta-model.
 
 use crate::combine::{self, Vote};
+use crate::metrics::MemberFailure;
 use crate::pool::CallError;
 use crate::router::Router;
 use crate::spec::{CombinerKind, EnsembleSpec};
@@ -91,6 +92,7 @@ pub async fn run(
     deadline: Instant,
     request_id: &str,
 ) -> Result<EnsembleAnswer, EnsembleError> {
+    let members_deadline = members_deadline(spec, Instant::now(), deadline);
     let calls = spec.members.iter().map(|member| {
         let call = InferCall {
             model: member.model.clone(),
@@ -100,17 +102,12 @@ pub async fn run(
             request_id: request_id.to_string(),
         };
         async move {
-            match tokio::time::timeout_at(deadline.into(), router.call(call, deadline)).await {
+            let routed = router.call(call, members_deadline);
+            match tokio::time::timeout_at(members_deadline.into(), routed).await {
                 Ok(routed) => {
                     let outcome = match routed.result {
                         Ok(reply) => MemberOutcome::Answered(reply),
-                        Err(
-                            CallError::DeadlineExceeded { .. }
-                            | CallError::Worker {
-                                error: WorkerError::DeadlineExceeded,
-                                ..
-                            },
-                        ) => MemberOutcome::Late,
+                        Err(error) if error.is_late() => MemberOutcome::Late,
                         Err(error) => MemberOutcome::Failed(error),
                     };
                     (outcome, routed.retried, routed.hedged)
@@ -121,6 +118,7 @@ pub async fn run(
     });
     let outcomes = join_all(calls).await;
 
+    let metrics = router.metrics();
     let mut report = MemberReport::default();
     let mut answered: Vec<(usize, Tensor)> = Vec::new();
     for (index, (outcome, retried, hedged)) in outcomes.into_iter().enumerate() {
@@ -143,7 +141,8 @@ pub async fn run(
                         answered.push((index, tensor));
                     }
                     None => {
-                        warn!(ensemble = %spec.name, member = %name, output = %spec.member_output, "member answered without the combined output");
+                        warn!(ensemble = %spec.name, member = %name, request_id = %request_id, output = %spec.member_output, "member answered without the combined output");
+                        metrics.member_failed(&name, MemberFailure::Failed);
                         report.failed.push(name);
                     }
                 }
@@ -153,11 +152,13 @@ pub async fn run(
                 ..
             }) => return Err(EnsembleError::BadInput(message)),
             MemberOutcome::Failed(error) => {
-                warn!(ensemble = %spec.name, member = %name, request_id, error = %error, "member call failed");
+                warn!(ensemble = %spec.name, member = %name, worker = %error.worker().unwrap_or("none"), request_id = %request_id, error = %error, "member call failed");
+                metrics.member_failed(&name, MemberFailure::Failed);
                 report.failed.push(name);
             }
             MemberOutcome::Late => {
-                debug!(ensemble = %spec.name, member = %name, request_id, "member late");
+                debug!(ensemble = %spec.name, member = %name, request_id = %request_id, "member late");
+                metrics.member_failed(&name, MemberFailure::Late);
                 report.late.push(name);
             }
         }
@@ -183,7 +184,26 @@ pub async fn run(
     }
 
     let outputs = combine_answers(router, spec, &answered, deadline, request_id).await?;
+    if report.degraded() {
+        metrics.degraded_response(&spec.name);
+    }
     Ok(EnsembleAnswer { outputs, report })
+}
+
+/// Share of a fusion ensemble's time budget that its members may use; the rest is kept for
+/// the meta-model, so that one straggling member cannot leave it no time at all.
+const FUSION_MEMBER_SHARE: f64 = 0.75;
+
+/// When the members' calls must be answered by.
+fn members_deadline(spec: &EnsembleSpec, now: Instant, deadline: Instant) -> Instant {
+    match spec.combiner {
+        CombinerKind::Fusion => {
+            now + deadline
+                .saturating_duration_since(now)
+                .mul_f64(FUSION_MEMBER_SHARE)
+        }
+        _ => deadline,
+    }
 }
 
 async fn combine_answers(
@@ -289,5 +309,46 @@ fn list_or_none(names: &[String]) -> String {
         "none".to_string()
     } else {
         names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Member;
+    use std::time::Duration;
+
+    fn spec(combiner: CombinerKind) -> EnsembleSpec {
+        EnsembleSpec {
+            name: "e".into(),
+            description: String::new(),
+            combiner,
+            deadline: Duration::from_millis(1000),
+            min_members: 1,
+            member_output: "probabilities".into(),
+            meta_model: None,
+            members: vec![Member {
+                model: "m".into(),
+                version: None,
+                weight: 1.0,
+            }],
+        }
+    }
+
+    #[test]
+    fn fusion_keeps_a_quarter_of_the_time_for_its_meta_model() {
+        let now = Instant::now();
+        let deadline = now + Duration::from_millis(1000);
+        assert_eq!(
+            members_deadline(&spec(CombinerKind::SoftVote), now, deadline),
+            deadline
+        );
+        assert_eq!(
+            members_deadline(&spec(CombinerKind::Fusion), now, deadline),
+            now + Duration::from_millis(750)
+        );
+        // A deadline already past stays past.
+        let late = members_deadline(&spec(CombinerKind::Fusion), deadline, now);
+        assert_eq!(late, deadline);
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod ensemble;
 pub mod http;
 pub mod membership;
+pub mod metrics;
 pub mod pool;
 pub mod router;
 pub mod server;

@@ -2,19 +2,31 @@
 //! a prober per worker, replica choice (power of two choices) and calls with one retry.
 
 use crate::membership::MembershipChange;
+use crate::metrics::Metrics;
 use chorus_common::rpc::{InferCall, InferReply};
 use chorus_common::{ModelInfo, WorkerError, WorkerInfo, WorkerServiceClient, WorkerState};
+use prometheus_client::metrics::counter::Counter;
 use rand::seq::IndexedRandom;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 use tarpc::client::RpcError;
 use tarpc::context;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
+
+/// Shortest silence (with calls outstanding) that makes a worker look stalled.
+const STALL_FLOOR_MICROS: u64 = 100_000;
+
+/// Microseconds from a process-wide zero point, so instants fit in atomics.
+fn micros_since_start(t: Instant) -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    t.saturating_duration_since(start).as_micros() as u64
+}
 
 /// Tuning shared by every worker handle.
 #[derive(Debug, Clone)]
@@ -48,6 +60,28 @@ impl CallError {
             CallError::Worker { error, .. } => error.is_retryable(),
             CallError::Transport { .. } => true,
             CallError::DeadlineExceeded { .. } | CallError::NoReplica { .. } => false,
+        }
+    }
+
+    /// Whether the call ran out of time (at the coordinator or at the worker) rather than failed.
+    pub fn is_late(&self) -> bool {
+        matches!(
+            self,
+            CallError::DeadlineExceeded { .. }
+                | CallError::Worker {
+                    error: WorkerError::DeadlineExceeded,
+                    ..
+                }
+        )
+    }
+
+    /// The worker that answered or failed, if the call reached one.
+    pub fn worker(&self) -> Option<&str> {
+        match self {
+            CallError::Worker { worker, .. }
+            | CallError::Transport { worker, .. }
+            | CallError::DeadlineExceeded { worker } => Some(worker),
+            CallError::NoReplica { .. } => None,
         }
     }
 }
@@ -86,9 +120,16 @@ pub struct WorkerHandle {
     latency_ewma_micros: AtomicU64,
     /// Calls this worker answered successfully since it joined.
     completed: AtomicU64,
+    /// When the worker last showed progress (an answer, or a call sent while it was idle), in
+    /// microseconds since [`micros_since_start`]'s zero point.
+    progress_us: AtomicU64,
     consecutive_failures: AtomicU32,
     healthy: AtomicBool,
     draining: AtomicBool,
+    /// At least one probe (connect or ping) has finished, whatever its outcome.
+    probed: AtomicBool,
+    /// Times this worker left rotation (`chorus_worker_ejections_total`).
+    ejections: Counter,
     settings: PoolSettings,
 }
 
@@ -102,7 +143,7 @@ impl Drop for Outstanding<'_> {
 }
 
 impl WorkerHandle {
-    fn new(worker_id: String, addr: String, settings: PoolSettings) -> Self {
+    fn new(worker_id: String, addr: String, settings: PoolSettings, ejections: Counter) -> Self {
         WorkerHandle {
             worker_id,
             addr,
@@ -110,9 +151,12 @@ impl WorkerHandle {
             outstanding: AtomicU32::new(0),
             latency_ewma_micros: AtomicU64::new(0),
             completed: AtomicU64::new(0),
+            progress_us: AtomicU64::new(0),
             consecutive_failures: AtomicU32::new(0),
             healthy: AtomicBool::new(false),
+            probed: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            ejections,
             settings,
         }
     }
@@ -162,6 +206,27 @@ impl WorkerHandle {
         })
     }
 
+    fn note_progress(&self) {
+        self.progress_us
+            .store(micros_since_start(Instant::now()), Ordering::Relaxed);
+    }
+
+    /// Calls are outstanding but none has been answered for much longer than this worker
+    /// usually takes: it may be frozen (SIGSTOP, a partition) long before pings can tell.
+    /// Replica choice avoids a stalled worker while another is available.
+    pub fn is_stalled(&self, now: Instant) -> bool {
+        if self.outstanding.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        let quiet =
+            micros_since_start(now).saturating_sub(self.progress_us.load(Ordering::Relaxed));
+        let usual = self
+            .latency_ewma_micros
+            .load(Ordering::Relaxed)
+            .saturating_mul(4);
+        quiet > usual.max(STALL_FLOOR_MICROS)
+    }
+
     /// Folds a call's latency into the EWMA (weight 1/5 for the newest sample).
     fn record_latency(&self, latency: Duration) {
         let sample = latency.as_micros().min(u64::MAX as u128) as u64;
@@ -186,6 +251,7 @@ impl WorkerHandle {
         if failures >= self.settings.eject_after_failures
             && self.healthy.swap(false, Ordering::Relaxed)
         {
+            self.ejections.inc();
             warn!(worker = %self.worker_id, addr = %self.addr, failures, reason, "worker ejected");
         }
     }
@@ -195,6 +261,7 @@ impl WorkerHandle {
     fn drop_link(&self, reason: &str) {
         self.link.lock().expect("link lock").client = None;
         if self.healthy.swap(false, Ordering::Relaxed) {
+            self.ejections.inc();
             warn!(worker = %self.worker_id, addr = %self.addr, reason, "worker link lost");
         }
     }
@@ -206,12 +273,19 @@ impl WorkerHandle {
             worker: worker(),
             message: "not connected".into(),
         })?;
-        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        if self.outstanding.fetch_add(1, Ordering::Relaxed) == 0 {
+            // An idle worker starts its stall clock with this call, not at its last answer.
+            self.note_progress();
+        }
         let _outstanding = Outstanding(&self.outstanding);
         let mut ctx = context::current();
         ctx.deadline = deadline;
         let started = Instant::now();
-        match client.infer(ctx, call).await {
+        let answer = client.infer(ctx, call).await;
+        if answer.is_ok() {
+            self.note_progress();
+        }
+        match answer {
             Ok(Ok(reply)) => {
                 self.record_success();
                 self.record_latency(started.elapsed());
@@ -289,6 +363,11 @@ impl WorkerHandle {
 
     /// One probe: a ping on a live link, a reconnect otherwise.
     async fn probe(&self) {
+        self.probe_link().await;
+        self.probed.store(true, Ordering::Relaxed);
+    }
+
+    async fn probe_link(&self) {
         let Some(client) = self.client() else {
             if let Err(reason) = self.connect().await {
                 self.record_failure(&reason);
@@ -320,13 +399,15 @@ type Member = (Arc<WorkerHandle>, JoinHandle<()>);
 pub struct Pool {
     workers: RwLock<HashMap<String, Member>>,
     settings: PoolSettings,
+    metrics: Arc<Metrics>,
 }
 
 impl Pool {
-    pub fn new(settings: PoolSettings) -> Arc<Self> {
+    pub fn new(settings: PoolSettings, metrics: Arc<Metrics>) -> Arc<Self> {
         Arc::new(Pool {
             workers: RwLock::new(HashMap::new()),
             settings,
+            metrics,
         })
     }
 
@@ -365,6 +446,7 @@ impl Pool {
                     worker_id.clone(),
                     addr,
                     self.settings.clone(),
+                    self.metrics.worker_ejections(&worker_id),
                 ));
                 handle.draining.store(draining, Ordering::Relaxed);
                 let prober = tokio::spawn(probe_forever(Arc::clone(&handle)));
@@ -378,6 +460,18 @@ impl Pool {
                     info!(worker = %worker_id, "worker left");
                 }
             }
+        }
+    }
+
+    /// Resolves once the pool knows at least one worker and has probed each one at least once
+    /// (whatever the outcome).
+    pub async fn probed_once(&self) {
+        loop {
+            let workers = self.workers();
+            if !workers.is_empty() && workers.iter().all(|w| w.probed.load(Ordering::Relaxed)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -407,6 +501,11 @@ impl Pool {
         models
     }
 
+    /// Whether some worker, in rotation or not, has described the model.
+    pub fn describes(&self, model: &str) -> bool {
+        self.workers().iter().any(|w| w.serves(model, None))
+    }
+
     /// Whether some worker in rotation serves the model (and version).
     pub fn has_replica(&self, model: &str, version: Option<&str>) -> bool {
         self.workers()
@@ -431,9 +530,11 @@ impl Pool {
             .collect();
         let mut rng = rand::rng();
         let two: Vec<_> = candidates.choose_multiple(&mut rng, 2).collect();
+        let now = Instant::now();
         two.into_iter()
             .min_by_key(|w| {
                 (
+                    w.is_stalled(now),
                     w.outstanding.load(Ordering::Relaxed),
                     w.latency_ewma_micros.load(Ordering::Relaxed),
                 )
@@ -472,6 +573,38 @@ pub fn version_order(a: &str, b: &str) -> std::cmp::Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn handle() -> WorkerHandle {
+        WorkerHandle::new(
+            "w".into(),
+            "127.0.0.1:1".into(),
+            PoolSettings {
+                max_frame_bytes: 1024,
+                ping_interval: Duration::from_secs(1),
+                eject_after_failures: 3,
+                connect_timeout: Duration::from_secs(1),
+            },
+            Default::default(),
+        )
+    }
+
+    #[test]
+    fn a_worker_is_stalled_only_with_calls_outstanding_and_no_progress() {
+        let w = handle();
+        let now = Instant::now();
+        w.note_progress();
+        assert!(
+            !w.is_stalled(now + Duration::from_secs(5)),
+            "idle is not stalled"
+        );
+        w.outstanding.store(2, Ordering::Relaxed);
+        assert!(!w.is_stalled(now + Duration::from_millis(50)));
+        assert!(w.is_stalled(now + Duration::from_millis(150)));
+        // A slow model stretches the limit to four times its usual latency.
+        w.latency_ewma_micros.store(200_000, Ordering::Relaxed);
+        assert!(!w.is_stalled(now + Duration::from_millis(500)));
+        assert!(w.is_stalled(now + Duration::from_millis(900)));
+    }
 
     #[test]
     fn versions_sort_numerically() {

@@ -3,7 +3,8 @@
 use crate::catalog::Catalog;
 use crate::config::CoordinatorConfig;
 use crate::http::{self, App, Limits};
-use crate::membership::{self, etcd::EtcdSource};
+use crate::membership::{self, etcd::EtcdSource, etcd::SourceState};
+use crate::metrics::{ClusterView, Metrics};
 use crate::pool::{Pool, PoolSettings};
 use crate::router::Router;
 use crate::spec::{self, EnsembleSpec};
@@ -23,15 +24,25 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let etcd = config.etcd_endpoints()?;
     let specs = load_specs(&config, etcd.is_some())?;
-    let pool = Pool::new(PoolSettings {
-        max_frame_bytes: config.max_frame_bytes,
-        ping_interval: config.ping_interval(),
-        eject_after_failures: config.eject_after_failures.max(1),
-        connect_timeout: Duration::from_secs(2),
-    });
-    let router = Arc::new(Router::new(Arc::clone(&pool), config.router_settings()));
+    let metrics = Arc::new(Metrics::new());
+    let pool = Pool::new(
+        PoolSettings {
+            max_frame_bytes: config.max_frame_bytes,
+            ping_interval: config.ping_interval(),
+            eject_after_failures: config.eject_after_failures.max(1),
+            connect_timeout: Duration::from_secs(2),
+        },
+        Arc::clone(&metrics),
+    );
+    let router = Arc::new(Router::new(
+        Arc::clone(&pool),
+        config.router_settings(),
+        Arc::clone(&metrics),
+    ));
     let catalog = Catalog::new(specs, Arc::clone(&pool));
     let sources = Sources::start(&config, etcd, &pool, &catalog);
+    observe_cluster(&metrics, &pool, &sources);
+    sources.wait_for_first_view(&pool, FIRST_VIEW_TIMEOUT).await;
     let app = Arc::new(App::new(
         catalog,
         router,
@@ -50,6 +61,18 @@ pub async fn run(
     Ok(())
 }
 
+/// How long a starting coordinator waits for its first view of the cluster (etcd listed once,
+/// every worker probed once) before serving anyway. Requests that arrive meanwhile wait in the
+/// listener's backlog rather than getting a 503 from an empty view.
+const FIRST_VIEW_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Checks the configuration as [`run`] will use it, so that a binary can refuse a bad config
+/// before it binds and announces anything.
+pub fn check(config: &CoordinatorConfig) -> anyhow::Result<()> {
+    let etcd = config.etcd_endpoints()?;
+    load_specs(config, etcd.is_some()).map(drop)
+}
+
 /// The spec file's ensembles. Without etcd the file is required; with etcd it is optional, since
 /// etcd can hold every spec.
 fn load_specs(config: &CoordinatorConfig, etcd: bool) -> anyhow::Result<Vec<EnsembleSpec>> {
@@ -65,6 +88,20 @@ fn load_specs(config: &CoordinatorConfig, etcd: bool) -> anyhow::Result<Vec<Ense
     let specs = spec::load(path)?;
     info!(path = %path.display(), ensembles = specs.len(), "ensemble specs loaded");
     Ok(specs)
+}
+
+/// Points the scrape-time gauges at the pool and the membership sources. The pool holds the
+/// metrics, so the metrics hold the pool weakly.
+fn observe_cluster(metrics: &Metrics, pool: &Arc<Pool>, sources: &Sources) {
+    let pool = Arc::downgrade(pool);
+    let states: Vec<_> = sources.etcd.iter().map(EtcdSource::subscribe).collect();
+    metrics.observe_cluster(move || {
+        // Starting counts as stale too: nothing has been listed, so the view is not etcd's.
+        let stale = states.iter().any(|s| *s.borrow() != SourceState::Live);
+        pool.upgrade()
+            .map(|pool| ClusterView::of(&pool, stale))
+            .unwrap_or_default()
+    });
 }
 
 /// What feeds the pool and the catalog: the static list, or etcd's workers and specs.
@@ -93,6 +130,26 @@ impl Sources {
         Sources {
             followers: vec![pool.follow(workers), catalog.follow_specs(specs)],
             etcd: vec![workers_source, specs_source],
+        }
+    }
+
+    /// Waits (at most `timeout`) until etcd has been listed once and every worker known then has
+    /// been probed once.
+    async fn wait_for_first_view(&self, pool: &Pool, timeout: Duration) {
+        let give_up = tokio::time::Instant::now() + timeout;
+        for source in &self.etcd {
+            let mut state = source.subscribe();
+            let listed = state.wait_for(|s| *s != SourceState::Starting);
+            let _ = tokio::time::timeout_at(give_up, listed).await;
+        }
+        if tokio::time::timeout_at(give_up, pool.probed_once())
+            .await
+            .is_err()
+        {
+            warn!(
+                timeout_ms = timeout.as_millis() as u64,
+                "serving before every worker was probed"
+            );
         }
     }
 

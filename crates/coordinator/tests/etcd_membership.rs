@@ -9,6 +9,7 @@ use chorus_common::{WorkerInfo, WorkerState};
 use chorus_coordinator::catalog::Catalog;
 use chorus_coordinator::membership::MembershipChange;
 use chorus_coordinator::membership::etcd::{self, EtcdSettings, SourceState};
+use chorus_coordinator::metrics::Metrics;
 use chorus_coordinator::pool::{Pool, PoolSettings};
 use chorus_coordinator::spec;
 use etcd_client::Client;
@@ -435,12 +436,15 @@ fn deadline_ms(catalog: &Catalog, name: &str) -> Option<u128> {
 async fn ensemble_specs_in_etcd_update_the_catalog() {
     let etcd = start_etcd();
     let mut client = connect(&etcd).await;
-    let pool = Pool::new(PoolSettings {
-        max_frame_bytes: 1 << 20,
-        ping_interval: Duration::from_secs(1),
-        eject_after_failures: 3,
-        connect_timeout: Duration::from_secs(1),
-    });
+    let pool = Pool::new(
+        PoolSettings {
+            max_frame_bytes: 1 << 20,
+            ping_interval: Duration::from_secs(1),
+            eject_after_failures: 3,
+            connect_timeout: Duration::from_secs(1),
+        },
+        Arc::new(Metrics::new()),
+    );
     let catalog = Catalog::new(spec::parse(FILE_SPECS, "file").unwrap(), pool);
     let (specs, _source) = etcd::watch_ensembles(vec![etcd.endpoint.clone()], settings());
     let follower = catalog.follow_specs(specs);

@@ -5,7 +5,8 @@ use crate::catalog::{ENSEMBLE_PLATFORM, ENSEMBLE_VERSION};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use chorus_common::TensorSpec;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -234,4 +235,12 @@ pub async fn workers(State(app): State<Arc<App>>) -> Json<Value> {
         .map(|w| w.status())
         .collect();
     Json(json!({ "workers": workers, "routing": app.router.stats() }))
+}
+
+/// Prometheus text: every `chorus_*` metric (docs/operations.md).
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    match app.metrics.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response(),
+        Err(e) => ApiError::Internal(format!("could not encode the metrics: {e}")).into_response(),
+    }
 }

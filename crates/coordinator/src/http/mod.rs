@@ -10,6 +10,7 @@ mod response;
 pub use error::ApiError;
 
 use crate::catalog::Catalog;
+use crate::metrics::Metrics;
 use crate::router::Router as MemberRouter;
 use axum::Router;
 use axum::body::Body;
@@ -49,6 +50,8 @@ pub struct App {
     pub catalog: Catalog,
     pub router: Arc<MemberRouter>,
     pub limits: Limits,
+    /// The router's metrics, which `GET /metrics` encodes.
+    pub metrics: Arc<Metrics>,
     next_request_id: AtomicU64,
 }
 
@@ -56,6 +59,7 @@ impl App {
     pub fn new(catalog: Catalog, router: Arc<MemberRouter>, limits: Limits) -> Self {
         App {
             catalog,
+            metrics: Arc::clone(router.metrics()),
             router,
             limits,
             next_request_id: AtomicU64::new(1),
@@ -94,6 +98,7 @@ pub fn router(app: Arc<App>) -> Router {
         )
         .route("/v2/repository/index", post(metadata::repository_index))
         .route("/chorus/workers", get(metadata::workers))
+        .route("/metrics", get(metadata::metrics))
         .fallback(metadata::not_found)
         .method_not_allowed_fallback(metadata::method_not_allowed)
         .with_state(app)

@@ -8,10 +8,10 @@ mod latency;
 pub use budget::Budget;
 pub use latency::LatencyTracker;
 
+use crate::metrics::{CallOutcome, Metrics};
 use crate::pool::{CallError, Pool, WorkerHandle};
 use chorus_common::rpc::{InferCall, InferReply};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tracing::debug;
 
@@ -40,18 +40,8 @@ pub struct Routed {
     pub hedged: bool,
 }
 
-/// Extra calls made and refused, since start.
-#[derive(Debug, Default)]
-pub struct RouterCounters {
-    pub retries: AtomicU64,
-    pub retries_refused: AtomicU64,
-    pub hedges: AtomicU64,
-    pub hedges_refused: AtomicU64,
-    /// Hedges that answered before the attempt they duplicated.
-    pub hedges_won: AtomicU64,
-}
-
-/// A point-in-time copy of [`RouterCounters`].
+/// Extra calls made and refused since start: a point-in-time copy of the routing counters in
+/// [`Metrics`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct RouterStats {
     pub retries: u64,
@@ -64,7 +54,7 @@ pub struct RouterStats {
 /// Routes calls over the pool's replicas.
 pub struct Router {
     pool: Arc<Pool>,
-    counters: RouterCounters,
+    metrics: Arc<Metrics>,
     retries: Budget,
     hedges: Budget,
     latency: LatencyTracker,
@@ -72,12 +62,12 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(pool: Arc<Pool>, settings: RouterSettings) -> Self {
+    pub fn new(pool: Arc<Pool>, settings: RouterSettings, metrics: Arc<Metrics>) -> Self {
         Router {
             retries: Budget::new(settings.retry_ratio, settings.budget_burst),
             hedges: Budget::new(settings.hedge_ratio, settings.budget_burst),
             latency: LatencyTracker::new(settings.hedge_min_samples),
-            counters: RouterCounters::default(),
+            metrics,
             pool,
             settings,
         }
@@ -87,19 +77,36 @@ impl Router {
         &self.pool
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     pub fn stats(&self) -> RouterStats {
-        let c = &self.counters;
+        let c = self.metrics.routing();
         RouterStats {
-            retries: c.retries.load(Ordering::Relaxed),
-            retries_refused: c.retries_refused.load(Ordering::Relaxed),
-            hedges: c.hedges.load(Ordering::Relaxed),
-            hedges_refused: c.hedges_refused.load(Ordering::Relaxed),
-            hedges_won: c.hedges_won.load(Ordering::Relaxed),
+            retries: c.retries.get(),
+            retries_refused: c.retries_refused.get(),
+            hedges: c.hedges.get(),
+            hedges_refused: c.hedges_refused.get(),
+            hedges_won: c.hedges_won.get(),
         }
     }
 
-    /// Calls `call.model` under `deadline`: one attempt, maybe hedged, maybe retried once.
+    /// Calls `call.model` under `deadline`: one attempt, maybe hedged, maybe retried once. The
+    /// whole routed call is one `chorus_member_call_duration_seconds` observation; dropped
+    /// before it ends (the caller's deadline passed), it counts as late.
     pub async fn call(&self, call: InferCall, deadline: Instant) -> Routed {
+        let timer = self.metrics.call_started(&call.model);
+        let routed = self.route(call, deadline).await;
+        timer.finish(match &routed.result {
+            Ok(_) => CallOutcome::Ok,
+            Err(error) if error.is_late() => CallOutcome::Late,
+            Err(_) => CallOutcome::Failed,
+        });
+        routed
+    }
+
+    async fn route(&self, call: InferCall, deadline: Instant) -> Routed {
         let mut tried: Vec<String> = Vec::new();
         let mut routed = Routed {
             result: Err(no_replica(&call)),
@@ -122,20 +129,22 @@ impl Router {
         let Some(second) = self.pick(&call, &tried) else {
             return routed;
         };
+        let counters = self.metrics.routing();
         if !self.retries.try_spend() {
-            self.counters
-                .retries_refused
-                .fetch_add(1, Ordering::Relaxed);
-            debug!(model = %call.model, "retry budget spent; not retrying");
+            counters.retries_refused.inc();
+            debug!(member = %call.model, request_id = %call.request_id, "retry budget spent; not retrying");
             return routed;
         }
-        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        counters.retries.inc();
         if let Err(error) = &routed.result {
-            debug!(model = %call.model, worker = %second.worker_id, error = %error, "retrying on another replica");
+            debug!(member = %call.model, worker = %second.worker_id, request_id = %call.request_id, error = %error, "retrying on another replica");
         }
         tried.push(second.worker_id.clone());
         routed.retried = true;
-        routed.result = self.timed(&call, deadline, &second).await;
+        // The retry may land on a replica that is frozen too: it is hedged like a first try.
+        let (result, hedged) = self.attempt(&call, deadline, second, &mut tried).await;
+        routed.hedged |= hedged;
+        routed.result = result;
         routed
     }
 
@@ -152,8 +161,15 @@ impl Router {
     ) -> Result<InferReply, CallError> {
         let started = Instant::now();
         let result = worker.infer(call.clone(), deadline).await;
-        if result.is_ok() {
-            self.latency.record(&call.model, started.elapsed());
+        let elapsed = started.elapsed();
+        match &result {
+            Ok(_) => {
+                self.latency.record(&call.model, elapsed);
+                debug!(member = %call.model, worker = %worker.worker_id, request_id = %call.request_id, elapsed_us = elapsed.as_micros() as u64, "member call answered");
+            }
+            Err(error) => {
+                debug!(member = %call.model, worker = %worker.worker_id, request_id = %call.request_id, elapsed_us = elapsed.as_micros() as u64, error = %error, "member call attempt failed");
+            }
         }
         result
     }
@@ -191,12 +207,13 @@ impl Router {
         let Some(second) = self.pick(call, tried) else {
             return (primary.await, false);
         };
+        let counters = self.metrics.routing();
         if !self.hedges.try_spend() {
-            self.counters.hedges_refused.fetch_add(1, Ordering::Relaxed);
+            counters.hedges_refused.inc();
             return (primary.await, false);
         }
-        self.counters.hedges.fetch_add(1, Ordering::Relaxed);
-        debug!(model = %call.model, slow = %first.worker_id, hedge = %second.worker_id, delay_us = delay.as_micros() as u64, "hedging");
+        counters.hedges.inc();
+        debug!(member = %call.model, worker = %first.worker_id, hedge = %second.worker_id, request_id = %call.request_id, delay_us = delay.as_micros() as u64, "hedging");
         tried.push(second.worker_id.clone());
         let hedge = self.timed(call, deadline, &second);
         tokio::pin!(hedge);
@@ -207,7 +224,7 @@ impl Router {
             },
             result = &mut hedge => match result {
                 Ok(reply) => {
-                    self.counters.hedges_won.fetch_add(1, Ordering::Relaxed);
+                    counters.hedges_won.inc();
                     Ok(reply)
                 }
                 Err(_) => primary.await,

@@ -1,0 +1,488 @@
+//! Every coordinator metric, registered once under a `chorus_` name and served as Prometheus text
+//! at `GET /metrics` (the list, with what each means, is in docs/operations.md).
+//!
+//! Hot-path updates are atomic adds and histogram observations on handles found by small label
+//! structs. Model names are interned, so recording a request allocates nothing once its model has
+//! been seen. What describes the cluster rather than traffic (outstanding calls per worker,
+//! membership, execution providers) is read from the pool when scraped, so it is never stale and
+//! the pool needs no bookkeeping for it.
+
+mod cluster;
+
+pub use cluster::ClusterView;
+
+use cluster::ClusterCollector;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::collections::HashSet;
+use std::fmt::{self, Write};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+/// The `Content-Type` of [`Metrics::encode`]'s output: Prometheus text format 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// The `model` label of requests for names the coordinator does not serve. Clients choose the
+/// path, and a series per typo would grow without bound.
+pub const UNKNOWN_MODEL: &str = "_unknown";
+
+/// The `status` of a request whose client went away before it was answered (nginx's code).
+pub const CLIENT_CLOSED: u16 = 499;
+
+/// Latency buckets in seconds: 100 µs to 10 s in 1-2.5-5 steps.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// A model or ensemble name as a label value, interned by [`Metrics::model_label`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ModelLabel(Arc<str>);
+
+impl ModelLabel {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl EncodeLabelValue for ModelLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        encoder.write_str(&self.0)
+    }
+}
+
+/// How one routed model call ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallOutcome {
+    Ok,
+    Failed,
+    /// No answer by the deadline, or abandoned before it answered.
+    Late,
+}
+
+/// Why an ensemble member did not contribute to an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemberFailure {
+    Failed,
+    Late,
+}
+
+impl EncodeLabelValue for CallOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        encoder.write_str(match self {
+            CallOutcome::Ok => "ok",
+            CallOutcome::Failed => "failed",
+            CallOutcome::Late => "late",
+        })
+    }
+}
+
+impl EncodeLabelValue for MemberFailure {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        encoder.write_str(match self {
+            MemberFailure::Failed => "failed",
+            MemberFailure::Late => "late",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ModelLabels {
+    model: ModelLabel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    model: ModelLabel,
+    status: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CallLabels {
+    model: ModelLabel,
+    outcome: CallOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FailureLabels {
+    model: ModelLabel,
+    kind: MemberFailure,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct WorkerLabels {
+    worker: String,
+}
+
+type LatencyFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Extra calls the router made or refused (the router's only counters: `/chorus/workers` reads
+/// them from here too).
+#[derive(Debug, Default)]
+pub struct RoutingCounters {
+    pub retries: Counter,
+    pub retries_refused: Counter,
+    pub hedges: Counter,
+    pub hedges_refused: Counter,
+    /// Hedges that answered before the attempt they duplicated.
+    pub hedges_won: Counter,
+}
+
+/// Every coordinator metric, and the registry that encodes them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Interned model and ensemble names; only names the catalog knows get in.
+    models: RwLock<HashSet<Arc<str>>>,
+    unknown: ModelLabel,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: LatencyFamily<ModelLabels>,
+    member_calls: LatencyFamily<CallLabels>,
+    degraded: Family<ModelLabels, Counter>,
+    member_failures: Family<FailureLabels, Counter>,
+    ejections: Family<WorkerLabels, Counter>,
+    inflight: Gauge,
+    routing: RoutingCounters,
+    cluster: Arc<ClusterCollector>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let metrics = Metrics {
+            registry: Registry::default(),
+            models: RwLock::default(),
+            unknown: ModelLabel(Arc::from(UNKNOWN_MODEL)),
+            requests: Family::default(),
+            request_duration: Family::new_with_constructor(latency_histogram),
+            member_calls: Family::new_with_constructor(latency_histogram),
+            degraded: Family::default(),
+            member_failures: Family::default(),
+            ejections: Family::default(),
+            inflight: Gauge::default(),
+            routing: RoutingCounters::default(),
+            cluster: Arc::default(),
+        };
+        metrics.register()
+    }
+
+    /// Registers every metric once; counters get their `_total` suffix from the encoder.
+    fn register(mut self) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "chorus_requests",
+            "HTTP infer requests by model and response status (499: the client went away)",
+            self.requests.clone(),
+        );
+        r.register(
+            "chorus_request_duration_seconds",
+            "HTTP infer request latency, from the handler's start (body read included) to the response, by model",
+            self.request_duration.clone(),
+        );
+        r.register(
+            "chorus_member_call_duration_seconds",
+            "Latency of each routed model call (retry and hedge included) by model and outcome",
+            self.member_calls.clone(),
+        );
+        r.register(
+            "chorus_degraded_responses",
+            "Ensemble answers that some member did not contribute to, by ensemble",
+            self.degraded.clone(),
+        );
+        r.register(
+            "chorus_member_failures",
+            "Ensemble members that did not contribute to a request, by member model and kind",
+            self.member_failures.clone(),
+        );
+        r.register(
+            "chorus_retries",
+            "Failed member calls retried on another replica",
+            self.routing.retries.clone(),
+        );
+        r.register(
+            "chorus_retries_refused",
+            "Retries not made because the retry budget was spent",
+            self.routing.retries_refused.clone(),
+        );
+        r.register(
+            "chorus_hedges",
+            "Slow member calls duplicated to another replica",
+            self.routing.hedges.clone(),
+        );
+        r.register(
+            "chorus_hedges_refused",
+            "Hedges not made because the hedging budget was spent",
+            self.routing.hedges_refused.clone(),
+        );
+        r.register(
+            "chorus_hedges_won",
+            "Hedges that answered before the call they duplicated",
+            self.routing.hedges_won.clone(),
+        );
+        r.register(
+            "chorus_worker_ejections",
+            "Times a worker was taken out of rotation (failures in a row, or its link lost), by worker",
+            self.ejections.clone(),
+        );
+        r.register(
+            "chorus_inflight_requests",
+            "HTTP infer requests being served",
+            self.inflight.clone(),
+        );
+        r.register_collector(Box::new(Arc::clone(&self.cluster)));
+        self
+    }
+
+    /// Reads the cluster gauges from `source` on each scrape (the first source given wins).
+    pub fn observe_cluster(&self, source: impl Fn() -> ClusterView + Send + Sync + 'static) {
+        self.cluster.set_source(Box::new(source));
+    }
+
+    /// Every metric in the Prometheus text format.
+    pub fn encode(&self) -> Result<String, fmt::Error> {
+        let mut text = String::with_capacity(16 * 1024);
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+
+    /// The label for `name`: the name itself once `known` has said it is served, else
+    /// [`UNKNOWN_MODEL`]. `known` runs only for names not seen yet.
+    pub fn model_label(&self, name: &str, known: impl FnOnce() -> bool) -> ModelLabel {
+        if let Some(interned) = self.models.read().expect("metrics lock").get(name) {
+            return ModelLabel(Arc::clone(interned));
+        }
+        if !known() {
+            return self.unknown.clone();
+        }
+        let mut models = self.models.write().expect("metrics lock");
+        if let Some(interned) = models.get(name) {
+            return ModelLabel(Arc::clone(interned));
+        }
+        let interned: Arc<str> = Arc::from(name);
+        models.insert(Arc::clone(&interned));
+        ModelLabel(interned)
+    }
+
+    /// Starts timing one HTTP infer request for `model`; it counts as in flight until the timer
+    /// is finished or dropped.
+    pub fn request_started(&self, model: ModelLabel) -> RequestTimer<'_> {
+        self.inflight.inc();
+        RequestTimer {
+            metrics: self,
+            model,
+            started: Instant::now(),
+            status: None,
+        }
+    }
+
+    /// Starts timing one routed call to `model` (a name the catalog serves).
+    pub fn call_started(&self, model: &str) -> CallTimer<'_> {
+        CallTimer {
+            metrics: self,
+            model: self.model_label(model, || true),
+            started: Instant::now(),
+            outcome: None,
+        }
+    }
+
+    /// Counts an ensemble answer that some member did not contribute to.
+    pub fn degraded_response(&self, ensemble: &str) {
+        let model = self.model_label(ensemble, || true);
+        self.degraded.get_or_create(&ModelLabels { model }).inc();
+    }
+
+    /// Counts a member that did not contribute to an ensemble request.
+    pub fn member_failed(&self, member: &str, kind: MemberFailure) {
+        let model = self.model_label(member, || true);
+        self.member_failures
+            .get_or_create(&FailureLabels { model, kind })
+            .inc();
+    }
+
+    /// The ejection counter of one worker, for its handle to keep.
+    pub fn worker_ejections(&self, worker: &str) -> Counter {
+        self.ejections.get_or_create_owned(&WorkerLabels {
+            worker: worker.to_string(),
+        })
+    }
+
+    pub fn routing(&self) -> &RoutingCounters {
+        &self.routing
+    }
+}
+
+/// One HTTP infer request in flight. Finished with its status, or, if dropped unfinished (the
+/// client went away and the handler was cancelled), recorded as [`CLIENT_CLOSED`].
+pub struct RequestTimer<'a> {
+    metrics: &'a Metrics,
+    model: ModelLabel,
+    started: Instant,
+    status: Option<u16>,
+}
+
+impl RequestTimer<'_> {
+    pub fn finish(mut self, status: u16) {
+        self.status = Some(status);
+    }
+}
+
+impl Drop for RequestTimer<'_> {
+    fn drop(&mut self) {
+        let m = self.metrics;
+        m.inflight.dec();
+        let model = self.model.clone();
+        m.request_duration
+            .get_or_create(&ModelLabels { model })
+            .observe(self.started.elapsed().as_secs_f64());
+        let status = self.status.unwrap_or(CLIENT_CLOSED);
+        let model = self.model.clone();
+        m.requests
+            .get_or_create(&RequestLabels { model, status })
+            .inc();
+    }
+}
+
+/// One routed model call. Finished with its outcome, or, if dropped unfinished (the request's
+/// deadline passed, or its client went away), recorded as late.
+pub struct CallTimer<'a> {
+    metrics: &'a Metrics,
+    model: ModelLabel,
+    started: Instant,
+    outcome: Option<CallOutcome>,
+}
+
+impl CallTimer<'_> {
+    pub fn finish(mut self, outcome: CallOutcome) {
+        self.outcome = Some(outcome);
+    }
+}
+
+impl Drop for CallTimer<'_> {
+    fn drop(&mut self) {
+        let labels = CallLabels {
+            model: self.model.clone(),
+            outcome: self.outcome.unwrap_or(CallOutcome::Late),
+        };
+        self.metrics
+            .member_calls
+            .get_or_create(&labels)
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_model_and_status_with_their_latency() {
+        let metrics = Metrics::new();
+        let digits = metrics.model_label("digits", || true);
+        metrics.request_started(digits.clone()).finish(200);
+        metrics.request_started(digits.clone()).finish(200);
+        metrics.request_started(digits.clone()).finish(400);
+        let inflight = metrics.request_started(digits.clone());
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("chorus_inflight_requests 1\n"), "{text}");
+        drop(inflight);
+
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains("# TYPE chorus_requests_total counter\n"),
+            "{text}"
+        );
+        assert!(text.contains("chorus_requests_total{model=\"digits\",status=\"200\"} 2\n"));
+        assert!(text.contains("chorus_requests_total{model=\"digits\",status=\"400\"} 1\n"));
+        assert!(
+            text.contains("chorus_requests_total{model=\"digits\",status=\"499\"} 1\n"),
+            "an unfinished request counts as 499: {text}"
+        );
+        assert!(text.contains("chorus_inflight_requests 0\n"));
+        assert!(text.contains("# TYPE chorus_request_duration_seconds histogram\n"));
+        assert!(text.contains("chorus_request_duration_seconds_count{model=\"digits\"} 4\n"));
+        for bucket in ["0.0001", "0.00025", "0.001", "1", "10", "+Inf"] {
+            let line = format!(
+                "chorus_request_duration_seconds_bucket{{model=\"digits\",le=\"{bucket}\"}} "
+            );
+            assert!(text.contains(&line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_names_share_one_label_and_known_ones_are_interned_once() {
+        let metrics = Metrics::new();
+        let typo = metrics.model_label("no-such-model", || false);
+        assert_eq!(typo.as_str(), UNKNOWN_MODEL);
+        metrics.request_started(typo).finish(404);
+        let first = metrics.model_label("logreg", || true);
+        let mut asked = false;
+        let second = metrics.model_label("logreg", || {
+            asked = true;
+            false
+        });
+        assert!(!asked, "a known name is not looked up again");
+        assert!(Arc::ptr_eq(&first.0, &second.0));
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("chorus_requests_total{model=\"_unknown\",status=\"404\"} 1\n"));
+        assert!(!text.contains("no-such-model"));
+    }
+
+    #[test]
+    fn member_calls_failures_and_routing_are_encoded() {
+        let metrics = Metrics::new();
+        metrics.call_started("logreg").finish(CallOutcome::Ok);
+        metrics.call_started("mlp").finish(CallOutcome::Failed);
+        drop(metrics.call_started("forest"));
+        metrics.member_failed("mlp", MemberFailure::Failed);
+        metrics.member_failed("forest", MemberFailure::Late);
+        metrics.degraded_response("digits");
+        metrics.routing().retries.inc();
+        metrics.routing().hedges_won.inc();
+        metrics.worker_ejections("w-1").inc();
+        let text = metrics.encode().unwrap();
+        for expected in [
+            "chorus_member_call_duration_seconds_count{model=\"logreg\",outcome=\"ok\"} 1\n",
+            "chorus_member_call_duration_seconds_count{model=\"mlp\",outcome=\"failed\"} 1\n",
+            "chorus_member_call_duration_seconds_count{model=\"forest\",outcome=\"late\"} 1\n",
+            "chorus_member_failures_total{model=\"mlp\",kind=\"failed\"} 1\n",
+            "chorus_member_failures_total{model=\"forest\",kind=\"late\"} 1\n",
+            "chorus_degraded_responses_total{model=\"digits\"} 1\n",
+            "chorus_retries_total 1\n",
+            "chorus_retries_refused_total 0\n",
+            "chorus_hedges_total 0\n",
+            "chorus_hedges_refused_total 0\n",
+            "chorus_hedges_won_total 1\n",
+            "chorus_worker_ejections_total{worker=\"w-1\"} 1\n",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_metric_is_chorus_prefixed() {
+        let metrics = Metrics::new();
+        metrics
+            .request_started(metrics.model_label("m", || true))
+            .finish(200);
+        let text = metrics.encode().unwrap();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            let name = line
+                .trim_start_matches("# HELP ")
+                .trim_start_matches("# TYPE ");
+            assert!(name.starts_with("chorus_"), "{line}");
+        }
+    }
+}
