@@ -3,10 +3,10 @@
 use tracing_subscriber::EnvFilter;
 
 /// Installs a global subscriber: human-readable lines by default, JSON lines when `json` is set.
-/// The filter comes from `RUST_LOG` (default `info,ort=warn`: ONNX Runtime logs every graph pass at info). Calling it twice is harmless.
+/// The filter comes from `RUST_LOG` (default `info,ort=warn,tarpc=warn`: ONNX Runtime logs every graph pass and tarpc every call at info). Calling it twice is harmless.
 pub fn init(json: bool) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,ort=warn,tarpc=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -6,8 +6,8 @@ use crate::pool::{Pool, version_order};
 use crate::spec::{CombinerKind, EnsembleSpec, Member};
 use chorus_common::validate::InputPolicy;
 use chorus_common::{DataType, ModelInfo, TensorSpec};
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
@@ -123,6 +123,15 @@ pub struct Catalog {
     /// Shared with the task that follows spec changes; handlers only read it.
     ensembles: Arc<RwLock<EnsembleSet>>,
     pool: Arc<Pool>,
+    /// Ensemble signatures by name, valid while the pool's generation and the spec are the ones
+    /// they were derived from (every request needs one; deriving it copies model metadata).
+    signatures: Mutex<HashMap<String, CachedSignature>>,
+}
+
+struct CachedSignature {
+    generation: u64,
+    spec: Arc<EnsembleSpec>,
+    signature: Arc<Signature>,
 }
 
 impl Catalog {
@@ -130,6 +139,7 @@ impl Catalog {
         Catalog {
             ensembles: Arc::new(RwLock::new(EnsembleSet::new(ensembles))),
             pool,
+            signatures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -168,7 +178,7 @@ impl Catalog {
 
     /// Every version of a model that some worker has described, ascending.
     pub fn model_versions(&self, name: &str) -> Option<Vec<ModelInfo>> {
-        self.pool.models().remove(name)
+        self.pool.models().get(name).cloned()
     }
 
     /// The model version a call resolves to: the pinned one, or the newest.
@@ -186,9 +196,31 @@ impl Catalog {
         Signature::of_model(info)
     }
 
-    /// The signature of an ensemble, derived from what workers say about its members. Errors say
-    /// why it cannot be derived (no member described yet, members that disagree).
-    pub fn ensemble_signature(&self, spec: &EnsembleSpec) -> Result<Signature, String> {
+    /// The signature of an ensemble, derived from what workers say about its members (cached
+    /// until membership, worker metadata or the spec change). Errors say why it cannot be
+    /// derived (no member described yet, members that disagree).
+    pub fn ensemble_signature(&self, spec: &Arc<EnsembleSpec>) -> Result<Arc<Signature>, String> {
+        let generation = self.pool.generation();
+        let mut cache = self.signatures.lock().expect("signature cache lock");
+        if let Some(cached) = cache.get(&spec.name)
+            && cached.generation == generation
+            && Arc::ptr_eq(&cached.spec, spec)
+        {
+            return Ok(Arc::clone(&cached.signature));
+        }
+        let signature = Arc::new(self.derive_ensemble_signature(spec)?);
+        cache.insert(
+            spec.name.clone(),
+            CachedSignature {
+                generation,
+                spec: Arc::clone(spec),
+                signature: Arc::clone(&signature),
+            },
+        );
+        Ok(signature)
+    }
+
+    fn derive_ensemble_signature(&self, spec: &EnsembleSpec) -> Result<Signature, String> {
         let models = self.pool.models();
         let find = |model: &str, version: Option<&str>| -> Option<ModelInfo> {
             let versions = models.get(model)?;

@@ -113,6 +113,8 @@ struct Link {
 pub struct WorkerHandle {
     pub worker_id: String,
     pub addr: String,
+    /// The pool's metadata generation, bumped when this worker (re)describes itself.
+    generation: Arc<AtomicU64>,
     link: Mutex<Link>,
     /// Member calls sent and not yet answered: the load signal for replica choice.
     outstanding: AtomicU32,
@@ -143,10 +145,17 @@ impl Drop for Outstanding<'_> {
 }
 
 impl WorkerHandle {
-    fn new(worker_id: String, addr: String, settings: PoolSettings, ejections: Counter) -> Self {
+    fn new(
+        worker_id: String,
+        addr: String,
+        settings: PoolSettings,
+        ejections: Counter,
+        generation: Arc<AtomicU64>,
+    ) -> Self {
         WorkerHandle {
             worker_id,
             addr,
+            generation,
             link: Mutex::default(),
             outstanding: AtomicU32::new(0),
             latency_ewma_micros: AtomicU64::new(0),
@@ -355,6 +364,7 @@ impl WorkerHandle {
             let mut link = self.link.lock().expect("link lock");
             link.client = Some(client);
             link.info = Some(Arc::new(info));
+            self.generation.fetch_add(1, Ordering::Release);
         }
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.healthy.store(true, Ordering::Relaxed);
@@ -392,6 +402,9 @@ impl WorkerHandle {
     }
 }
 
+/// Model versions by name, ascending, as workers describe them.
+pub type ModelMap = BTreeMap<String, Vec<ModelInfo>>;
+
 /// A worker in the pool and the task that probes it.
 type Member = (Arc<WorkerHandle>, JoinHandle<()>);
 
@@ -400,6 +413,9 @@ pub struct Pool {
     workers: RwLock<HashMap<String, Member>>,
     settings: PoolSettings,
     metrics: Arc<Metrics>,
+    /// See [`Pool::generation`]; shared with every handle, which bumps it on (re)connecting.
+    generation: Arc<AtomicU64>,
+    models_cache: Mutex<Option<(u64, Arc<ModelMap>)>>,
 }
 
 impl Pool {
@@ -408,6 +424,8 @@ impl Pool {
             workers: RwLock::new(HashMap::new()),
             settings,
             metrics,
+            generation: Arc::new(AtomicU64::new(0)),
+            models_cache: Mutex::new(None),
         })
     }
 
@@ -447,15 +465,18 @@ impl Pool {
                     addr,
                     self.settings.clone(),
                     self.metrics.worker_ejections(&worker_id),
+                    Arc::clone(&self.generation),
                 ));
                 handle.draining.store(draining, Ordering::Relaxed);
                 let prober = tokio::spawn(probe_forever(Arc::clone(&handle)));
+                self.generation.fetch_add(1, Ordering::Release);
                 if let Some((_, old_prober)) = workers.insert(worker_id, (handle, prober)) {
                     old_prober.abort();
                 }
             }
             MembershipChange::Left { worker_id } => {
                 if let Some((_, prober)) = workers.remove(&worker_id) {
+                    self.generation.fetch_add(1, Ordering::Release);
                     prober.abort();
                     info!(worker = %worker_id, "worker left");
                 }
@@ -484,8 +505,30 @@ impl Pool {
     }
 
     /// Every model version any worker has described, by name, versions in ascending order.
-    pub fn models(&self) -> BTreeMap<String, Vec<ModelInfo>> {
-        let mut models: BTreeMap<String, Vec<ModelInfo>> = BTreeMap::new();
+    ///
+    /// Built once per change of membership or worker metadata and shared after that: every
+    /// request reads it.
+    pub fn models(&self) -> Arc<ModelMap> {
+        let generation = self.generation();
+        let mut cache = self.models_cache.lock().expect("models cache lock");
+        if let Some((built, models)) = cache.as_ref()
+            && *built == generation
+        {
+            return Arc::clone(models);
+        }
+        let models = Arc::new(self.build_models());
+        *cache = Some((generation, Arc::clone(&models)));
+        models
+    }
+
+    /// Bumped whenever a worker joins, leaves or (re)describes itself; caches of anything
+    /// derived from workers' metadata compare it.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn build_models(&self) -> ModelMap {
+        let mut models: ModelMap = BTreeMap::new();
         for worker in self.workers() {
             let Some(info) = worker.info() else { continue };
             for model in &info.models {
@@ -584,6 +627,7 @@ mod tests {
                 eject_after_failures: 3,
                 connect_timeout: Duration::from_secs(1),
             },
+            Default::default(),
             Default::default(),
         )
     }

@@ -199,14 +199,14 @@ pub async fn repository_index(
         let reason = catalog.ensemble_unready_reason(&spec);
         entries.push((spec.name.clone(), ENSEMBLE_VERSION.to_string(), reason));
     }
-    for (name, versions) in catalog.pool().models() {
-        if catalog.ensemble(&name).is_some() {
+    for (name, versions) in catalog.pool().models().iter() {
+        if catalog.ensemble(name).is_some() {
             continue;
         }
         for info in versions {
-            let reason = (!catalog.model_ready(&name, Some(&info.version)))
+            let reason = (!catalog.model_ready(name, Some(&info.version)))
                 .then(|| "no live worker serves this version".to_string());
-            entries.push((name.clone(), info.version, reason));
+            entries.push((name.clone(), info.version.clone(), reason));
         }
     }
     let index = entries
