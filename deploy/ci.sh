@@ -9,10 +9,23 @@
 # Every container, network and volume it starts is removed on the way out, pass or fail; the
 # images stay, as the cache for the next run (build-images.sh rebuilds them when an input changes).
 #
+# Usage: deploy/ci.sh [--force-images]
+#   --force-images   rebuild all three images from nothing (build-images.sh --force), as on a
+#                    fresh CI machine, instead of keeping those whose inputs did not change
+#
 # Needs root (apt, debootstrap) and a running Docker engine. CARGO_BUILD_JOBS defaults to 2;
 # CHAOS_ARGS goes to deploy/compose/chaos.sh (e.g. "--only worker-kill,rolling-restart").
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+image_args=()
+for arg in "$@"; do
+    case "$arg" in
+        --force-images) image_args=(--force) ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "deploy/ci.sh: unknown argument $arg" >&2; exit 2 ;;
+    esac
+done
 
 started=$SECONDS
 step() { echo; echo "=== deploy/ci.sh: $* ($((SECONDS - started)) s)"; }
@@ -47,7 +60,7 @@ step "release build"
 CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2} cargo build --release --locked -p chorus
 
 step "images (no registry)"
-deploy/docker/build-images.sh
+deploy/docker/build-images.sh "${image_args[@]}"
 docker run --rm chorus:local --help >/dev/null
 
 step "compose file and Kubernetes manifests (offline)"
