@@ -32,14 +32,21 @@ use report::{BenchReport, Machine, RunReport};
 use stats::Recorder;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Runs the benchmark on its own small runtime (the load generator must leave the cores to the
 /// cluster it measures).
 pub fn main(args: BenchArgs, log_json: bool) -> anyhow::Result<()> {
     let runs = plan::expand(&args).map_err(anyhow::Error::msg)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(usize::from(args.client_threads))
+    // One thread: a current-thread runtime, so that no wake-up ever crosses threads.
+    let mut builder = if args.client_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(usize::from(args.client_threads));
+        b
+    };
+    let runtime = builder
         .thread_name("bench-client")
         .enable_all()
         .build()
@@ -157,7 +164,7 @@ async fn run_all(
             let (watch, warmup) = (Arc::clone(&watch), args.warmup);
             tokio::spawn(async move {
                 tokio::time::sleep(warmup).await;
-                procfs::cpu_seconds(&watch)
+                (Instant::now(), procfs::cpu_mark(&watch))
             })
         };
         let (recorder, pacing, url) = match spec.target {
@@ -175,31 +182,16 @@ async fn run_all(
                         Arc::new(fixture.bodies(spec.rows, encoding, &args.input_name))
                     })
                     .clone();
-                let http = HttpRun {
-                    endpoint: endpoint.clone(),
-                    payloads,
-                    timeout: args.timeout,
-                    verify_every: args.verify_every,
-                    warmup: args.warmup,
-                    duration: args.duration,
-                };
-                let (recorder, pacing) = match spec.load {
-                    Load::Closed { concurrency } => {
-                        (closed_loop::run(&http, concurrency).await?, None)
-                    }
-                    Load::Open { rate } => {
-                        let (recorder, pacing) =
-                            open_loop::run(&http, rate, args.max_outstanding).await?;
-                        (recorder, Some(pacing))
-                    }
-                };
+                let (recorder, pacing) = run_http(args, spec, endpoint, payloads).await?;
                 (recorder, pacing, Some(endpoint.url()))
             }
         };
-        let cpu_to = procfs::cpu_seconds(&watch);
-        let cpu_from = cpu_from.await.context("the CPU sampler panicked")?;
+        let cpu_to = procfs::cpu_mark(&watch);
+        let (cpu_from_at, cpu_from) = cpu_from.await.context("the CPU sampler panicked")?;
         let (results, errors) = recorder.summary(args.duration);
         let processes = procfs::usage(&watch, &reset, &cpu_from, &cpu_to, results.requests);
+        let interference =
+            procfs::interference(&cpu_from, &cpu_to, cpu_from_at.elapsed().as_secs_f64());
         let report = RunReport {
             label: args.label.clone(),
             target: spec.target,
@@ -217,11 +209,36 @@ async fn run_all(
             errors,
             pacing,
             processes,
+            interference,
         };
         println!("[{}/{}] {}", index + 1, runs.len(), report.line());
         reports.push(report);
     }
     Ok(reports)
+}
+
+/// One Chorus run, closed or open loop.
+async fn run_http(
+    args: &BenchArgs,
+    spec: &RunSpec,
+    endpoint: &Endpoint,
+    payloads: Arc<Vec<Payload>>,
+) -> anyhow::Result<(Recorder, Option<open_loop::Pacing>)> {
+    let http = HttpRun {
+        endpoint: endpoint.clone(),
+        payloads,
+        timeout: args.timeout,
+        verify_every: args.verify_every,
+        warmup: args.warmup,
+        duration: args.duration,
+    };
+    Ok(match spec.load {
+        Load::Closed { concurrency } => (closed_loop::run(&http, concurrency).await?, None),
+        Load::Open { rate } => {
+            let (recorder, pacing) = open_loop::run(&http, rate, args.max_outstanding).await?;
+            (recorder, Some(pacing))
+        }
+    })
 }
 
 /// One floor run: the floor's threads block, so they run off the async runtime.

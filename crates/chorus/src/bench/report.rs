@@ -3,7 +3,7 @@
 
 use super::open_loop::Pacing;
 use super::plan::{Load, Target};
-use super::procfs::{ProcessUsage, mib};
+use super::procfs::{Interference, ProcessUsage, mib};
 use super::stats::{Errors, Summary};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -77,6 +77,8 @@ pub struct RunReport {
     /// Peak memory and CPU per request of the processes watched: the spawned cluster, `--watch-pid`
     /// processes, and this one (the load generator, or the floor).
     pub processes: Vec<ProcessUsage>,
+    /// What the rest of the machine used meanwhile.
+    pub interference: Option<Interference>,
 }
 
 impl RunReport {
@@ -120,6 +122,12 @@ impl RunReport {
                 p.sent,
                 p.scheduled,
                 ms(p.lag_us_p99)
+            ));
+        }
+        if let Some(i) = &self.interference {
+            line.push_str(&format!(
+                "\n      rest of the machine: {:.2} cores busy, {:.2} in interrupts, {:.2} stolen",
+                i.other_cores, i.irq_cores, i.steal_cores
             ));
         }
         if !self.processes.is_empty() {
@@ -230,6 +238,11 @@ mod tests {
                 cpu_s: 0.5,
                 cpu_us_per_request: Some(250.0),
             }],
+            interference: Some(Interference {
+                other_cores: 0.25,
+                irq_cores: 0.1,
+                steal_cores: 0.0,
+            }),
         }
     }
 
@@ -252,6 +265,7 @@ mod tests {
         assert_eq!(v["processes"][0]["peak_rss_kib"], 20480);
         assert_eq!(v["processes"][0]["cpu_us_per_request"], 250.0);
         assert_eq!(v["pacing"], Value::Null);
+        assert_eq!(v["interference"]["other_cores"], 0.25);
 
         let open = RunReport {
             load: Load::Open { rate: 2000.0 },
@@ -273,6 +287,7 @@ mod tests {
         assert!(line.contains("errors: 503×1"), "{line}");
         assert!(line.contains("coordinator 20.0 MiB"), "{line}");
         assert!(line.contains("coordinator 250"), "{line}");
+        assert!(line.contains("0.25 cores busy"), "{line}");
         let table = markdown(&[r]);
         let rows: Vec<&str> = table.lines().collect();
         assert_eq!(rows.len(), 3);
