@@ -60,6 +60,8 @@ pub(crate) struct Process {
 }
 
 pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
+    // Installed first: a Ctrl-C at any moment from here on stops the cluster cleanly.
+    let shutdown = signals::Shutdown::install().context("cannot watch SIGINT/SIGTERM")?;
     let mut cluster = ClusterConfig::load(&args.config)?;
     cluster.http_addr = args.http_addr.unwrap_or(cluster.http_addr);
     cluster.workers = args.workers.unwrap_or(cluster.workers);
@@ -89,7 +91,7 @@ pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
             if let Err(e) = send_sample(http_addr, &args).await {
                 eprintln!("sample request failed: {e:#}");
             }
-            serve_until_stopped(&mut processes).await
+            serve_until_stopped(&mut processes, shutdown).await
         }
         Err(e) => Err(e),
     };
@@ -322,10 +324,13 @@ async fn send_sample(http_addr: SocketAddr, args: &UpArgs) -> anyhow::Result<()>
 }
 
 /// Waits for Ctrl-C/SIGTERM; a child that exits on its own ends the cluster with an error.
-async fn serve_until_stopped(processes: &mut [Process]) -> anyhow::Result<()> {
+async fn serve_until_stopped(
+    processes: &mut [Process],
+    shutdown: signals::Shutdown,
+) -> anyhow::Result<()> {
     let any_exit = first_exit(processes);
     tokio::select! {
-        _ = signals::shutdown() => Ok(()),
+        _ = shutdown.wait() => Ok(()),
         (name, status) = any_exit => bail!("{name} exited unexpectedly ({status}); stopping the cluster"),
     }
 }
