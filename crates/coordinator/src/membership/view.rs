@@ -96,37 +96,39 @@ impl<K: Kind> View<K> {
         self.len() == 0
     }
 
-    /// Applies a put event (`revision` is the key's mod_revision).
-    pub fn put(&mut self, key: &[u8], value: &[u8], revision: i64) -> Option<K::Change> {
-        let id = id_of::<K>(key)?;
+    /// Whether an event at `revision` for `id` is newer than what was applied; if so, it
+    /// advances the applied revision, else logs the skip.
+    fn accept(&mut self, id: &str, revision: i64, event: &'static str) -> bool {
         if self.is_stale(id, revision) {
             debug!(
                 prefix = K::PREFIX,
                 id,
                 revision,
                 applied = self.applied,
-                "skipping a stale put"
+                event,
+                "skipping a stale event"
             );
-            return None;
+            return false;
         }
         self.applied = self.applied.max(revision);
+        true
+    }
+
+    /// Applies a put event (`revision` is the key's mod_revision).
+    pub fn put(&mut self, key: &[u8], value: &[u8], revision: i64) -> Option<K::Change> {
+        let id = id_of::<K>(key)?;
+        if !self.accept(id, revision, "put") {
+            return None;
+        }
         self.store(id, value, revision)
     }
 
     /// Applies a delete event (`revision` is the revision of the deletion).
     pub fn delete(&mut self, key: &[u8], revision: i64) -> Option<K::Change> {
         let id = id_of::<K>(key)?;
-        if self.is_stale(id, revision) {
-            debug!(
-                prefix = K::PREFIX,
-                id,
-                revision,
-                applied = self.applied,
-                "skipping a stale delete"
-            );
+        if !self.accept(id, revision, "delete") {
             return None;
         }
-        self.applied = self.applied.max(revision);
         let entry = self.entries.remove(id)?;
         entry.item.map(|item| K::removed(id, &item))
     }
