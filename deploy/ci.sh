@@ -68,7 +68,8 @@ deploy/k8s/validate.sh
 deploy/compose/validate.sh
 
 step "compose up/down smoke test"
-COMPOSE_PROJECT_NAME=$smoke_project CHORUS_HTTP_PORT_1=18100 CHORUS_HTTP_PORT_2=18110 deploy/compose/up.sh
+COMPOSE_PROJECT_NAME=$smoke_project CHORUS_HTTP_PORT_1=18100 CHORUS_HTTP_PORT_2=18110 \
+    CHORUS_GRPC_PORT_1=18101 CHORUS_GRPC_PORT_2=18111 deploy/compose/up.sh
 COMPOSE_PROJECT_NAME=$smoke_project deploy/compose/down.sh
 left=$(docker ps -aq --filter "label=com.docker.compose.project=$smoke_project")
 [ -z "$left" ] || { echo "deploy/ci.sh: down.sh left containers behind: $left" >&2; exit 1; }

@@ -63,6 +63,7 @@ fn spawned_cluster_closed_and_open_loop() {
         "--rate=50",
         "--max-outstanding=32",
         "--encoding=json,binary",
+        "--protocol=http,grpc",
     ]);
     assert_eq!(
         report["machine"]["nproc"].as_u64().map(|n| n > 0),
@@ -70,7 +71,7 @@ fn spawned_cluster_closed_and_open_loop() {
     );
     assert!(report["workers"]["worker-0"].is_array(), "{report:#}");
     let runs = report["runs"].as_array().unwrap();
-    assert_eq!(runs.len(), 4, "{report:#}");
+    assert_eq!(runs.len(), 8, "{report:#}");
     for run in runs {
         assert_clean(run);
         assert_eq!(run["target"]["kind"], "chorus");
@@ -90,9 +91,16 @@ fn spawned_cluster_closed_and_open_loop() {
     }
     assert_eq!(runs[0]["mode"], "closed");
     assert_eq!(runs[0]["concurrency"], 2);
+    assert_eq!(runs[0]["target"]["protocol"], "http");
     assert_eq!(runs[1]["target"]["encoding"], "binary");
-    assert_eq!(runs[2]["mode"], "open");
-    assert_eq!(runs[2]["rate"], 50.0);
+    // Each protocol in each encoding: gRPC with typed, then raw contents.
+    assert_eq!(runs[2]["target"]["protocol"], "grpc");
+    assert_eq!(runs[2]["target"]["encoding"], "json");
+    assert!(runs[2]["url"].as_str().unwrap().starts_with("grpc://"));
+    assert_eq!(runs[3]["target"]["encoding"], "binary");
+    assert_eq!(runs[4]["mode"], "open");
+    assert_eq!(runs[4]["rate"], 50.0);
+    assert_eq!(runs[6]["target"]["protocol"], "grpc");
 }
 
 #[test]

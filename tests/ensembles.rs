@@ -10,20 +10,6 @@ use support::*;
 /// Rows per request when pushing the test set through (several requests, several batch sizes).
 const CHUNK: usize = 64;
 
-fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
-fn i64s(bytes: &[u8]) -> Vec<i64> {
-    bytes
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
 fn json_output<'a>(response: &'a Value, name: &str) -> &'a Value {
     response["outputs"]
         .as_array()
@@ -142,16 +128,7 @@ fn every_ensemble_and_model_matches_python_on_the_whole_test_set() {
     let cluster = Cluster::start();
     let expected = Expected::load();
     assert_eq!(expected.rows().len(), 450);
-    for name in [
-        "digits_soft",
-        "digits_hard",
-        "digits_fusion",
-        "logreg",
-        "random_forest",
-        "mlp",
-        "svc",
-        "gboost",
-    ] {
+    for name in SERVED {
         check_json(&cluster.http, &expected, name);
         check_binary(&cluster.http, &expected, name);
     }

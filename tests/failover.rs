@@ -60,6 +60,7 @@ impl Suite {
             &[
                 "coordinator".into(),
                 "--http-addr=127.0.0.1:0".into(),
+                "--grpc-addr=127.0.0.1:0".into(),
                 "--ensembles=config/ensembles.toml".into(),
                 format!("--etcd={}", etcd.endpoint),
                 "--ping-interval-ms=500".into(),

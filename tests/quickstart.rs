@@ -27,7 +27,7 @@ fn alive(pid: u32) -> bool {
 /// SIGINT and checks that every process it started is gone. Returns what it printed.
 fn run_up(extra: &[&str], expected_processes: usize) -> Vec<String> {
     let child = Command::new(chorus_bin())
-        .args(["up", "--http-addr=127.0.0.1:0"])
+        .args(["up", "--http-addr=127.0.0.1:0", "--grpc-addr=127.0.0.1:0"])
         .args(extra)
         .current_dir(repo_root())
         .env("RUST_LOG", "warn")

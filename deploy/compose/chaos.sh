@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The chaos suite on the compose cluster (deploy/compose/chaos/chaos.py): brings up its own
-# project (chorus-chaos, coordinators on 127.0.0.1:18000 and :18010, worker lease TTL 3 s),
-# runs every scenario under load, prints the figures, and removes every container, network and
-# volume of the project on the way out, whether the suite passed, failed or was interrupted.
+# project (chorus-chaos, coordinators on 127.0.0.1:18000 and :18010, their gRPC on :18001 and
+# :18011, worker lease TTL 3 s), runs every scenario under load, prints the figures, and removes
+# every container, network and volume of the project on the way out, whether the suite passed,
+# failed or was interrupted.
 # Exits non-zero when a scenario misses its pass criteria.
 #
 # Usage: deploy/compose/chaos.sh [--only worker-kill,gray-failure,...] [--rate 30]
@@ -12,6 +13,9 @@ set -euo pipefail
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-chorus-chaos}
 export CHORUS_HTTP_PORT_1=${CHORUS_HTTP_PORT_1:-18000}
 export CHORUS_HTTP_PORT_2=${CHORUS_HTTP_PORT_2:-18010}
+# The suite does not use gRPC; off the defaults so that it can run beside a `chorus` project.
+export CHORUS_GRPC_PORT_1=${CHORUS_GRPC_PORT_1:-18001}
+export CHORUS_GRPC_PORT_2=${CHORUS_GRPC_PORT_2:-18011}
 export CHORUS_LEASE_TTL_SECS=${CHORUS_LEASE_TTL_SECS:-3}
 # shellcheck source=deploy/compose/lib.sh
 source "$(dirname "$0")/lib.sh"

@@ -6,7 +6,8 @@
 #      digits_soft and prints the answer.
 # The cluster keeps running; deploy/compose/down.sh removes it.
 #
-# Env: CHORUS_HTTP_PORT_1/2 (published ports, default 8000 and 8010), READY_TIMEOUT_S (180),
+# Env: CHORUS_HTTP_PORT_1/2 (published REST ports, default 8000 and 8010), CHORUS_GRPC_PORT_1/2
+#      (published gRPC ports, default 8001 and 8011), READY_TIMEOUT_S (180),
 #      COMPOSE, COMPOSE_PROJECT_NAME, CHORUS_LEASE_TTL_SECS and the rest in docker-compose.yml.
 set -euo pipefail
 # shellcheck source=deploy/compose/lib.sh
@@ -15,6 +16,8 @@ cd "$repo_root"
 
 port1=${CHORUS_HTTP_PORT_1:-8000}
 port2=${CHORUS_HTTP_PORT_2:-8010}
+grpc_port1=${CHORUS_GRPC_PORT_1:-8001}
+grpc_port2=${CHORUS_GRPC_PORT_2:-8011}
 timeout_s=${READY_TIMEOUT_S:-180}
 
 if ! docker image inspect "${CHORUS_IMAGE:-chorus:local}" "${ETCD_IMAGE:-chorus-etcd:local}" >/dev/null 2>&1; then
@@ -47,7 +50,7 @@ done
 
 compose ps
 echo
-echo "Chorus is up: Open Inference Protocol v2 at http://127.0.0.1:$port1 and http://127.0.0.1:$port2"
+echo "Chorus is up: Open Inference Protocol v2 at http://127.0.0.1:$port1 and http://127.0.0.1:$port2 (REST), 127.0.0.1:$grpc_port1 and 127.0.0.1:$grpc_port2 (gRPC)"
 echo "  curl -s http://127.0.0.1:$port1/chorus/workers"
 echo "  curl -s http://127.0.0.1:$port1/v2/models/digits_soft/infer -d @fixtures/digits/sample-request.json"
 echo "  deploy/compose/down.sh    # remove it"

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod etcdctl;
+pub mod grpc;
 pub mod load;
 
 use serde_json::Value;
@@ -161,6 +162,7 @@ pub fn start_coordinator(workers: &[&Proc], extra: &[&str], ready_path: &str) ->
     let mut args = vec![
         "coordinator".to_string(),
         "--http-addr=127.0.0.1:0".to_string(),
+        "--grpc-addr=127.0.0.1:0".to_string(),
         "--ensembles=config/ensembles.toml".to_string(),
         format!("--worker={}", addrs.join(",")),
         "--ping-interval-ms=200".to_string(),
@@ -176,12 +178,32 @@ pub fn start_coordinator(workers: &[&Proc], extra: &[&str], ready_path: &str) ->
     (proc, http)
 }
 
+/// Every ensemble and member model the sample repository serves (the meta-model `stacker`
+/// takes other inputs and is left out).
+pub const SERVED: [&str; 8] = [
+    "digits_soft",
+    "digits_hard",
+    "digits_fusion",
+    "logreg",
+    "random_forest",
+    "mlp",
+    "svc",
+    "gboost",
+];
+
+/// The gRPC address a coordinator announced.
+pub fn grpc_addr(coordinator: &Proc) -> SocketAddr {
+    coordinator.field("grpc_addr").parse().expect("grpc addr")
+}
+
 /// The standard test cluster: every member of the sample ensembles on its own worker, so
 /// killing one worker removes exactly one member of digits_soft.
 pub struct Cluster {
     pub workers: Vec<Proc>,
     pub coordinator: Proc,
     pub http: Http,
+    /// The coordinator's gRPC address.
+    pub grpc: SocketAddr,
 }
 
 pub const PLACEMENT: [(&str, &[&str]); 3] = [
@@ -200,6 +222,7 @@ impl Cluster {
         let (coordinator, http) = start_coordinator(&refs, &[], "/v2/health/ready");
         Cluster {
             workers,
+            grpc: grpc_addr(&coordinator),
             coordinator,
             http,
         }
@@ -368,6 +391,22 @@ impl Expected {
             .map(|v| v.as_f64().unwrap())
             .collect()
     }
+}
+
+/// Little-endian FP32 values.
+pub fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Little-endian INT64 values.
+pub fn i64s(bytes: &[u8]) -> Vec<i64> {
+    bytes
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect()
 }
 
 /// An OIP v2 JSON request for `rows` of 64 features.

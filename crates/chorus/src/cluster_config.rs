@@ -15,6 +15,9 @@ pub struct ClusterConfig {
     pub version: u32,
     /// Where the coordinator's HTTP gateway listens.
     pub http_addr: SocketAddr,
+    /// Where the coordinator's gRPC service listens.
+    #[serde(default = "default_grpc_addr")]
+    pub grpc_addr: SocketAddr,
     /// Triton-style model repository shared by every worker.
     pub model_repository: PathBuf,
     /// Ensemble specs for the coordinator.
@@ -28,6 +31,11 @@ pub struct ClusterConfig {
 
 fn one() -> usize {
     1
+}
+
+/// Triton's gRPC port, on loopback.
+fn default_grpc_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8001))
 }
 
 impl ClusterConfig {
@@ -75,6 +83,7 @@ mod tests {
         let c: ClusterConfig = toml::from_str(GOOD).unwrap();
         c.validate().unwrap();
         assert_eq!(c.replication, 1);
+        assert_eq!(c.grpc_addr.port(), 8001, "Triton's gRPC port by default");
     }
 
     #[test]

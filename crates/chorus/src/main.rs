@@ -33,7 +33,7 @@ enum Command {
     Up(up::UpArgs),
     /// Run one worker: load the model repository, serve it over tarpc.
     Worker(WorkerConfig),
-    /// Run one coordinator: the OIP v2 HTTP gateway in front of workers.
+    /// Run one coordinator: the OIP v2 gateway (REST and gRPC) in front of workers.
     Coordinator(CoordinatorConfig),
     /// Benchmark a coordinator over HTTP (closed or open loop, JSON or binary tensors) and/or the
     /// in-process floor (the same ensemble on ONNX Runtime, no network); see docs/benchmarks.md.
@@ -43,7 +43,7 @@ enum Command {
 /// Line a worker prints on stdout once its models are warm and its RPC port is open;
 /// `chorus up` and the tests read it to learn the port.
 pub const WORKER_READY: &str = "chorus-worker ready";
-/// Line a coordinator prints on stdout once its HTTP port is open.
+/// Line a coordinator prints on stdout once its HTTP and gRPC ports are open.
 pub const COORDINATOR_LISTENING: &str = "chorus-coordinator listening";
 
 fn main() -> anyhow::Result<()> {
@@ -101,14 +101,19 @@ async fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
 async fn run_coordinator(config: CoordinatorConfig) -> anyhow::Result<()> {
     // A bad spec file or flag combination is refused before anything listens or is announced.
     chorus_coordinator::server::check(&config)?;
-    let listener = TcpListener::bind(config.http_addr)
+    let http = TcpListener::bind(config.http_addr)
         .await
-        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+        .with_context(|| format!("cannot listen on --http-addr {}", config.http_addr))?;
+    let grpc = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on --grpc-addr {}", config.grpc_addr))?;
     announce(&format!(
-        "{COORDINATOR_LISTENING} http_addr={}",
-        listener.local_addr()?
+        "{COORDINATOR_LISTENING} http_addr={} grpc_addr={}",
+        http.local_addr()?,
+        grpc.local_addr()?
     ));
-    chorus_coordinator::run(config, listener, signals::shutdown()).await
+    let listeners = chorus_coordinator::Listeners { http, grpc };
+    chorus_coordinator::run(config, listeners, signals::shutdown()).await
 }
 
 /// Prints a machine-readable status line on stdout (logs go to stderr).

@@ -27,6 +27,10 @@ pub struct UpArgs {
     #[arg(long, env = "CHORUS_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
 
+    /// Address of the coordinator's gRPC service (overrides `grpc_addr`).
+    #[arg(long, env = "CHORUS_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+
     /// Number of worker processes (overrides `workers`).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -64,6 +68,7 @@ pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
     let shutdown = signals::Shutdown::install().context("cannot watch SIGINT/SIGTERM")?;
     let mut cluster = ClusterConfig::load(&args.config)?;
     cluster.http_addr = args.http_addr.unwrap_or(cluster.http_addr);
+    cluster.grpc_addr = args.grpc_addr.unwrap_or(cluster.grpc_addr);
     cluster.workers = args.workers.unwrap_or(cluster.workers);
     cluster.replication = args.replication.unwrap_or(cluster.replication);
     cluster.validate()?;
@@ -86,9 +91,9 @@ pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
     };
     let started = start_cluster(&launch, &mut processes).await;
     let outcome = match started {
-        Ok(http_addr) => {
-            print_banner(http_addr, &args);
-            if let Err(e) = send_sample(http_addr, &args).await {
+        Ok(addrs) => {
+            print_banner(addrs, &args);
+            if let Err(e) = send_sample(addrs.http, &args).await {
                 eprintln!("sample request failed: {e:#}");
             }
             serve_until_stopped(&mut processes, shutdown).await
@@ -114,12 +119,19 @@ pub(crate) struct Launch<'a> {
     pub(crate) coordinator_args: &'a [String],
 }
 
-/// Starts the workers, then the coordinator; returns the coordinator's HTTP address once it
+/// Where the started coordinator listens.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CoordinatorAddrs {
+    pub(crate) http: SocketAddr,
+    pub(crate) grpc: SocketAddr,
+}
+
+/// Starts the workers, then the coordinator; returns the coordinator's addresses once it
 /// reports ready. Every process started is pushed onto `processes`, also on failure.
 pub(crate) async fn start_cluster(
     launch: &Launch<'_>,
     processes: &mut Vec<Process>,
-) -> anyhow::Result<SocketAddr> {
+) -> anyhow::Result<CoordinatorAddrs> {
     let Launch {
         exe,
         cluster,
@@ -177,6 +189,7 @@ pub(crate) async fn start_cluster(
     command
         .arg("coordinator")
         .arg(format!("--http-addr={}", cluster.http_addr))
+        .arg(format!("--grpc-addr={}", cluster.grpc_addr))
         .arg("--ensembles")
         .arg(&cluster.ensembles)
         .args(coordinator_args);
@@ -193,12 +206,21 @@ pub(crate) async fn start_cluster(
         child,
     });
     let line = wait_for_line(stdout, COORDINATOR_LISTENING, "coordinator", ready_timeout).await?;
-    let http_addr: SocketAddr = field(&line, "http_addr")
-        .and_then(|a| a.parse().ok())
-        .with_context(|| format!("coordinator printed {line:?}"))?;
-    println!("coordinator  pid {pid}  http {http_addr}");
-    wait_until_ready(http_addr, ready_timeout).await?;
-    Ok(http_addr)
+    let addr = |key: &str| -> anyhow::Result<SocketAddr> {
+        field(&line, key)
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("coordinator printed {line:?}"))
+    };
+    let addrs = CoordinatorAddrs {
+        http: addr("http_addr")?,
+        grpc: addr("grpc_addr")?,
+    };
+    println!(
+        "coordinator  pid {pid}  http {}  grpc {}",
+        addrs.http, addrs.grpc
+    );
+    wait_until_ready(addrs.http, ready_timeout).await?;
+    Ok(addrs)
 }
 
 /// A `chorus` child: own process group (so a terminal's Ctrl-C reaches only us and we stop the
@@ -285,9 +307,13 @@ async fn wait_until_ready(http_addr: SocketAddr, timeout: Duration) -> anyhow::R
     }
 }
 
-fn print_banner(http_addr: SocketAddr, args: &UpArgs) {
+fn print_banner(addrs: CoordinatorAddrs, args: &UpArgs) {
+    let http_addr = addrs.http;
     println!();
-    println!("Chorus is up: Open Inference Protocol v2 at http://{http_addr}");
+    println!(
+        "Chorus is up: Open Inference Protocol v2 at http://{http_addr} (REST) and {} (gRPC)",
+        addrs.grpc
+    );
     println!(
         "  curl -s http://{http_addr}/v2/models/{}",
         args.sample_model

@@ -181,6 +181,24 @@ pub fn fixed_byte_size(
     }
 }
 
+/// Picks `wanted` out of `all` by name, in the order wanted (all of them, as they are, when
+/// `wanted` is empty). Moves the tensors, copies nothing; the error is the first name missing.
+pub fn select_by_name(all: Vec<Tensor>, wanted: &[String]) -> Result<Vec<Tensor>, String> {
+    if wanted.is_empty() {
+        return Ok(all);
+    }
+    let mut all: Vec<Option<Tensor>> = all.into_iter().map(Some).collect();
+    wanted
+        .iter()
+        .map(|name| {
+            all.iter_mut()
+                .find(|t| t.as_ref().is_some_and(|t| &t.name == name))
+                .and_then(Option::take)
+                .ok_or_else(|| name.clone())
+        })
+        .collect()
+}
+
 /// Element types that have a fixed-size little-endian encoding.
 pub trait Element: Copy + Sized {
     const DATATYPE: DataType;

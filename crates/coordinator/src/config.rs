@@ -21,6 +21,15 @@ pub struct CoordinatorConfig {
     )]
     pub http_addr: SocketAddr,
 
+    /// Address the Open Inference Protocol v2 gRPC service listens on (Triton's convention:
+    /// 8001).
+    #[arg(
+        long = "grpc-addr",
+        env = "CHORUS_GRPC_ADDR",
+        default_value = "127.0.0.1:8001"
+    )]
+    pub grpc_addr: SocketAddr,
+
     /// Ensemble specs (TOML, `version = 1`); see docs/configuration.md. With `--etcd` the file is
     /// optional: specs under /chorus/v1/ensembles/ in etcd apply on top of it.
     #[arg(long, env = "CHORUS_ENSEMBLES", default_value = DEFAULT_ENSEMBLES)]
@@ -46,7 +55,8 @@ pub struct CoordinatorConfig {
     #[arg(long, env = "CHORUS_ETCD_RELIST_SECS", default_value_t = 30)]
     pub etcd_relist_secs: u64,
 
-    /// Largest request body accepted, in bytes; larger bodies get 413.
+    /// Largest request accepted, in bytes: an HTTP body (larger ones get 413) or a gRPC message
+    /// (RESOURCE_EXHAUSTED).
     #[arg(long, env = "CHORUS_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
 

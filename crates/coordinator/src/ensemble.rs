@@ -9,7 +9,7 @@ use crate::spec::{CombinerKind, EnsembleSpec};
 use chorus_common::rpc::{InferCall, InferReply};
 use chorus_common::{Tensor, WorkerError};
 use futures::future::join_all;
-use std::time::Instant;
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 /// What happened to one member's call.
@@ -103,7 +103,7 @@ pub async fn run(
         };
         async move {
             let routed = router.call(call, members_deadline);
-            match tokio::time::timeout_at(members_deadline.into(), routed).await {
+            match tokio::time::timeout_at(members_deadline, routed).await {
                 Ok(routed) => {
                     let outcome = match routed.result {
                         Ok(reply) => MemberOutcome::Answered(reply),
@@ -272,7 +272,9 @@ async fn run_meta_model(
         outputs: vec![],
         request_id: request_id.to_string(),
     };
-    let routed = tokio::time::timeout_at(deadline.into(), router.call(call, deadline)).await;
+    // Boxed: inline, this rarely-taken call would make every ensemble request's future (and each
+    // copy of it) kilobytes larger.
+    let routed = tokio::time::timeout_at(deadline, Box::pin(router.call(call, deadline))).await;
     match routed.map(|r| r.result) {
         Ok(Ok(reply)) => Ok(reply.outputs),
         Ok(Err(CallError::DeadlineExceeded { .. })) | Err(_) => Err(EnsembleError::MetaModelLate {

@@ -1,25 +1,36 @@
-//! Wiring: specs, membership, pool, catalog and the HTTP gateway, served until `shutdown`.
+//! Wiring: specs, membership, pool, catalog, the inference core and its two front doors (REST
+//! and gRPC), served until `shutdown`.
 
 use crate::catalog::Catalog;
 use crate::config::CoordinatorConfig;
-use crate::http::{self, App, Limits};
+use crate::infer::{Infer, Limits};
 use crate::membership::{self, etcd::EtcdSource, etcd::SourceState};
 use crate::metrics::{ClusterView, Metrics};
 use crate::pool::{Pool, PoolSettings};
 use crate::router::Router;
 use crate::spec::{self, EnsembleSpec};
-use std::future::Future;
+use crate::{grpc, http};
+use futures::FutureExt;
+use std::future::{Future, IntoFuture};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-/// Serves the coordinator on `listener` until `shutdown` completes. The caller binds the
-/// listener (tests hand in port 0) and owns signal handling.
+/// The coordinator's bound listeners (tests bind port 0).
+pub struct Listeners {
+    /// OIP v2 REST, plus `/metrics` and `/chorus/*`.
+    pub http: TcpListener,
+    /// OIP v2 gRPC.
+    pub grpc: TcpListener,
+}
+
+/// Serves the coordinator on `listeners` until `shutdown` completes. The caller binds the
+/// listeners and owns signal handling.
 pub async fn run(
     config: CoordinatorConfig,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let etcd = config.etcd_endpoints()?;
@@ -43,7 +54,7 @@ pub async fn run(
     let sources = Sources::start(&config, etcd, &pool, &catalog);
     observe_cluster(&metrics, &pool, &sources);
     sources.wait_for_first_view(&pool, FIRST_VIEW_TIMEOUT).await;
-    let app = Arc::new(App::new(
+    let app = Arc::new(Infer::new(
         catalog,
         router,
         Limits::new(
@@ -52,11 +63,24 @@ pub async fn run(
             config.model_deadline(),
         ),
     ));
-    info!(addr = %listener.local_addr()?, workers = config.workers.len(), etcd = ?config.etcd, "coordinator serving");
-    axum::serve(listener, http::router(app))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    info!(
+        http = %listeners.http.local_addr()?,
+        grpc = %listeners.grpc.local_addr()?,
+        workers = config.workers.len(),
+        etcd = ?config.etcd,
+        request_ids = %format!("{}-*", app.request_ids().prefix()),
+        "coordinator serving"
+    );
+    let shutdown = shutdown.shared();
+    let rest = axum::serve(listeners.http, http::router(Arc::clone(&app)))
+        .with_graceful_shutdown(shutdown.clone())
+        .into_future()
+        .map(|served| served.map_err(anyhow::Error::from));
+    let grpc = grpc::serve(listeners.grpc, app, shutdown)
+        .map(|served| served.map_err(anyhow::Error::from));
+    let served = tokio::try_join!(rest, grpc);
     sources.stop();
+    served?;
     info!("coordinator stopped");
     Ok(())
 }

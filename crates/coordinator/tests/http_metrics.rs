@@ -1,14 +1,17 @@
 //! `GET /metrics` and request tracing, in process: a real coordinator (`run` on port 0) in front of
 //! a fake worker (the real RPC contract over TCP, answers chosen by the test). Good, bad, unknown
-//! and degraded requests must each show up in the counters with the right labels, and one
-//! request's member calls must be traceable in the logs by its id, on both sides of the RPC.
+//! and degraded requests, over REST and gRPC, must each show up in the counters with the right
+//! labels, and one request's member calls must be traceable in the logs by its id, on both sides
+//! of the RPC.
 
 use chorus_common::transport::framed;
 use chorus_common::{
     DataType, ExecutionProvider, InferCall, InferReply, ModelInfo, Pong, Tensor, TensorSpec,
     WorkerError, WorkerInfo, WorkerService, WorkerState,
 };
-use chorus_coordinator::CoordinatorConfig;
+use chorus_coordinator::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use chorus_coordinator::grpc::proto::{ModelInferRequest, model_infer_request::InferInputTensor};
+use chorus_coordinator::{CoordinatorConfig, Listeners};
 use clap::Parser;
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -188,6 +191,31 @@ fn request(id: &str) -> String {
     .to_string()
 }
 
+/// One good gRPC request without an id; returns the id the answer carries.
+async fn grpc_infer(url: &str) -> String {
+    let mut client = GrpcInferenceServiceClient::connect(url.to_string())
+        .await
+        .unwrap();
+    let raw: Vec<u8> = [1f32, 2.0, 3.0, 4.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let request = ModelInferRequest {
+        model_name: "pair".into(),
+        inputs: vec![InferInputTensor {
+            name: "input".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 4],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![raw.into()],
+        ..Default::default()
+    };
+    let answer = client.model_infer(request).await.unwrap().into_inner();
+    assert_eq!(answer.model_name, "pair");
+    answer.id
+}
+
 fn assert_has(text: &str, expected: &[&str]) {
     for line in expected {
         assert!(
@@ -211,13 +239,17 @@ async fn metrics_count_requests_by_status_and_degraded_answers() {
         "--ping-interval-ms=100".to_string(),
     ])
     .config;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listeners = Listeners {
+        http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+    };
     let client = Client {
         http: reqwest::Client::new(),
-        base: format!("http://{}", listener.local_addr().unwrap()),
+        base: format!("http://{}", listeners.http.local_addr().unwrap()),
     };
+    let grpc_url = format!("http://{}", listeners.grpc.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(chorus_coordinator::run(config, listener, async {
+    let server = tokio::spawn(chorus_coordinator::run(config, listeners, async {
         let _ = stopped.await;
     }));
 
@@ -235,20 +267,28 @@ async fn metrics_count_requests_by_status_and_degraded_answers() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    // One good request, one bad: each counted under its status.
-    let (status, _) = client.infer("pair", request("good-1")).await;
+    // One good request, one bad: each counted under its outcome; one more over gRPC.
+    let (status, body) = client.infer("pair", request("good-1")).await;
     assert_eq!(status, 200);
+    assert_eq!(body["id"], "good-1", "the client's id is echoed");
     let (status, _) = client.infer("pair", "{not json".into()).await;
     assert_eq!(status, 400);
+    let grpc_id = grpc_infer(&grpc_url).await;
+    assert!(
+        !grpc_id.is_empty() && grpc_id != "good-1",
+        "a request without an id gets a generated one: {grpc_id:?}"
+    );
     let text = client.metrics().await;
     assert_has(
         &text,
         &[
-            "chorus_requests_total{model=\"pair\",status=\"200\"} 1",
-            "chorus_requests_total{model=\"pair\",status=\"400\"} 1",
-            "chorus_request_duration_seconds_count{model=\"pair\"} 2",
-            "chorus_member_call_duration_seconds_count{model=\"a\",outcome=\"ok\"} 1",
-            "chorus_member_call_duration_seconds_count{model=\"b\",outcome=\"ok\"} 1",
+            "chorus_requests_total{model=\"pair\",protocol=\"http\",outcome=\"ok\"} 1",
+            "chorus_requests_total{model=\"pair\",protocol=\"http\",outcome=\"invalid_argument\"} 1",
+            "chorus_requests_total{model=\"pair\",protocol=\"grpc\",outcome=\"ok\"} 1",
+            "chorus_request_duration_seconds_count{model=\"pair\",protocol=\"http\"} 2",
+            "chorus_request_duration_seconds_count{model=\"pair\",protocol=\"grpc\"} 1",
+            "chorus_member_call_duration_seconds_count{model=\"a\",outcome=\"ok\"} 2",
+            "chorus_member_call_duration_seconds_count{model=\"b\",outcome=\"ok\"} 2",
             "chorus_inflight_requests 0",
             "chorus_membership_workers{state=\"routable\"} 1",
             "chorus_membership_workers{state=\"unhealthy\"} 0",
@@ -276,12 +316,12 @@ async fn metrics_count_requests_by_status_and_degraded_answers() {
     assert_has(
         &text,
         &[
-            "chorus_requests_total{model=\"pair\",status=\"200\"} 2",
-            "chorus_requests_total{model=\"_unknown\",status=\"404\"} 1",
+            "chorus_requests_total{model=\"pair\",protocol=\"http\",outcome=\"ok\"} 2",
+            "chorus_requests_total{model=\"_unknown\",protocol=\"http\",outcome=\"not_found\"} 1",
             "chorus_degraded_responses_total{model=\"pair\"} 1",
             "chorus_member_failures_total{model=\"b\",kind=\"failed\"} 1",
             "chorus_member_call_duration_seconds_count{model=\"b\",outcome=\"failed\"} 1",
-            "chorus_member_call_duration_seconds_count{model=\"a\",outcome=\"ok\"} 2",
+            "chorus_member_call_duration_seconds_count{model=\"a\",outcome=\"ok\"} 3",
             "chorus_retries_total 0",
         ],
     );
@@ -305,7 +345,7 @@ async fn metrics_count_requests_by_status_and_degraded_answers() {
         .find(|l| l.contains("member call failed") && l.contains("WARN"))
         .unwrap_or_else(|| panic!("no member-call warning in:\n{logs}"));
     for field in [
-        "infer{model=pair request_id=degraded-1}",
+        "infer{model=pair protocol=http request_id=degraded-1}",
         "member=b",
         &format!("worker={worker_addr}"),
         "request_id=degraded-1",
@@ -314,7 +354,7 @@ async fn metrics_count_requests_by_status_and_degraded_answers() {
     }
     assert!(
         logs.lines().any(|l| l.contains("member call answered")
-            && l.contains("infer{model=pair request_id=good-1}")
+            && l.contains("infer{model=pair protocol=http request_id=good-1}")
             && l.contains("member=a")),
         "{logs}"
     );

@@ -85,19 +85,8 @@ pub trait Runner: Send + 'static {
 
 /// `wanted` out of `all` (every output, in declared order), in the order wanted.
 pub fn select_outputs(all: Vec<Tensor>, wanted: &[String]) -> Result<Vec<Tensor>, String> {
-    if wanted.is_empty() {
-        return Ok(all);
-    }
-    let mut all: Vec<Option<Tensor>> = all.into_iter().map(Some).collect();
-    wanted
-        .iter()
-        .map(|name| {
-            all.iter_mut()
-                .find(|t| t.as_ref().is_some_and(|t| &t.name == name))
-                .and_then(Option::take)
-                .ok_or_else(|| format!("the model returned no output '{name}'"))
-        })
-        .collect()
+    chorus_common::tensor::select_by_name(all, wanted)
+        .map_err(|name| format!("the model returned no output '{name}'"))
 }
 
 /// One queued model run.

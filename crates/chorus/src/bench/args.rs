@@ -1,5 +1,6 @@
 //! The flags of `chorus bench` and the parsers clap cannot derive (`10s`, `250ms`).
 
+pub use chorus_coordinator::infer::Protocol;
 use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -7,13 +8,27 @@ use std::time::Duration;
 /// Flags of `chorus bench`.
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
-    /// Coordinator to drive, `http://host:port` (ignored with --spawn and --floor).
+    /// Coordinator to drive over REST, `http://host:port` (ignored with --spawn and --floor).
     #[arg(
         long,
         env = "CHORUS_BENCH_TARGET",
         default_value = "http://127.0.0.1:8000"
     )]
     pub target: String,
+
+    /// The same coordinator's gRPC address, `http://host:port`, for `--protocol grpc` (ignored
+    /// with --spawn and --floor).
+    #[arg(
+        long,
+        env = "CHORUS_BENCH_GRPC_TARGET",
+        default_value = "http://127.0.0.1:8001"
+    )]
+    pub grpc_target: String,
+
+    /// Protocols to drive, comma-separated: `http` (OIP v2 REST) and/or `grpc` (OIP v2 gRPC, one
+    /// HTTP/2 connection per client). Each protocol runs each `--encoding`.
+    #[arg(long, value_delimiter = ',', value_enum, default_value = "http")]
+    pub protocol: Vec<Protocol>,
 
     /// Start a local cluster with the same code as `chorus up` (on a free port), benchmark it,
     /// and stop it; reports each process's peak RSS per run.
@@ -79,8 +94,15 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1", value_parser = parse_rows)]
     pub rows: Vec<usize>,
 
+    /// gRPC: HTTP/2 connections the clients share, their calls multiplexed as streams (Triton's
+    /// clients share one channel per server, so 1 by default).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    pub grpc_connections: u16,
+
     /// Request and response encoding, comma-separated: `json`, or `binary` (the binary tensor
-    /// extension, `Inference-Header-Content-Length`, for the request and every output).
+    /// extension, `Inference-Header-Content-Length`, for the request and every output). Over
+    /// gRPC, `json` sends typed `contents` and `binary` sends `raw_input_contents` (answers are
+    /// always raw).
     #[arg(long, value_delimiter = ',', value_enum, default_value = "json")]
     pub encoding: Vec<Encoding>,
 

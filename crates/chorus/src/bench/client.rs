@@ -1,8 +1,12 @@
-//! One keep-alive HTTP/1.1 connection per benchmark client (hyper's connection-level API: no pool,
-//! no per-request allocation beyond the request head), sending pre-encoded bodies and reading
-//! only the status unless the answer is to be checked.
+//! One connection per benchmark client, sending pre-encoded requests and reading only the outcome
+//! unless the answer is to be checked. REST: a keep-alive HTTP/1.1 connection (hyper's
+//! connection-level API: no pool, no per-request allocation beyond the request head). gRPC: one
+//! HTTP/2 connection per client ([`super::grpc_client`]), so both protocols get the same number
+//! of connections.
 
-use super::payload::{Payload, answer_labels};
+use super::args::Protocol;
+use super::grpc_client::{GrpcClient, H2Connection};
+use super::payload::{Payload, Wire, answer_labels};
 use super::stats::Failure;
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -20,29 +24,37 @@ const HEADER_LENGTH: HeaderName = HeaderName::from_static("inference-header-cont
 /// Pause after a failed connect, so that a dead target is not hammered in a hot loop.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(20);
 
-/// Where requests go: the coordinator's address and the infer path of the model.
+/// Where requests go: the coordinator's REST and gRPC addresses, the infer path of the model.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub addr: SocketAddr,
+    pub grpc: SocketAddr,
     host: HeaderValue,
     uri: Uri,
 }
 
+async fn resolve(target: &str, flag: &str) -> anyhow::Result<SocketAddr> {
+    let (host, port) = parse_target(target, flag)?;
+    tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .with_context(|| format!("cannot resolve {host}"))?
+        .next()
+        .with_context(|| format!("{host} resolves to no address"))
+}
+
 impl Endpoint {
-    /// `target` is `http://host:port` (a trailing `/` is allowed); `model` the model or ensemble.
-    pub async fn resolve(target: &str, model: &str) -> anyhow::Result<Endpoint> {
-        let (host, port) = parse_target(target)?;
-        let addr = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .with_context(|| format!("cannot resolve {host}"))?
-            .next()
-            .with_context(|| format!("{host} resolves to no address"))?;
-        Ok(Endpoint::new(addr, model))
+    /// `target` and `grpc_target` are `http://host:port` (a trailing `/` is allowed); `model`
+    /// the model or ensemble.
+    pub async fn resolve(target: &str, grpc_target: &str, model: &str) -> anyhow::Result<Endpoint> {
+        let addr = resolve(target, "--target").await?;
+        let grpc = resolve(grpc_target, "--grpc-target").await?;
+        Ok(Endpoint::new(addr, grpc, model))
     }
 
-    pub fn new(addr: SocketAddr, model: &str) -> Endpoint {
+    pub fn new(addr: SocketAddr, grpc: SocketAddr, model: &str) -> Endpoint {
         Endpoint {
             addr,
+            grpc,
             host: HeaderValue::from_str(&addr.to_string()).expect("an address is a valid header"),
             uri: format!("/v2/models/{model}/infer")
                 .parse()
@@ -53,22 +65,30 @@ impl Endpoint {
     pub fn url(&self) -> String {
         format!("http://{}{}", self.addr, self.uri)
     }
+
+    /// Where `protocol` requests go, for reports.
+    pub fn url_of(&self, protocol: Protocol) -> String {
+        match protocol {
+            Protocol::Http => self.url(),
+            Protocol::Grpc => format!("grpc://{}", self.grpc),
+        }
+    }
 }
 
-/// `http://host:port[/]` → (host, port); port 80 when absent.
-pub fn parse_target(target: &str) -> anyhow::Result<(String, u16)> {
+/// `http://host:port[/]` → (host, port); port 80 when absent. `flag` names the flag in errors.
+pub fn parse_target(target: &str, flag: &str) -> anyhow::Result<(String, u16)> {
     let uri: Uri = target
         .parse()
-        .with_context(|| format!("--target {target:?} is not a URL like http://127.0.0.1:8000"))?;
+        .with_context(|| format!("{flag} {target:?} is not a URL like http://127.0.0.1:8000"))?;
     if uri.scheme_str() != Some("http") {
-        bail!("--target {target:?}: only http:// is supported");
+        bail!("{flag} {target:?}: only http:// is supported");
     }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
-        bail!("--target {target:?}: give the server's root, without a path");
+        bail!("{flag} {target:?}: give the server's root, without a path");
     }
     let host = uri
         .host()
-        .with_context(|| format!("--target {target:?} has no host"))?;
+        .with_context(|| format!("{flag} {target:?} has no host"))?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     Ok((host.to_string(), uri.port_u16().unwrap_or(80)))
 }
@@ -83,15 +103,67 @@ pub enum Answer {
     Failed(Failure),
 }
 
-/// A client's connection, re-established after a transport failure or a timeout.
-pub struct Client {
+/// A benchmark client of either protocol.
+pub enum Client {
+    Http(HttpClient),
+    Grpc(GrpcClient),
+}
+
+/// Opens `count` connected clients: over HTTP/1.1 a connection each; over gRPC,
+/// `grpc_connections` HTTP/2 connections that the clients share round-robin.
+pub async fn open_clients(
+    endpoint: &Endpoint,
+    protocol: Protocol,
+    count: usize,
+    grpc_connections: usize,
+) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::with_capacity(count);
+    match protocol {
+        Protocol::Http => {
+            for _ in 0..count {
+                let mut client = HttpClient::new(endpoint.clone());
+                client
+                    .connect()
+                    .await
+                    .with_context(|| format!("cannot reach {}", endpoint.url()))?;
+                clients.push(Client::Http(client));
+            }
+        }
+        Protocol::Grpc => {
+            let mut connections = Vec::new();
+            for _ in 0..grpc_connections.clamp(1, count.max(1)) {
+                connections.push(H2Connection::open(endpoint.grpc).await?);
+            }
+            for index in 0..count {
+                let connection = connections[index % connections.len()].clone();
+                clients.push(Client::Grpc(GrpcClient::on(endpoint.grpc, connection)));
+            }
+        }
+    }
+    Ok(clients)
+}
+
+impl Client {
+    /// Sends `payload`, waits up to `timeout` for the whole answer, and reads its labels if
+    /// `check` is set.
+    pub async fn send(&mut self, payload: &Payload, timeout: Duration, check: bool) -> Answer {
+        match (self, &payload.wire) {
+            (Client::Http(c), Wire::Http { .. }) => c.send(payload, timeout, check).await,
+            (Client::Grpc(c), Wire::Grpc(request)) => c.send(request, timeout, check).await,
+            _ => unreachable!("payloads are encoded for their run's protocol"),
+        }
+    }
+}
+
+/// A client's HTTP/1.1 connection, re-established after a transport failure or a timeout.
+pub struct HttpClient {
     endpoint: Endpoint,
     sender: Option<SendRequest<Full<Bytes>>>,
 }
 
-impl Client {
-    pub fn new(endpoint: Endpoint) -> Client {
-        Client {
+impl HttpClient {
+    pub fn new(endpoint: Endpoint) -> HttpClient {
+        HttpClient {
             endpoint,
             sender: None,
         }
@@ -155,18 +227,25 @@ impl Client {
     }
 
     fn request(&self, payload: &Payload) -> Request<Full<Bytes>> {
-        let mut request = Request::new(Full::new(payload.body.clone()));
+        let Wire::Http {
+            body,
+            header_length,
+        } = &payload.wire
+        else {
+            unreachable!("an HTTP client sends HTTP payloads");
+        };
+        let mut request = Request::new(Full::new(body.clone()));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.endpoint.uri.clone();
         let headers = request.headers_mut();
         headers.insert(HOST, self.endpoint.host.clone());
-        match payload.header_length {
+        match header_length {
             Some(length) => {
                 headers.insert(
                     CONTENT_TYPE,
                     HeaderValue::from_static("application/octet-stream"),
                 );
-                headers.insert(HEADER_LENGTH, HeaderValue::from(length));
+                headers.insert(HEADER_LENGTH, HeaderValue::from(*length));
             }
             None => {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -194,15 +273,15 @@ mod tests {
     #[test]
     fn targets() {
         assert_eq!(
-            parse_target("http://127.0.0.1:8000").unwrap(),
+            parse_target("http://127.0.0.1:8000", "--target").unwrap(),
             ("127.0.0.1".into(), 8000)
         );
         assert_eq!(
-            parse_target("http://localhost/").unwrap(),
+            parse_target("http://localhost/", "--target").unwrap(),
             ("localhost".into(), 80)
         );
         assert_eq!(
-            parse_target("http://[::1]:9000").unwrap(),
+            parse_target("http://[::1]:9000", "--grpc-target").unwrap(),
             ("::1".into(), 9000)
         );
         for bad in [
@@ -211,14 +290,20 @@ mod tests {
             "http://x:1/v2",
             "not a url",
         ] {
-            assert!(parse_target(bad).is_err(), "{bad}");
+            let error = parse_target(bad, "--grpc-target").unwrap_err().to_string();
+            assert!(error.contains("--grpc-target"), "{bad}: {error}");
         }
     }
 
     #[test]
     fn endpoint_path_and_host() {
-        let e = Endpoint::new("127.0.0.1:1234".parse().unwrap(), "digits_soft");
+        let e = Endpoint::new(
+            "127.0.0.1:1234".parse().unwrap(),
+            "127.0.0.1:1235".parse().unwrap(),
+            "digits_soft",
+        );
         assert_eq!(e.url(), "http://127.0.0.1:1234/v2/models/digits_soft/infer");
+        assert_eq!(e.url_of(Protocol::Grpc), "grpc://127.0.0.1:1235");
         assert_eq!(e.host, "127.0.0.1:1234");
     }
 

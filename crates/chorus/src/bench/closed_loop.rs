@@ -1,7 +1,8 @@
-//! Closed-loop HTTP load: N clients, each with its own keep-alive connection, each sending its
-//! next request as soon as the previous one is answered.
+//! Closed-loop load: N clients, each with its own keep-alive connection (HTTP/1.1 or HTTP/2),
+//! each sending its next request as soon as the previous one is answered.
 
-use super::client::{Client, Endpoint, judge};
+use super::args::Protocol;
+use super::client::{Client, Endpoint, judge, open_clients};
 use super::payload::Payload;
 use super::stats::Recorder;
 use anyhow::Context;
@@ -9,10 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
-/// What every HTTP run shares: where to send, what to send, and for how long.
+/// What every Chorus run shares: where and how to send, what to send, and for how long.
 #[derive(Debug, Clone)]
 pub struct HttpRun {
     pub endpoint: Endpoint,
+    pub protocol: Protocol,
+    /// gRPC only: HTTP/2 connections the clients share.
+    pub grpc_connections: usize,
     /// Distinct pre-encoded bodies; clients cycle through them.
     pub payloads: Arc<Vec<Payload>>,
     pub timeout: Duration,
@@ -48,15 +52,14 @@ impl HttpRun {
 
 /// Runs `concurrency` clients for the warm-up and the measured time; returns the merged recording.
 pub async fn run(run: &HttpRun, concurrency: usize) -> anyhow::Result<Recorder> {
-    let mut clients = Vec::with_capacity(concurrency);
-    for _ in 0..concurrency {
-        let mut client = Client::new(run.endpoint.clone());
-        client
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach {}", run.endpoint.url()))?;
-        clients.push(client);
-    }
+    let clients = open_clients(
+        &run.endpoint,
+        run.protocol,
+        concurrency,
+        run.grpc_connections,
+    )
+    .await
+    .with_context(|| format!("cannot reach {}", run.endpoint.url_of(run.protocol)))?;
     let window = Window::starting_now(run.warmup, run.duration);
     let mut tasks = JoinSet::new();
     for (index, client) in clients.into_iter().enumerate() {

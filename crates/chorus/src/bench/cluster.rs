@@ -16,6 +16,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 /// A running local cluster; [`SpawnedCluster::stop`] stops it (and dropping it kills it).
 pub struct SpawnedCluster {
     pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
     /// The models each worker serves, by worker name.
     pub plan: Vec<(String, Vec<String>)>,
     processes: Vec<Process>,
@@ -26,6 +27,7 @@ impl SpawnedCluster {
     pub async fn start(args: &BenchArgs, log_json: bool) -> anyhow::Result<SpawnedCluster> {
         let mut cluster = ClusterConfig::load(&args.config)?;
         cluster.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        cluster.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         cluster.workers = args.workers.unwrap_or(cluster.workers);
         cluster.validate()?;
         let models = chorus_worker::repository::model_names(&cluster.model_repository)?;
@@ -43,8 +45,9 @@ impl SpawnedCluster {
         };
         let mut processes = Vec::new();
         match up::start_cluster(&launch, &mut processes).await {
-            Ok(http_addr) => Ok(SpawnedCluster {
-                http_addr,
+            Ok(addrs) => Ok(SpawnedCluster {
+                http_addr: addrs.http,
+                grpc_addr: addrs.grpc,
                 plan: plan
                     .into_iter()
                     .enumerate()

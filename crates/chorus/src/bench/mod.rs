@@ -1,5 +1,6 @@
-//! `chorus bench`: drives a coordinator over OIP v2 HTTP (closed loop at given concurrency levels,
-//! open loop at fixed arrival rates; JSON or binary tensors; single- or multi-row requests) and
+//! `chorus bench`: drives a coordinator over OIP v2 REST or gRPC (closed loop at given concurrency
+//! levels, open loop at fixed arrival rates; JSON/typed or binary/raw tensors; single- or
+//! multi-row requests) and
 //! measures the in-process floor, the same ensemble on ONNX Runtime with no network in between.
 //! Prints each run's requests/s, rows/s, latency percentiles and errors, a Markdown table at the
 //! end, and writes everything as JSON with `--json-out`. See docs/benchmarks.md.
@@ -9,6 +10,7 @@ mod client;
 mod closed_loop;
 mod cluster;
 mod floor;
+mod grpc_client;
 mod open_loop;
 mod payload;
 mod plan;
@@ -20,7 +22,7 @@ pub use args::BenchArgs;
 
 use crate::cluster_config::ClusterConfig;
 use anyhow::{Context, bail};
-use args::Encoding;
+use args::{Encoding, Protocol};
 use client::Endpoint;
 use closed_loop::HttpRun;
 use cluster::SpawnedCluster;
@@ -134,9 +136,9 @@ async fn run_all(
     cluster: Option<&SpawnedCluster>,
 ) -> anyhow::Result<Vec<RunReport>> {
     let endpoint = match cluster {
-        Some(c) => Some(Endpoint::new(c.http_addr, &args.model)),
+        Some(c) => Some(Endpoint::new(c.http_addr, c.grpc_addr, &args.model)),
         None if runs.iter().any(|r| r.target != Target::Floor) => {
-            Some(Endpoint::resolve(&args.target, &args.model).await?)
+            Some(Endpoint::resolve(&args.target, &args.grpc_target, &args.model).await?)
         }
         None => None,
     };
@@ -147,7 +149,7 @@ async fn run_all(
     watched.extend(args.watch_pid.iter().map(|&pid| Watched::by_pid(pid)));
     watched.push(Watched::this("bench (load generator)"));
     let floor_process = [Watched::this("floor (this process)")];
-    let mut bodies: HashMap<(usize, Encoding), Arc<Vec<Payload>>> = HashMap::new();
+    let mut bodies: HashMap<(usize, Protocol, Encoding), Arc<Vec<Payload>>> = HashMap::new();
     let mut reports = Vec::with_capacity(runs.len());
     for (index, spec) in runs.iter().enumerate() {
         if index > 0 {
@@ -172,18 +174,25 @@ async fn run_all(
                 let floor = floor.as_ref().expect("loaded when the plan has floor runs");
                 (run_floor(args, spec, fixture, floor).await?, None, None)
             }
-            Target::Chorus { encoding } => {
+            Target::Chorus { protocol, encoding } => {
                 let endpoint = endpoint
                     .as_ref()
                     .expect("resolved when the plan has Chorus runs");
                 let payloads = bodies
-                    .entry((spec.rows, encoding))
+                    .entry((spec.rows, protocol, encoding))
                     .or_insert_with(|| {
-                        Arc::new(fixture.bodies(spec.rows, encoding, &args.input_name))
+                        Arc::new(fixture.payloads(
+                            spec.rows,
+                            protocol,
+                            encoding,
+                            &args.model,
+                            &args.input_name,
+                        ))
                     })
                     .clone();
-                let (recorder, pacing) = run_http(args, spec, endpoint, payloads).await?;
-                (recorder, pacing, Some(endpoint.url()))
+                let (recorder, pacing) =
+                    run_chorus(args, spec, endpoint, protocol, payloads).await?;
+                (recorder, pacing, Some(endpoint.url_of(protocol)))
             }
         };
         let cpu_to = procfs::cpu_mark(&watch);
@@ -218,14 +227,17 @@ async fn run_all(
 }
 
 /// One Chorus run, closed or open loop.
-async fn run_http(
+async fn run_chorus(
     args: &BenchArgs,
     spec: &RunSpec,
     endpoint: &Endpoint,
+    protocol: Protocol,
     payloads: Arc<Vec<Payload>>,
 ) -> anyhow::Result<(Recorder, Option<open_loop::Pacing>)> {
     let http = HttpRun {
         endpoint: endpoint.clone(),
+        protocol,
+        grpc_connections: usize::from(args.grpc_connections),
         payloads,
         timeout: args.timeout,
         verify_every: args.verify_every,
@@ -262,13 +274,16 @@ async fn run_floor(
 }
 
 /// One request before the runs, so that a wrong target, model or input fails with the server's
-/// own words instead of a run full of errors.
+/// own words instead of a run full of errors; over gRPC too when a run uses it.
 async fn preflight(endpoint: &Endpoint, fixture: &Fixture, args: &BenchArgs) -> anyhow::Result<()> {
     let payload = &fixture.bodies(1, Encoding::Json, &args.input_name)[0];
+    let payload::Wire::Http { body, .. } = &payload.wire else {
+        unreachable!("bodies() encodes HTTP requests");
+    };
     let response = reqwest::Client::new()
         .post(endpoint.url())
         .header("content-type", "application/json")
-        .body(payload.body.clone())
+        .body(body.clone())
         .timeout(args.timeout)
         .send()
         .await
@@ -280,6 +295,27 @@ async fn preflight(endpoint: &Endpoint, fixture: &Fixture, args: &BenchArgs) -> 
             "{} answered {status} to a one-row request: {text}",
             endpoint.url()
         );
+    }
+    if args.protocol.contains(&Protocol::Grpc) {
+        let payloads = fixture.payloads(
+            1,
+            Protocol::Grpc,
+            Encoding::Binary,
+            &args.model,
+            &args.input_name,
+        );
+        let payload::Wire::Grpc(message) = &payloads[0].wire else {
+            unreachable!("a gRPC payload");
+        };
+        let url = endpoint.url_of(Protocol::Grpc);
+        let mut client = grpc_client::GrpcClient::new(endpoint.grpc);
+        client
+            .connect()
+            .await
+            .with_context(|| format!("cannot reach {url}"))?;
+        if let client::Answer::Failed(failure) = client.send(message, args.timeout, false).await {
+            bail!("{url} failed a one-row request: {failure:?}");
+        }
     }
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! milliseconds, coarser than the gaps between requests); it hands each due request to an idle
 //! connection task and never waits for an answer.
 
-use super::client::{Client, judge};
+use super::client::{Client, judge, open_clients};
 use super::closed_loop::HttpRun;
 use super::stats::{Failure, Recorder};
 use anyhow::Context;
@@ -73,12 +73,15 @@ pub async fn run(
     let (free_tx, free_rx) = mpsc::unbounded_channel::<usize>();
     let mut slots = Vec::with_capacity(max_outstanding);
     let mut tasks = JoinSet::new();
-    for slot in 0..max_outstanding {
-        let mut client = Client::new(run.endpoint.clone());
-        client
-            .connect()
-            .await
-            .with_context(|| format!("cannot reach {}", run.endpoint.url()))?;
+    let clients = open_clients(
+        &run.endpoint,
+        run.protocol,
+        max_outstanding,
+        run.grpc_connections,
+    )
+    .await
+    .with_context(|| format!("cannot reach {}", run.endpoint.url_of(run.protocol)))?;
+    for (slot, client) in clients.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel::<Due>(1);
         slots.push(tx);
         free_tx.send(slot).expect("the receiver is alive");

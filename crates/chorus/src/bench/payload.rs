@@ -1,10 +1,13 @@
 //! Request payloads, encoded once before a run: the fixture's real rows in JSON or binary-extension
-//! bodies (and as tensors for the floor), plus the labels each one should get back.
+//! bodies, or as gRPC messages with typed or raw contents (and as tensors for the floor), plus the
+//! labels each one should get back.
 
-use super::args::Encoding;
+use super::args::{Encoding, Protocol};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use chorus_common::Tensor;
+use chorus_coordinator::grpc::proto::model_infer_request::InferInputTensor;
+use chorus_coordinator::grpc::proto::{InferTensorContents, ModelInferRequest};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::path::Path;
@@ -78,20 +81,43 @@ impl Fixture {
 
     /// Every distinct HTTP body of `rows` rows in `encoding`.
     pub fn bodies(&self, rows: usize, encoding: Encoding, input: &str) -> Vec<Payload> {
+        self.payloads(rows, Protocol::Http, encoding, "", input)
+    }
+
+    /// Every distinct request of `rows` rows for `model`, in `protocol` and `encoding`.
+    pub fn payloads(
+        &self,
+        rows: usize,
+        protocol: Protocol,
+        encoding: Encoding,
+        model: &str,
+        input: &str,
+    ) -> Vec<Payload> {
         (0..self.batch_count(rows))
             .map(|index| {
                 let values = self.values(index, rows);
                 let shape = [rows, self.features()];
-                let (body, header_length) = match encoding {
-                    Encoding::Json => (json_body(input, shape, &values), None),
-                    Encoding::Binary => {
+                let wire = match (protocol, encoding) {
+                    (Protocol::Http, Encoding::Json) => Wire::Http {
+                        body: json_body(input, shape, &values),
+                        header_length: None,
+                    },
+                    (Protocol::Http, Encoding::Binary) => {
                         let (body, length) = binary_body(input, shape, &values);
-                        (body, Some(length))
+                        Wire::Http {
+                            body,
+                            header_length: Some(length),
+                        }
+                    }
+                    (Protocol::Grpc, encoding) => {
+                        let request = grpc_request(model, input, shape, &values, encoding);
+                        Wire::Grpc(super::grpc_client::frame(&prost::Message::encode_to_vec(
+                            &request,
+                        )))
                     }
                 };
                 Payload {
-                    body,
-                    header_length,
+                    wire,
                     rows,
                     expected: self.expected(index, rows),
                 }
@@ -114,12 +140,57 @@ impl Fixture {
 /// One pre-encoded request.
 #[derive(Debug, Clone)]
 pub struct Payload {
-    pub body: Bytes,
-    /// `Inference-Header-Content-Length` for binary bodies.
-    pub header_length: Option<usize>,
+    pub wire: Wire,
     pub rows: usize,
     /// The labels a correct answer carries, when the fixture has them.
     pub expected: Option<Vec<i64>>,
+}
+
+/// A request as it goes on the wire.
+#[derive(Debug, Clone)]
+pub enum Wire {
+    Http {
+        body: Bytes,
+        /// `Inference-Header-Content-Length` for binary bodies.
+        header_length: Option<usize>,
+    },
+    /// A `ModelInferRequest`, encoded and framed once.
+    Grpc(Bytes),
+}
+
+/// A `ModelInferRequest`: `binary` sends raw contents, `json` typed `fp32_contents`.
+fn grpc_request(
+    model: &str,
+    input: &str,
+    shape: [usize; 2],
+    values: &[f32],
+    encoding: Encoding,
+) -> ModelInferRequest {
+    let mut tensor = InferInputTensor {
+        name: input.into(),
+        datatype: "FP32".into(),
+        shape: shape.iter().map(|&d| d as i64).collect(),
+        ..Default::default()
+    };
+    let mut raw = Vec::new();
+    match encoding {
+        Encoding::Json => {
+            tensor.contents = Some(InferTensorContents {
+                fp32_contents: values.to_vec(),
+                ..Default::default()
+            });
+        }
+        Encoding::Binary => {
+            let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            raw.push(Bytes::from(bytes));
+        }
+    }
+    ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![tensor],
+        raw_input_contents: raw,
+        ..Default::default()
+    }
 }
 
 fn json_body(input: &str, shape: [usize; 2], values: &[f32]) -> Bytes {
@@ -199,12 +270,23 @@ mod tests {
         assert_eq!(f.bodies(32, Encoding::Json, "input").len(), 1);
     }
 
+    fn http(payload: &Payload) -> (&Bytes, Option<usize>) {
+        match &payload.wire {
+            Wire::Http {
+                body,
+                header_length,
+            } => (body, *header_length),
+            Wire::Grpc(_) => panic!("an HTTP payload"),
+        }
+    }
+
     #[test]
     fn json_body_is_an_infer_request() {
         let b = &fixture().bodies(2, Encoding::Json, "x")[1];
-        assert_eq!(b.header_length, None);
+        let (body, header_length) = http(b);
+        assert_eq!(header_length, None);
         assert_eq!(b.rows, 2);
-        let v: Value = serde_json::from_slice(&b.body).unwrap();
+        let v: Value = serde_json::from_slice(body).unwrap();
         assert_eq!(v["inputs"][0]["name"], "x");
         assert_eq!(v["inputs"][0]["shape"], json!([2, 2]));
         assert_eq!(v["inputs"][0]["datatype"], "FP32");
@@ -214,15 +296,40 @@ mod tests {
     #[test]
     fn binary_body_has_header_then_little_endian_floats() {
         let b = &fixture().bodies(1, Encoding::Binary, "input")[3];
-        let length = b.header_length.unwrap();
-        let header: Value = serde_json::from_slice(&b.body[..length]).unwrap();
+        let (body, length) = http(b);
+        let length = length.unwrap();
+        let header: Value = serde_json::from_slice(&body[..length]).unwrap();
         assert_eq!(header["inputs"][0]["parameters"]["binary_data_size"], 8);
         assert_eq!(header["parameters"]["binary_data_output"], true);
         assert!(header["inputs"][0].get("data").is_none());
-        let tail = &b.body[length..];
+        let tail = &body[length..];
         assert_eq!(tail.len(), 8);
         assert_eq!(f32::from_le_bytes(tail[..4].try_into().unwrap()), 3.0);
         assert_eq!(f32::from_le_bytes(tail[4..].try_into().unwrap()), 0.5);
+    }
+
+    #[test]
+    fn grpc_requests_carry_the_same_rows_raw_or_typed() {
+        let f = fixture();
+        let raw = &f.payloads(2, Protocol::Grpc, Encoding::Binary, "m", "x")[1];
+        let typed = &f.payloads(2, Protocol::Grpc, Encoding::Json, "m", "x")[1];
+        let decode = |p: &Payload| match &p.wire {
+            Wire::Grpc(framed) => {
+                <ModelInferRequest as prost::Message>::decode(framed.slice(5..)).unwrap()
+            }
+            Wire::Http { .. } => panic!("a gRPC payload"),
+        };
+        let (raw, typed) = (decode(raw), decode(typed));
+        assert_eq!(raw.model_name, "m");
+        assert_eq!(raw.inputs[0].shape, vec![2, 2]);
+        let values: Vec<f32> = raw.raw_input_contents[0]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        assert_eq!(values, vec![2.0, 0.5, 3.0, 0.5]);
+        let contents = typed.inputs[0].contents.as_ref().unwrap();
+        assert_eq!(contents.fp32_contents, values);
+        assert!(typed.raw_input_contents.is_empty());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The list of runs one `chorus bench` invocation makes, expanded from its flags.
 
-use super::args::{BenchArgs, Encoding};
+use super::args::{BenchArgs, Encoding, Protocol};
 use serde::Serialize;
 
 /// Concurrency levels when neither `--concurrency` nor `--rate` is given.
@@ -12,8 +12,11 @@ pub const DEFAULT_CONCURRENCY: [usize; 4] = [1, 8, 32, 64];
 pub enum Target {
     /// The ensemble in this process, on ONNX Runtime directly.
     Floor,
-    /// A Chorus coordinator over HTTP.
-    Chorus { encoding: Encoding },
+    /// A Chorus coordinator over REST or gRPC.
+    Chorus {
+        protocol: Protocol,
+        encoding: Encoding,
+    },
 }
 
 /// How load is offered.
@@ -35,7 +38,7 @@ pub struct RunSpec {
 }
 
 /// Expands the flags into runs. For each row count, each load level: the floor first (when
-/// asked), then Chorus in each encoding, so that a floor figure and the Chorus figures it is
+/// asked), then Chorus in each protocol and encoding, so that a floor figure and the Chorus figures it is
 /// compared with are measured minutes apart at most. The floor runs closed-loop only.
 pub fn expand(args: &BenchArgs) -> Result<Vec<RunSpec>, String> {
     let mut loads: Vec<Load> = args
@@ -60,8 +63,8 @@ pub fn expand(args: &BenchArgs) -> Result<Vec<RunSpec>, String> {
     if args.max_outstanding == 0 {
         return Err("--max-outstanding must be 1 or more".into());
     }
-    if args.encoding.is_empty() || args.rows.is_empty() {
-        return Err("give at least one --encoding and one --rows value".into());
+    if args.encoding.is_empty() || args.rows.is_empty() || args.protocol.is_empty() {
+        return Err("give at least one --protocol, --encoding and --rows value".into());
     }
     let floor = args.floor || args.with_floor;
     let chorus = !args.floor;
@@ -76,11 +79,13 @@ pub fn expand(args: &BenchArgs) -> Result<Vec<RunSpec>, String> {
                 });
             }
             if chorus {
-                runs.extend(args.encoding.iter().map(|&encoding| RunSpec {
-                    target: Target::Chorus { encoding },
-                    load,
-                    rows,
-                }));
+                for &protocol in &args.protocol {
+                    runs.extend(args.encoding.iter().map(|&encoding| RunSpec {
+                        target: Target::Chorus { protocol, encoding },
+                        load,
+                        rows,
+                    }));
+                }
             }
         }
     }
@@ -117,6 +122,7 @@ mod tests {
         assert!(runs.iter().all(|r| r.rows == 1
             && r.target
                 == Target::Chorus {
+                    protocol: Protocol::Http,
                     encoding: Encoding::Json
                 }));
     }
@@ -137,6 +143,7 @@ mod tests {
         assert_eq!(
             runs[1].target,
             Target::Chorus {
+                protocol: Protocol::Http,
                 encoding: Encoding::Json
             }
         );

@@ -82,11 +82,13 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// `chorus json`, `floor`.
+    /// `chorus http json`, `chorus grpc binary`, `floor`.
     pub fn target_name(&self) -> String {
         match self.target {
             Target::Floor => "floor".into(),
-            Target::Chorus { encoding } => format!("chorus {}", encoding.as_str()),
+            Target::Chorus { protocol, encoding } => {
+                format!("chorus {} {}", protocol.as_str(), encoding.as_str())
+            }
         }
     }
 
@@ -103,7 +105,7 @@ impl RunReport {
         let s = &self.results;
         let l = &s.latency_us;
         let mut line = format!(
-            "{:<14} {:<8} rows={:<3} {:>9.0} req/s {:>10.0} rows/s  p50 {} p90 {} p99 {} p99.9 {} max {} ms  errors: {}",
+            "{:<18} {:<8} rows={:<3} {:>9.0} req/s {:>10.0} rows/s  p50 {} p90 {} p99 {} p99.9 {} max {} ms  errors: {}",
             self.target_name(),
             self.load_name(),
             self.rows,
@@ -200,7 +202,7 @@ pub fn markdown(runs: &[RunReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::args::Encoding;
+    use crate::bench::args::{Encoding, Protocol};
     use crate::bench::stats::{Failure, Recorder};
     use serde_json::{Value, json};
     use std::time::Duration;
@@ -214,6 +216,7 @@ mod tests {
         RunReport {
             label: "batching-off".into(),
             target: Target::Chorus {
+                protocol: Protocol::Http,
                 encoding: Encoding::Binary,
             },
             url: Some("http://127.0.0.1:1/v2/models/m/infer".into()),
@@ -249,7 +252,10 @@ mod tests {
     #[test]
     fn json_shape_has_parameters_and_results() {
         let v: Value = serde_json::to_value(run()).unwrap();
-        assert_eq!(v["target"], json!({"kind": "chorus", "encoding": "binary"}));
+        assert_eq!(
+            v["target"],
+            json!({"kind": "chorus", "protocol": "http", "encoding": "binary"})
+        );
         assert_eq!(v["mode"], "closed");
         assert_eq!(v["concurrency"], 8);
         assert_eq!(v["rows"], 32);
@@ -282,7 +288,7 @@ mod tests {
     fn line_and_table() {
         let r = run();
         let line = r.line();
-        assert!(line.starts_with("chorus binary  c=8"), "{line}");
+        assert!(line.starts_with("chorus http binary c=8 "), "{line}");
         assert!(line.contains("p50 0.250"), "{line}");
         assert!(line.contains("errors: 503×1"), "{line}");
         assert!(line.contains("coordinator 20.0 MiB"), "{line}");
@@ -292,7 +298,7 @@ mod tests {
         let rows: Vec<&str> = table.lines().collect();
         assert_eq!(rows.len(), 3);
         assert_eq!(rows[0].matches('|').count(), rows[2].matches('|').count());
-        assert!(rows[2].starts_with("| batching-off | chorus binary | c=8 | 32 | 1 | 32 |"));
+        assert!(rows[2].starts_with("| batching-off | chorus http binary | c=8 | 32 | 1 | 32 |"));
     }
 
     #[test]

@@ -1,65 +1,31 @@
 //! The one place where failures become HTTP statuses: `{"error": "..."}` bodies, as OIP v2 asks.
 
-use crate::ensemble::EnsembleError;
-use crate::pool::CallError;
+use crate::infer::{ErrorKind, InferError};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chorus_common::WorkerError;
-use chorus_common::validate::InputError;
 
 /// Seconds a client is told to wait before retrying an unavailable or overloaded request.
 const RETRY_AFTER_SECS: &str = "1";
 
-/// Every way an HTTP request can fail.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("unknown model '{model}'{}", version.as_ref().map(|v| format!(" version {v}")).unwrap_or_default())]
-    ModelNotFound {
-        model: String,
-        version: Option<String>,
-    },
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    MethodNotAllowed(String),
-    #[error(
-        "the inputs hold {bytes} bytes, more than the {limit} bytes one worker call may carry (raise --max-frame-bytes on coordinator and workers, or split the batch)"
-    )]
-    CallTooLarge { bytes: usize, limit: usize },
-    #[error("request body is larger than the limit of {limit} bytes")]
-    PayloadTooLarge { limit: usize },
-    #[error("{0}")]
-    Unavailable(String),
-    #[error("{0}")]
-    Overloaded(String),
-    #[error("{0}")]
-    DeadlineExceeded(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl ApiError {
-    fn status(&self) -> StatusCode {
-        match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::ModelNotFound { .. } | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::PayloadTooLarge { .. } | ApiError::CallTooLarge { .. } => {
-                StatusCode::PAYLOAD_TOO_LARGE
-            }
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+/// The HTTP status of each kind of failure (docs/protocol.md has the same table).
+pub fn status(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        // Never sent (the client is gone); nginx's code, should a proxy log it.
+        ErrorKind::Cancelled => StatusCode::from_u16(499).expect("499 is a valid status"),
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for InferError {
     fn into_response(self) -> Response {
-        let status = self.status();
+        let status = status(self.kind());
         let body = serde_json::json!({ "error": self.to_string() });
         let mut response = (status, axum::Json(body)).into_response();
         if matches!(
@@ -72,45 +38,5 @@ impl IntoResponse for ApiError {
             );
         }
         response
-    }
-}
-
-impl From<InputError> for ApiError {
-    fn from(e: InputError) -> Self {
-        ApiError::BadRequest(e.to_string())
-    }
-}
-
-impl From<CallError> for ApiError {
-    fn from(e: CallError) -> Self {
-        match &e {
-            CallError::Worker { error, .. } => match error {
-                WorkerError::InvalidInput(message) => ApiError::BadRequest(message.clone()),
-                WorkerError::Overloaded(_) => ApiError::Overloaded(e.to_string()),
-                WorkerError::DeadlineExceeded => ApiError::DeadlineExceeded(e.to_string()),
-                WorkerError::ModelNotFound { .. } | WorkerError::Draining => {
-                    ApiError::Unavailable(e.to_string())
-                }
-                WorkerError::Internal(_) => ApiError::Internal(e.to_string()),
-            },
-            CallError::Transport { .. } | CallError::NoReplica { .. } => {
-                ApiError::Unavailable(e.to_string())
-            }
-            CallError::DeadlineExceeded { .. } => ApiError::DeadlineExceeded(e.to_string()),
-        }
-    }
-}
-
-impl From<EnsembleError> for ApiError {
-    fn from(e: EnsembleError) -> Self {
-        match e {
-            EnsembleError::BadInput(message) => ApiError::BadRequest(message),
-            EnsembleError::NoQuorum { .. } => ApiError::Unavailable(e.to_string()),
-            EnsembleError::MetaModelLate { .. } | EnsembleError::QuorumLate { .. } => {
-                ApiError::DeadlineExceeded(e.to_string())
-            }
-            EnsembleError::MetaModel { error, .. } => ApiError::from(error),
-            EnsembleError::Combine { .. } => ApiError::Internal(e.to_string()),
-        }
     }
 }

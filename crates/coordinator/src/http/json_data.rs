@@ -1,5 +1,6 @@
 //! Conversion between OIP v2 JSON `data` arrays and raw little-endian tensor bytes.
 
+use crate::infer::decode;
 use bytes::Bytes;
 use chorus_common::tensor::{Element, encode_bytes_elements};
 use chorus_common::{DataType, Tensor};
@@ -25,10 +26,7 @@ pub fn encode(
     let mut leaves = Vec::with_capacity(expected.min(1 << 20));
     flatten(data, &mut leaves);
     if leaves.len() != expected {
-        return Err(format!(
-            "input '{name}' has {} data elements but its shape calls for {expected}",
-            leaves.len()
-        ));
+        return Err(decode::element_count_mismatch(name, leaves.len(), expected).to_string());
     }
     let bad = |index: usize, wanted: &str| {
         format!(

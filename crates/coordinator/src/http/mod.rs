@@ -1,82 +1,30 @@
-//! The Open Inference Protocol v2 HTTP gateway: routes, shared state, body limits.
+//! The Open Inference Protocol v2 REST front end (axum): routes, body limits, and the decoding
+//! and encoding of requests and answers around the inference core.
 
 mod error;
 mod infer;
 mod json_data;
 mod metadata;
+mod model_config;
 mod request;
 mod response;
+mod statistics;
 
-pub use error::ApiError;
+pub use error::status;
 
-use crate::catalog::Catalog;
-use crate::metrics::Metrics;
-use crate::router::Router as MemberRouter;
+use crate::infer::{Infer, InferError};
 use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-/// Request limits and defaults, from the coordinator's config.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_body_bytes: usize,
-    /// Largest total of input bytes one worker call may carry (the RPC frame limit, less room
-    /// for the call's other fields).
-    pub max_call_bytes: usize,
-    /// Deadline of single-model requests (ensembles carry their own).
-    pub model_deadline: Duration,
-}
+/// State every handler shares: the inference core.
+pub type App = Arc<Infer>;
 
-impl Limits {
-    /// Room left in an RPC frame for everything but the tensors' bytes.
-    const FRAME_OVERHEAD: usize = 64 * 1024;
-
-    pub fn new(max_body_bytes: usize, max_frame_bytes: usize, model_deadline: Duration) -> Self {
-        Limits {
-            max_body_bytes,
-            max_call_bytes: max_frame_bytes.saturating_sub(Self::FRAME_OVERHEAD),
-            model_deadline,
-        }
-    }
-}
-
-/// State every handler shares.
-pub struct App {
-    pub catalog: Catalog,
-    pub router: Arc<MemberRouter>,
-    pub limits: Limits,
-    /// The router's metrics, which `GET /metrics` encodes.
-    pub metrics: Arc<Metrics>,
-    next_request_id: AtomicU64,
-}
-
-impl App {
-    pub fn new(catalog: Catalog, router: Arc<MemberRouter>, limits: Limits) -> Self {
-        App {
-            catalog,
-            metrics: Arc::clone(router.metrics()),
-            router,
-            limits,
-            next_request_id: AtomicU64::new(1),
-        }
-    }
-
-    /// An id for logs when the client sent none.
-    fn fresh_request_id(&self) -> String {
-        format!(
-            "chorus-{}",
-            self.next_request_id.fetch_add(1, Ordering::Relaxed)
-        )
-    }
-}
-
-/// All OIP v2 routes Chorus serves.
-pub fn router(app: Arc<App>) -> Router {
+/// All OIP v2 routes Chorus serves, with Triton's model configuration and statistics extensions.
+pub fn router(app: App) -> Router {
     Router::new()
         .route("/v2", get(metadata::server))
         .route("/v2/health/live", get(metadata::live))
@@ -90,6 +38,17 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/v2/models/{model}/versions/{version}/ready",
             get(metadata::model_version_ready),
+        )
+        .route("/v2/models/{model}/config", get(model_config::config))
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(model_config::config_version),
+        )
+        .route("/v2/models/stats", get(statistics::all))
+        .route("/v2/models/{model}/stats", get(statistics::model))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(statistics::model_version),
         )
         .route("/v2/models/{model}/infer", post(infer::infer))
         .route(
@@ -105,21 +64,25 @@ pub fn router(app: Arc<App>) -> Router {
 }
 
 /// Reads a body up to `limit` bytes; larger bodies (declared or streamed) are refused with 413.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, InferError> {
+    let too_large = || InferError::PayloadTooLarge {
+        what: "request body",
+        limit,
+    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return Err(ApiError::PayloadTooLarge { limit });
+        return Err(too_large());
     }
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
+        let over_limit = std::error::Error::source(&e)
             .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if too_large {
-            ApiError::PayloadTooLarge { limit }
+        if over_limit {
+            too_large()
         } else {
-            ApiError::BadRequest(format!("could not read the request body: {e}"))
+            InferError::bad_request(format!("could not read the request body: {e}"))
         }
     })
 }

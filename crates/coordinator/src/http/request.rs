@@ -1,8 +1,9 @@
-//! Parsing an OIP v2 infer request: JSON tensors, the binary tensor extension
-//! (`Inference-Header-Content-Length`, `binary_data_size`) and raw single-input bodies.
+//! Decoding an OIP v2 REST infer request into the core's [`InferRequest`]: JSON tensors, the
+//! binary tensor extension (`Inference-Header-Content-Length`, `binary_data_size`) and raw
+//! single-input bodies, plus how the client wants each output encoded.
 
-use super::error::ApiError;
 use super::json_data;
+use crate::infer::{InferError, InferRequest, decode};
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use chorus_common::tensor::element_count;
@@ -14,24 +15,22 @@ use std::time::Duration;
 /// Header that splits a binary-extension body into its JSON part and its tensor bytes.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
 
-/// An output the client asked for, with its own binary preference if it stated one.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RequestedOutput {
-    pub name: String,
-    pub binary: Option<bool>,
+/// How the client wants outputs encoded: each output's own `binary_data` if it stated one, else
+/// the request-level `binary_data_output`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutputEncoding {
+    pub binary_default: bool,
+    /// Outputs that stated `binary_data`, with it.
+    pub stated: Vec<(String, bool)>,
 }
 
-/// A parsed infer request, inputs already as raw tensors.
-#[derive(Debug)]
-pub struct InferRequest {
-    pub id: Option<String>,
-    pub inputs: Vec<Tensor>,
-    /// Empty means every output.
-    pub outputs: Vec<RequestedOutput>,
-    /// The request-level `binary_data_output` parameter.
-    pub binary_output: bool,
-    /// The client's `timeout` parameter, which may only shorten the server's deadline.
-    pub timeout: Option<Duration>,
+impl OutputEncoding {
+    pub fn binary(&self, output: &str) -> bool {
+        self.stated
+            .iter()
+            .find(|(name, _)| name == output)
+            .map_or(self.binary_default, |(_, binary)| *binary)
+    }
 }
 
 #[derive(Deserialize)]
@@ -61,22 +60,13 @@ struct OutputJson {
     parameters: Map<String, Value>,
 }
 
-/// Parameters that belong to extensions Chorus does not implement; refusing them beats silently
-/// answering something else.
-const UNSUPPORTED_PARAMETERS: [&str; 4] = [
-    "shared_memory_region",
-    "shared_memory_offset",
-    "shared_memory_byte_size",
-    "classification",
-];
-
 /// Parses a request body. `single_input` is the model's input when it has exactly one; raw
 /// bodies (`Inference-Header-Content-Length: 0`) need it.
 pub fn parse(
     headers: &HeaderMap,
     body: Bytes,
     single_input: Option<&TensorSpec>,
-) -> Result<InferRequest, ApiError> {
+) -> Result<(InferRequest, OutputEncoding), InferError> {
     let header_length = header_length(headers, body.len())?;
     match header_length {
         Some(0) => raw_request(body, single_input),
@@ -88,7 +78,7 @@ pub fn parse(
     }
 }
 
-fn header_length(headers: &HeaderMap, body_length: usize) -> Result<Option<usize>, ApiError> {
+fn header_length(headers: &HeaderMap, body_length: usize) -> Result<Option<usize>, InferError> {
     let Some(value) = headers.get(HEADER_LENGTH) else {
         return Ok(None);
     };
@@ -97,23 +87,23 @@ fn header_length(headers: &HeaderMap, body_length: usize) -> Result<Option<usize
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .ok_or_else(|| {
-            ApiError::BadRequest(format!(
+            bad(format!(
                 "Inference-Header-Content-Length must be a whole number of bytes, got {value:?}"
             ))
         })?;
     if length > body_length {
-        return Err(ApiError::BadRequest(format!(
+        return Err(bad(format!(
             "Inference-Header-Content-Length is {length} but the body has only {body_length} bytes"
         )));
     }
     Ok(Some(length))
 }
 
-fn bad(message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest(message.into())
+fn bad(message: impl Into<String>) -> InferError {
+    InferError::BadRequest(message.into())
 }
 
-fn parse_json(json: &[u8], binary: Bytes) -> Result<InferRequest, ApiError> {
+fn parse_json(json: &[u8], binary: Bytes) -> Result<(InferRequest, OutputEncoding), InferError> {
     let request: RequestJson = serde_json::from_slice(json)
         .map_err(|e| bad(format!("request body is not a valid infer request: {e}")))?;
     reject_unsupported(&request.parameters, "the request")?;
@@ -182,35 +172,34 @@ fn parse_json(json: &[u8], binary: Bytes) -> Result<InferRequest, ApiError> {
             binary.len()
         )));
     }
-    let outputs = request
-        .outputs
-        .iter()
-        .map(|o| {
-            reject_unsupported(&o.parameters, &format!("output '{}'", o.name))?;
-            Ok(RequestedOutput {
-                name: o.name.clone(),
-                binary: bool_parameter(&o.parameters, "binary_data")?,
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+    let mut encoding = OutputEncoding {
+        binary_default: bool_parameter(&request.parameters, "binary_data_output")?.unwrap_or(false),
+        stated: Vec::new(),
+    };
+    let mut outputs = Vec::with_capacity(request.outputs.len());
+    for output in request.outputs {
+        reject_unsupported(&output.parameters, &format!("output '{}'", output.name))?;
+        if let Some(binary) = bool_parameter(&output.parameters, "binary_data")? {
+            encoding.stated.push((output.name.clone(), binary));
+        }
+        outputs.push(output.name);
+    }
     let timeout = match request.parameters.get("timeout") {
         None => None,
-        Some(v) => Some(Duration::from_micros(v.as_u64().ok_or_else(|| {
-            bad(format!(
-                "parameter `timeout` must be a non-negative integer of microseconds, got {v}"
-            ))
-        })?)),
+        Some(v) => Some(Duration::from_micros(
+            v.as_u64().ok_or_else(|| decode::bad_timeout(v))?,
+        )),
     };
-    Ok(InferRequest {
+    let request = InferRequest {
         id: request.id,
         inputs,
         outputs,
-        binary_output: bool_parameter(&request.parameters, "binary_data_output")?.unwrap_or(false),
         timeout,
-    })
+    };
+    Ok((request, encoding))
 }
 
-fn bool_parameter(parameters: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
+fn bool_parameter(parameters: &Map<String, Value>, key: &str) -> Result<Option<bool>, InferError> {
     match parameters.get(key) {
         None => Ok(None),
         Some(Value::Bool(b)) => Ok(Some(*b)),
@@ -220,20 +209,15 @@ fn bool_parameter(parameters: &Map<String, Value>, key: &str) -> Result<Option<b
     }
 }
 
-fn reject_unsupported(parameters: &Map<String, Value>, whose: &str) -> Result<(), ApiError> {
-    match UNSUPPORTED_PARAMETERS
-        .iter()
-        .find(|p| parameters.contains_key(**p))
-    {
-        Some(p) => Err(bad(format!(
-            "{whose} uses parameter `{p}`, which Chorus does not support (no shared-memory or classification extension); send tensor data in the body instead"
-        ))),
-        None => Ok(()),
-    }
+fn reject_unsupported(parameters: &Map<String, Value>, whose: &str) -> Result<(), InferError> {
+    decode::reject_unsupported_parameters(parameters.keys().map(String::as_str), whose)
 }
 
 /// A raw body: one input, batch of one, exactly the model's single input's bytes.
-fn raw_request(body: Bytes, single_input: Option<&TensorSpec>) -> Result<InferRequest, ApiError> {
+fn raw_request(
+    body: Bytes,
+    single_input: Option<&TensorSpec>,
+) -> Result<(InferRequest, OutputEncoding), InferError> {
     let spec = single_input.ok_or_else(|| {
         bad("a raw request body (Inference-Header-Content-Length: 0) is only accepted by models with exactly one input")
     })?;
@@ -243,7 +227,7 @@ fn raw_request(body: Bytes, single_input: Option<&TensorSpec>) -> Result<InferRe
         .iter()
         .map(|&d| if d < 0 { 1 } else { d })
         .collect();
-    Ok(InferRequest {
+    let request = InferRequest {
         id: None,
         inputs: vec![Tensor {
             name: spec.name.clone(),
@@ -252,9 +236,13 @@ fn raw_request(body: Bytes, single_input: Option<&TensorSpec>) -> Result<InferRe
             data: body,
         }],
         outputs: Vec::new(),
-        binary_output: true,
         timeout: None,
-    })
+    };
+    let encoding = OutputEncoding {
+        binary_default: true,
+        stated: Vec::new(),
+    };
+    Ok((request, encoding))
 }
 
 #[cfg(test)]
@@ -281,17 +269,16 @@ mod tests {
         let body = r#"{"id":"7","parameters":{"timeout":1500,"binary_data_output":true},
             "inputs":[{"name":"input","shape":[1,2],"datatype":"FP32","data":[[1.0,2.0]]}],
             "outputs":[{"name":"label","parameters":{"binary_data":false}}]}"#;
-        let r = parse(&headers(None), Bytes::from(body), None).unwrap();
+        let (r, encoding) = parse(&headers(None), Bytes::from(body), None).unwrap();
         assert_eq!(r.id.as_deref(), Some("7"));
         assert_eq!(r.timeout, Some(Duration::from_micros(1500)));
-        assert!(r.binary_output);
-        assert_eq!(
-            r.outputs,
-            vec![RequestedOutput {
-                name: "label".into(),
-                binary: Some(false)
-            }]
+        assert!(encoding.binary_default);
+        assert_eq!(r.outputs, vec!["label".to_string()]);
+        assert!(
+            !encoding.binary("label"),
+            "the output's own preference wins"
         );
+        assert!(encoding.binary("probabilities"));
         assert_eq!(r.inputs[0].to_values::<f32>().unwrap(), vec![1.0, 2.0]);
     }
 
@@ -300,7 +287,7 @@ mod tests {
         let json = r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}},
             {"name":"b","shape":[2],"datatype":"INT8","parameters":{"binary_data_size":2}}]}"#;
         let (h, body) = binary_body(json, &[0, 0, 128, 63, 5, 251]);
-        let r = parse(&h, body, None).unwrap();
+        let (r, _) = parse(&h, body, None).unwrap();
         assert_eq!(r.inputs[0].to_values::<f32>().unwrap(), vec![1.0]);
         assert_eq!(r.inputs[1].to_values::<i8>().unwrap(), vec![5, -5]);
     }
@@ -371,8 +358,10 @@ mod tests {
             datatype: DataType::Fp32,
             shape: vec![-1, 2],
         };
-        let r = parse(&headers(Some(0)), Bytes::from(vec![0u8; 8]), Some(&spec)).unwrap();
+        let (r, encoding) =
+            parse(&headers(Some(0)), Bytes::from(vec![0u8; 8]), Some(&spec)).unwrap();
         assert_eq!(r.inputs[0].shape, vec![1, 2]);
+        assert!(encoding.binary("anything"), "raw requests get raw answers");
         assert!(parse(&headers(Some(0)), Bytes::from(vec![0u8; 8]), None).is_err());
     }
 }

@@ -1,24 +1,45 @@
-//! Encoding an infer response: JSON tensors, or the binary tensor extension for outputs the
-//! client asked to receive as raw bytes.
+//! Encoding the core's answer as an OIP v2 REST response: JSON tensors, or the binary tensor
+//! extension for outputs the client asked to receive as raw bytes.
 
-use super::error::ApiError;
 use super::json_data::{self, JsonData};
-use super::request::{HEADER_LENGTH, RequestedOutput};
+use super::request::{HEADER_LENGTH, OutputEncoding};
+use crate::infer::{InferAnswer, InferError, ParameterValue};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use chorus_common::Tensor;
 use serde::Serialize;
+use serde::ser::SerializeMap;
 use serde_json::{Map, Value};
 
 #[derive(Serialize)]
 struct ResponseJson<'a> {
     model_name: &'a str,
     model_version: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    #[serde(skip_serializing_if = "Map::is_empty")]
-    parameters: Map<String, Value>,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Parameters::is_empty")]
+    parameters: Parameters<'a>,
     outputs: Vec<OutputJson<'a>>,
+}
+
+/// Response parameters as a JSON object, in the core's (sorted) order.
+struct Parameters<'a>(&'a [(&'static str, ParameterValue)]);
+
+impl Parameters<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Parameters<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (name, value) in self.0 {
+            match value {
+                ParameterValue::Bool(b) => map.serialize_entry(name, b)?,
+                ParameterValue::Text(t) => map.serialize_entry(name, t)?,
+            }
+        }
+        map.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -32,70 +53,23 @@ struct OutputJson<'a> {
     data: Option<JsonData>,
 }
 
-/// Everything that goes into one infer response.
-pub struct InferResponse<'a> {
-    pub model_name: &'a str,
-    pub model_version: &'a str,
-    pub id: Option<&'a str>,
-    pub parameters: Map<String, Value>,
-    /// Outputs in the order the client will see them (already filtered to those requested).
-    pub outputs: Vec<Tensor>,
+fn malformed(e: impl std::fmt::Display) -> InferError {
+    InferError::Internal(format!("worker returned a malformed tensor: {e}"))
 }
 
-/// Picks and orders outputs: the requested ones in request order, or all of them.
-pub fn select_outputs(
-    all: Vec<Tensor>,
-    requested: &[RequestedOutput],
-) -> Result<Vec<Tensor>, ApiError> {
-    if requested.is_empty() {
-        return Ok(all);
-    }
-    requested
-        .iter()
-        .map(|r| {
-            all.iter()
-                .find(|t| t.name == r.name)
-                .cloned()
-                .ok_or_else(|| {
-                    ApiError::Internal(format!(
-                        "the model did not produce requested output '{}'",
-                        r.name
-                    ))
-                })
-        })
-        .collect()
-}
-
-/// Encodes the response; each output goes binary if its own `binary_data` says so, else if the
-/// request-level `binary_data_output` does.
-pub fn encode(
-    response: InferResponse<'_>,
-    requested: &[RequestedOutput],
-    binary_default: bool,
-) -> Result<Response, ApiError> {
-    let wants_binary = |name: &str| {
-        requested
-            .iter()
-            .find(|r| r.name == name)
-            .and_then(|r| r.binary)
-            .unwrap_or(binary_default)
-    };
+/// Encodes the answer; each output goes binary or JSON as `encoding` says.
+pub fn encode(answer: InferAnswer, encoding: &OutputEncoding) -> Result<Response, InferError> {
     let mut binary_parts: Vec<&[u8]> = Vec::new();
-    let mut outputs = Vec::with_capacity(response.outputs.len());
-    for tensor in &response.outputs {
-        let (parameters, data) = if wants_binary(&tensor.name) {
-            tensor.check_byte_size().map_err(|e| {
-                ApiError::Internal(format!("worker returned a malformed tensor: {e}"))
-            })?;
+    let mut outputs = Vec::with_capacity(answer.outputs.len());
+    for tensor in &answer.outputs {
+        let (parameters, data) = if encoding.binary(&tensor.name) {
+            tensor.check_byte_size().map_err(malformed)?;
             binary_parts.push(&tensor.data);
             let mut p = Map::new();
             p.insert("binary_data_size".into(), Value::from(tensor.data.len()));
             (Some(p), None)
         } else {
-            let data = json_data::decode(tensor).map_err(|e| {
-                ApiError::Internal(format!("worker returned a malformed tensor: {e}"))
-            })?;
-            (None, Some(data))
+            (None, Some(json_data::decode(tensor).map_err(malformed)?))
         };
         outputs.push(OutputJson {
             name: &tensor.name,
@@ -106,14 +80,14 @@ pub fn encode(
         });
     }
     let json = ResponseJson {
-        model_name: response.model_name,
-        model_version: response.model_version,
-        id: response.id,
-        parameters: response.parameters,
+        model_name: &answer.model_name,
+        model_version: &answer.model_version,
+        id: &answer.id,
+        parameters: Parameters(&answer.parameters),
         outputs,
     };
     let header_json = serde_json::to_vec(&json)
-        .map_err(|e| ApiError::Internal(format!("cannot encode response: {e}")))?;
+        .map_err(|e| InferError::Internal(format!("cannot encode response: {e}")))?;
     if binary_parts.is_empty() {
         return Ok((
             [(

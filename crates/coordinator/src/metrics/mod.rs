@@ -11,6 +11,7 @@ mod cluster;
 
 pub use cluster::ClusterView;
 
+use crate::infer::{ErrorKind, Protocol};
 use cluster::ClusterCollector;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
@@ -29,9 +30,6 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 /// The `model` label of requests for names the coordinator does not serve. Clients choose the
 /// path, and a series per typo would grow without bound.
 pub const UNKNOWN_MODEL: &str = "_unknown";
-
-/// The `status` of a request whose client went away before it was answered (nginx's code).
-pub const CLIENT_CLOSED: u16 = 499;
 
 /// Latency buckets in seconds: 100 µs to 10 s in 1-2.5-5 steps.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -99,10 +97,33 @@ struct ModelLabels {
     model: ModelLabel,
 }
 
+/// How a request ended: `ok`, or the kind of error (`cancelled` when the client went away).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestOutcome(Option<ErrorKind>);
+
+impl EncodeLabelValue for RequestOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        encoder.write_str(self.0.map_or("ok", ErrorKind::as_str))
+    }
+}
+
+impl EncodeLabelValue for Protocol {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
+        encoder.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct RequestLabels {
     model: ModelLabel,
-    status: u16,
+    protocol: Protocol,
+    outcome: RequestOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ModelProtocolLabels {
+    model: ModelLabel,
+    protocol: Protocol,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -144,7 +165,7 @@ pub struct Metrics {
     models: RwLock<HashSet<Arc<str>>>,
     unknown: ModelLabel,
     requests: Family<RequestLabels, Counter>,
-    request_duration: LatencyFamily<ModelLabels>,
+    request_duration: LatencyFamily<ModelProtocolLabels>,
     member_calls: LatencyFamily<CallLabels>,
     degraded: Family<ModelLabels, Counter>,
     member_failures: Family<FailureLabels, Counter>,
@@ -184,12 +205,12 @@ impl Metrics {
         let r = &mut self.registry;
         r.register(
             "chorus_requests",
-            "HTTP infer requests by model and response status (499: the client went away)",
+            "Infer requests by model, protocol (http, grpc) and outcome (ok, or the error kind; cancelled: the client went away)",
             self.requests.clone(),
         );
         r.register(
             "chorus_request_duration_seconds",
-            "HTTP infer request latency, from the handler's start (body read included) to the response, by model",
+            "Infer request latency, from the front end's start (body read and decoding included) to the encoded answer, by model and protocol",
             self.request_duration.clone(),
         );
         r.register(
@@ -239,7 +260,7 @@ impl Metrics {
         );
         r.register(
             "chorus_inflight_requests",
-            "HTTP infer requests being served",
+            "Infer requests being served, both protocols",
             self.inflight.clone(),
         );
         r.register_collector(Box::new(Arc::clone(&self.cluster)));
@@ -276,15 +297,16 @@ impl Metrics {
         ModelLabel(interned)
     }
 
-    /// Starts timing one HTTP infer request for `model`; it counts as in flight until the timer
-    /// is finished or dropped.
-    pub fn request_started(&self, model: ModelLabel) -> RequestTimer<'_> {
+    /// Starts timing one infer request for `model`; it counts as in flight until the timer is
+    /// finished or dropped.
+    pub fn request_started(&self, model: ModelLabel, protocol: Protocol) -> RequestTimer<'_> {
         self.inflight.inc();
         RequestTimer {
             metrics: self,
             model,
+            protocol,
             started: Instant::now(),
-            status: None,
+            outcome: None,
         }
     }
 
@@ -324,18 +346,19 @@ impl Metrics {
     }
 }
 
-/// One HTTP infer request in flight. Finished with its status, or, if dropped unfinished (the
-/// client went away and the handler was cancelled), recorded as [`CLIENT_CLOSED`].
+/// One infer request in flight. Finished with its error kind (`None`: answered), or, if dropped
+/// unfinished (the client went away and the handler was cancelled), recorded as cancelled.
 pub struct RequestTimer<'a> {
     metrics: &'a Metrics,
     model: ModelLabel,
+    protocol: Protocol,
     started: Instant,
-    status: Option<u16>,
+    outcome: Option<RequestOutcome>,
 }
 
 impl RequestTimer<'_> {
-    pub fn finish(mut self, status: u16) {
-        self.status = Some(status);
+    pub fn finish(mut self, error: Option<ErrorKind>) {
+        self.outcome = Some(RequestOutcome(error));
     }
 }
 
@@ -343,14 +366,22 @@ impl Drop for RequestTimer<'_> {
     fn drop(&mut self) {
         let m = self.metrics;
         m.inflight.dec();
-        let model = self.model.clone();
+        let protocol = self.protocol;
         m.request_duration
-            .get_or_create(&ModelLabels { model })
+            .get_or_create(&ModelProtocolLabels {
+                model: self.model.clone(),
+                protocol,
+            })
             .observe(self.started.elapsed().as_secs_f64());
-        let status = self.status.unwrap_or(CLIENT_CLOSED);
-        let model = self.model.clone();
+        let outcome = self
+            .outcome
+            .unwrap_or(RequestOutcome(Some(ErrorKind::Cancelled)));
         m.requests
-            .get_or_create(&RequestLabels { model, status })
+            .get_or_create(&RequestLabels {
+                model: self.model.clone(),
+                protocol,
+                outcome,
+            })
             .inc();
     }
 }
@@ -391,10 +422,13 @@ mod tests {
     fn requests_are_counted_by_model_and_status_with_their_latency() {
         let metrics = Metrics::new();
         let digits = metrics.model_label("digits", || true);
-        metrics.request_started(digits.clone()).finish(200);
-        metrics.request_started(digits.clone()).finish(200);
-        metrics.request_started(digits.clone()).finish(400);
-        let inflight = metrics.request_started(digits.clone());
+        let http = Protocol::Http;
+        metrics.request_started(digits.clone(), http).finish(None);
+        metrics.request_started(digits.clone(), http).finish(None);
+        metrics
+            .request_started(digits.clone(), Protocol::Grpc)
+            .finish(Some(ErrorKind::InvalidArgument));
+        let inflight = metrics.request_started(digits.clone(), http);
         let text = metrics.encode().unwrap();
         assert!(text.contains("chorus_inflight_requests 1\n"), "{text}");
         drop(inflight);
@@ -404,18 +438,26 @@ mod tests {
             text.contains("# TYPE chorus_requests_total counter\n"),
             "{text}"
         );
-        assert!(text.contains("chorus_requests_total{model=\"digits\",status=\"200\"} 2\n"));
-        assert!(text.contains("chorus_requests_total{model=\"digits\",status=\"400\"} 1\n"));
+        assert!(text.contains(
+            "chorus_requests_total{model=\"digits\",protocol=\"http\",outcome=\"ok\"} 2\n"
+        ));
+        assert!(text.contains(
+            "chorus_requests_total{model=\"digits\",protocol=\"grpc\",outcome=\"invalid_argument\"} 1\n"
+        ));
         assert!(
-            text.contains("chorus_requests_total{model=\"digits\",status=\"499\"} 1\n"),
-            "an unfinished request counts as 499: {text}"
+            text.contains(
+                "chorus_requests_total{model=\"digits\",protocol=\"http\",outcome=\"cancelled\"} 1\n"
+            ),
+            "an unfinished request counts as cancelled: {text}"
         );
         assert!(text.contains("chorus_inflight_requests 0\n"));
         assert!(text.contains("# TYPE chorus_request_duration_seconds histogram\n"));
-        assert!(text.contains("chorus_request_duration_seconds_count{model=\"digits\"} 4\n"));
+        assert!(text.contains(
+            "chorus_request_duration_seconds_count{model=\"digits\",protocol=\"http\"} 3\n"
+        ));
         for bucket in ["0.0001", "0.00025", "0.001", "1", "10", "+Inf"] {
             let line = format!(
-                "chorus_request_duration_seconds_bucket{{model=\"digits\",le=\"{bucket}\"}} "
+                "chorus_request_duration_seconds_bucket{{model=\"digits\",protocol=\"http\",le=\"{bucket}\"}} "
             );
             assert!(text.contains(&line), "missing {line:?} in:\n{text}");
         }
@@ -426,7 +468,9 @@ mod tests {
         let metrics = Metrics::new();
         let typo = metrics.model_label("no-such-model", || false);
         assert_eq!(typo.as_str(), UNKNOWN_MODEL);
-        metrics.request_started(typo).finish(404);
+        metrics
+            .request_started(typo, Protocol::Http)
+            .finish(Some(ErrorKind::NotFound));
         let first = metrics.model_label("logreg", || true);
         let mut asked = false;
         let second = metrics.model_label("logreg", || {
@@ -436,7 +480,9 @@ mod tests {
         assert!(!asked, "a known name is not looked up again");
         assert!(Arc::ptr_eq(&first.0, &second.0));
         let text = metrics.encode().unwrap();
-        assert!(text.contains("chorus_requests_total{model=\"_unknown\",status=\"404\"} 1\n"));
+        assert!(text.contains(
+            "chorus_requests_total{model=\"_unknown\",protocol=\"http\",outcome=\"not_found\"} 1\n"
+        ));
         assert!(!text.contains("no-such-model"));
     }
 
@@ -475,8 +521,8 @@ mod tests {
     fn every_metric_is_chorus_prefixed() {
         let metrics = Metrics::new();
         metrics
-            .request_started(metrics.model_label("m", || true))
-            .finish(200);
+            .request_started(metrics.model_label("m", || true), Protocol::Grpc)
+            .finish(None);
         let text = metrics.encode().unwrap();
         for line in text.lines().filter(|l| !l.is_empty()) {
             let name = line

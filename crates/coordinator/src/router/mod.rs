@@ -10,9 +10,11 @@ pub use latency::LatencyTracker;
 
 use crate::metrics::{CallOutcome, Metrics};
 use crate::pool::{CallError, Pool, WorkerHandle};
+use crate::stats::{self, InferenceStats};
 use chorus_common::rpc::{InferCall, InferReply};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tracing::debug;
 
 /// Tuning of retries and hedging.
@@ -55,6 +57,8 @@ pub struct RouterStats {
 pub struct Router {
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
+    /// Triton-style statistics of every model called (the core adds the ensembles').
+    stats: Arc<InferenceStats>,
     retries: Budget,
     hedges: Budget,
     latency: LatencyTracker,
@@ -68,6 +72,7 @@ impl Router {
             hedges: Budget::new(settings.hedge_ratio, settings.budget_burst),
             latency: LatencyTracker::new(settings.hedge_min_samples),
             metrics,
+            stats: Arc::default(),
             pool,
             settings,
         }
@@ -81,7 +86,11 @@ impl Router {
         &self.metrics
     }
 
-    pub fn stats(&self) -> RouterStats {
+    pub fn inference_stats(&self) -> &Arc<InferenceStats> {
+        &self.stats
+    }
+
+    pub fn routing_stats(&self) -> RouterStats {
         let c = self.metrics.routing();
         RouterStats {
             retries: c.retries.get(),
@@ -94,39 +103,60 @@ impl Router {
 
     /// Calls `call.model` under `deadline`: one attempt, maybe hedged, maybe retried once. The
     /// whole routed call is one `chorus_member_call_duration_seconds` observation; dropped
-    /// before it ends (the caller's deadline passed), it counts as late.
+    /// before it ends (the caller's deadline passed), it counts as late. Answered or failed, it
+    /// counts in the model's statistics.
     pub async fn call(&self, call: InferCall, deadline: Instant) -> Routed {
         let timer = self.metrics.call_started(&call.model);
-        let routed = self.route(call, deadline).await;
+        let started = Instant::now();
+        let routed = self.route(&call, deadline).await;
         timer.finish(match &routed.result {
             Ok(_) => CallOutcome::Ok,
             Err(error) if error.is_late() => CallOutcome::Late,
             Err(_) => CallOutcome::Failed,
         });
+        let elapsed = started.elapsed();
+        let model = &call.model;
+        match &routed.result {
+            Ok(reply) => {
+                let rows = stats::rows_of(&call.inputs);
+                let finished = started + elapsed;
+                self.stats
+                    .record_success(model, &reply.version, rows, elapsed, finished);
+            }
+            Err(_) => {
+                let version = call
+                    .version
+                    .clone()
+                    .or_else(|| self.pool.newest_version(model));
+                if let Some(version) = version {
+                    self.stats.record_failure(model, &version, elapsed);
+                }
+            }
+        }
         routed
     }
 
-    async fn route(&self, call: InferCall, deadline: Instant) -> Routed {
+    async fn route(&self, call: &InferCall, deadline: Instant) -> Routed {
         let mut tried: Vec<String> = Vec::new();
         let mut routed = Routed {
-            result: Err(no_replica(&call)),
+            result: Err(no_replica(call)),
             retried: false,
             hedged: false,
         };
-        let Some(first) = self.pick(&call, &tried) else {
+        let Some(first) = self.pick(call, &tried) else {
             return routed;
         };
         self.retries.deposit();
         self.hedges.deposit();
         tried.push(first.worker_id.clone());
-        let (result, hedged) = self.attempt(&call, deadline, first, &mut tried).await;
+        let (result, hedged) = self.attempt(call, deadline, first, &mut tried).await;
         routed.hedged = hedged;
         routed.result = result;
         let worth_retrying = matches!(&routed.result, Err(e) if e.worth_retrying());
         if !worth_retrying || Instant::now() >= deadline {
             return routed;
         }
-        let Some(second) = self.pick(&call, &tried) else {
+        let Some(second) = self.pick(call, &tried) else {
             return routed;
         };
         let counters = self.metrics.routing();
@@ -142,7 +172,7 @@ impl Router {
         tried.push(second.worker_id.clone());
         routed.retried = true;
         // The retry may land on a replica that is frozen too: it is hedged like a first try.
-        let (result, hedged) = self.attempt(&call, deadline, second, &mut tried).await;
+        let (result, hedged) = self.attempt(call, deadline, second, &mut tried).await;
         routed.hedged |= hedged;
         routed.result = result;
         routed

@@ -1,0 +1,175 @@
+//! The one place where failures become gRPC statuses, plus the two gRPC-level inputs that can
+//! be wrong before a message is even read: the `grpc-timeout` header and the message size.
+
+use crate::infer::{ErrorKind, InferError};
+use std::time::Duration;
+use tonic::codegen::http;
+use tonic::metadata::MetadataMap;
+use tonic::{Code, Status};
+
+/// The gRPC code of each kind of failure (docs/protocol.md has the same table).
+pub fn code(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::MethodNotAllowed => Code::Unimplemented,
+        ErrorKind::TooLarge | ErrorKind::Overloaded => Code::ResourceExhausted,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorKind::Cancelled => Code::Cancelled,
+        ErrorKind::Internal => Code::Internal,
+    }
+}
+
+impl From<InferError> for Status {
+    fn from(e: InferError) -> Self {
+        Status::new(code(e.kind()), e.to_string())
+    }
+}
+
+/// The client's deadline from the `grpc-timeout` header (gRPC over HTTP/2: at most 8 digits and
+/// a unit, `H M S m u n`). A malformed header is refused rather than ignored: the client asked
+/// for a limit, and silently serving without one would answer later than it waits.
+pub fn grpc_timeout(metadata: &MetadataMap) -> Result<Option<Duration>, InferError> {
+    let Some(value) = metadata.get("grpc-timeout") else {
+        return Ok(None);
+    };
+    let bad = || {
+        InferError::bad_request(format!(
+            "the grpc-timeout header {value:?} is not a gRPC timeout: give at most 8 digits and a unit (H, M, S, m, u or n)"
+        ))
+    };
+    let text = value.to_str().map_err(|_| bad())?;
+    if text.len() < 2 || !text.is_ascii() {
+        return Err(bad());
+    }
+    let (digits, unit) = text.split_at(text.len() - 1);
+    if digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return Err(bad()),
+    };
+    Ok(Some(timeout))
+}
+
+/// The time the core may spend on a request with a gRPC deadline: the deadline less a small
+/// reserve, so that an ensemble's partial answer (or its DEADLINE_EXCEEDED) reaches the client
+/// before the client gives up.
+pub fn core_timeout(grpc_timeout: Duration) -> Duration {
+    let reserve = (grpc_timeout / 10).min(Duration::from_millis(20));
+    grpc_timeout - reserve
+}
+
+/// What tonic says when a received message exceeds `max_decoding_message_size`.
+const TONIC_TOO_LARGE: &str = "Error, decoded message length too large";
+
+/// Turns tonic's OUT_OF_RANGE for an oversize message into RESOURCE_EXHAUSTED (gRPC's code for
+/// "larger than the receiver accepts") with a message that says what to change; any other
+/// status is returned as it is.
+pub fn remap_too_large(status: Status, limit: usize) -> Status {
+    if status.code() == Code::OutOfRange && status.message().starts_with(TONIC_TOO_LARGE) {
+        Status::from(InferError::PayloadTooLarge {
+            what: "request message",
+            limit,
+        })
+    } else {
+        status
+    }
+}
+
+/// Rewrites a unary call's response whose request message was too large: tonic's codec answers
+/// those before any handler runs, as a trailers-only response with OUT_OF_RANGE (streams see
+/// the error in the handler and remap it there). Applied as a response mapping on the service.
+pub fn remap_too_large_response<B: Default>(
+    response: http::Response<B>,
+    limit: usize,
+) -> http::Response<B> {
+    match Status::from_header_map(response.headers()) {
+        Some(status) if status.code() == Code::OutOfRange => {
+            let remapped = remap_too_large(status, limit);
+            if remapped.code() == Code::OutOfRange {
+                response
+            } else {
+                remapped.into_http()
+            }
+        }
+        _ => response,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::metadata::MetadataValue;
+
+    fn timeout(value: &str) -> Result<Option<Duration>, InferError> {
+        let mut metadata = MetadataMap::new();
+        metadata.insert("grpc-timeout", MetadataValue::try_from(value).unwrap());
+        grpc_timeout(&metadata)
+    }
+
+    #[test]
+    fn grpc_timeouts_parse_and_absurd_ones_are_refused() {
+        assert_eq!(grpc_timeout(&MetadataMap::new()).unwrap(), None);
+        assert_eq!(timeout("250m").unwrap(), Some(Duration::from_millis(250)));
+        assert_eq!(timeout("3S").unwrap(), Some(Duration::from_secs(3)));
+        assert_eq!(
+            timeout("99999999H").unwrap(),
+            Some(Duration::from_secs(99_999_999 * 3600))
+        );
+        for bad in ["", "m", "123456789S", "10x", "-5m", "1.5S", "S5"] {
+            let e = timeout(bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
+            assert!(e.to_string().contains("at most 8 digits"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_core_answers_a_little_before_the_client_gives_up() {
+        assert_eq!(
+            core_timeout(Duration::from_millis(100)),
+            Duration::from_millis(90)
+        );
+        assert_eq!(
+            core_timeout(Duration::from_secs(10)),
+            Duration::from_millis(9980)
+        );
+        assert_eq!(core_timeout(Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn oversize_messages_become_resource_exhausted() {
+        let tonic = Status::out_of_range(format!(
+            "{TONIC_TOO_LARGE}: found 10 bytes, the limit is: 5 bytes"
+        ));
+        let status = remap_too_large(tonic.clone(), 5);
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            status.message(),
+            "request message is larger than the limit of 5 bytes"
+        );
+        let response = remap_too_large_response(tonic.into_http::<String>(), 5);
+        let status = Status::from_header_map(response.headers()).unwrap();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        let other = Status::out_of_range("something else");
+        assert_eq!(remap_too_large(other, 5).code(), Code::OutOfRange);
+        let ok = http::Response::new(String::new());
+        assert!(Status::from_header_map(remap_too_large_response(ok, 5).headers()).is_none());
+    }
+
+    #[test]
+    fn every_kind_has_a_code() {
+        assert_eq!(code(ErrorKind::InvalidArgument), Code::InvalidArgument);
+        assert_eq!(code(ErrorKind::Overloaded), Code::ResourceExhausted);
+        assert_eq!(code(ErrorKind::Unavailable), Code::Unavailable);
+        assert_eq!(code(ErrorKind::DeadlineExceeded), Code::DeadlineExceeded);
+    }
+}

@@ -1,0 +1,312 @@
+//! The inference core: one transport-neutral path for every request, whichever front door it
+//! came through. A front end decodes its protocol into an [`InferRequest`], asks the core to
+//! [`Infer::resolve`] the model and [`Infer::infer`] it, inside [`Infer::observed`] (metrics and
+//! the request span), and encodes the [`InferAnswer`] or [`InferError`] back.
+//!
+//! ```text
+//! http/ (axum)  ─┐                                           ┌─ ensemble::run ─► router ─► pool
+//!                ├─► resolve ─► validate ─► deadline, id ─► ─┤
+//! grpc/ (tonic) ─┘                                           └─ router (one model)
+//! ```
+//!
+//! Nothing below this module knows about HTTP or gRPC: no header maps, responses or statuses.
+
+pub mod decode;
+mod error;
+mod ids;
+pub mod model_config;
+mod repository;
+mod request;
+
+pub use error::{ErrorKind, InferError};
+pub use ids::RequestIds;
+pub use repository::{EnsembleFacts, IndexEntry, ModelMetadata, SERVER_EXTENSIONS, SERVER_NAME};
+pub use request::{InferAnswer, InferRequest, ParameterValue, Protocol};
+
+use crate::catalog::{Catalog, ENSEMBLE_VERSION, Signature};
+use crate::ensemble;
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::spec::EnsembleSpec;
+use crate::stats::{self, InferenceStats};
+use chorus_common::ModelInfo;
+use chorus_common::Tensor;
+use chorus_common::rpc::InferCall;
+use chorus_common::validate::{validate_inputs, validate_requested_outputs};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, field};
+
+/// The tracing target of the per-request span (see [`Infer::observed`]).
+pub const REQUEST_SPAN_TARGET: &str = "chorus_request";
+
+/// Request limits and defaults, from the coordinator's config.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request a front end accepts (an HTTP body, a gRPC message), in bytes.
+    pub max_request_bytes: usize,
+    /// Largest total of input bytes one worker call may carry (the RPC frame limit, less room
+    /// for the call's other fields).
+    pub max_call_bytes: usize,
+    /// Deadline of single-model requests (ensembles carry their own).
+    pub model_deadline: Duration,
+}
+
+impl Limits {
+    /// Room left in an RPC frame for everything but the tensors' bytes.
+    const FRAME_OVERHEAD: usize = 64 * 1024;
+
+    pub fn new(max_request_bytes: usize, max_frame_bytes: usize, model_deadline: Duration) -> Self {
+        Limits {
+            max_request_bytes,
+            max_call_bytes: max_frame_bytes.saturating_sub(Self::FRAME_OVERHEAD),
+            model_deadline,
+        }
+    }
+}
+
+/// What a request's model name resolved to, with the signature its inputs are checked against.
+// One per request, on the stack for the request's life: boxing the larger variant would only add
+// an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
+pub enum Target {
+    Ensemble {
+        spec: Arc<EnsembleSpec>,
+        signature: Arc<Signature>,
+    },
+    Model {
+        info: ModelInfo,
+        /// The version the client pinned; `None` runs the newest a replica serves.
+        pinned: Option<String>,
+        signature: Signature,
+    },
+}
+
+impl Target {
+    pub fn name(&self) -> &str {
+        match self {
+            Target::Ensemble { spec, .. } => &spec.name,
+            Target::Model { info, .. } => &info.name,
+        }
+    }
+
+    pub fn signature(&self) -> &Signature {
+        match self {
+            Target::Ensemble { signature, .. } => signature,
+            Target::Model { signature, .. } => signature,
+        }
+    }
+
+    /// The version metadata reports: the ensemble's one version, or the model version resolved.
+    pub fn version(&self) -> &str {
+        match self {
+            Target::Ensemble { .. } => ENSEMBLE_VERSION,
+            Target::Model { info, .. } => &info.version,
+        }
+    }
+
+    /// The model's single input, which raw (header-less) request bodies need.
+    pub fn single_input(&self) -> Option<&chorus_common::TensorSpec> {
+        match self.signature().inputs.as_slice() {
+            [only] => Some(only),
+            _ => None,
+        }
+    }
+}
+
+/// The core: catalog, router, limits, request ids and statistics, shared by both front ends.
+pub struct Infer {
+    catalog: Catalog,
+    router: Arc<Router>,
+    limits: Limits,
+    ids: RequestIds,
+    metrics: Arc<Metrics>,
+    stats: Arc<InferenceStats>,
+}
+
+impl Infer {
+    pub fn new(catalog: Catalog, router: Arc<Router>, limits: Limits) -> Self {
+        Infer {
+            metrics: Arc::clone(router.metrics()),
+            stats: Arc::clone(router.inference_stats()),
+            catalog,
+            router,
+            limits,
+            ids: RequestIds::new(),
+        }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn request_ids(&self) -> &RequestIds {
+        &self.ids
+    }
+
+    /// Runs `work` (decoding, inference, encoding: whatever the front end does for one infer
+    /// request) inside the request's span, counting it in flight and recording its protocol,
+    /// outcome and latency, rejected requests included. Names the catalog does not know share
+    /// one metrics label.
+    ///
+    /// The span is at debug level under its own target, [`REQUEST_SPAN_TARGET`]: an enabled span
+    /// costs about 1.3 µs of formatting per request, so it is off by default, and
+    /// `RUST_LOG=info,chorus_request=debug` turns on just the span, so every warning logged while
+    /// serving a request names it. Member-call logs carry `request_id` as a field either way.
+    pub async fn observed<T>(
+        &self,
+        protocol: Protocol,
+        model: &str,
+        work: impl Future<Output = Result<T, InferError>>,
+    ) -> Result<T, InferError> {
+        let label = self
+            .metrics
+            .model_label(model, || self.catalog.knows(model));
+        let timer = self.metrics.request_started(label, protocol);
+        let span = tracing::debug_span!(target: REQUEST_SPAN_TARGET, "infer", model = %model, protocol = %protocol.as_str(), request_id = field::Empty);
+        let result = work.instrument(span).await;
+        timer.finish(result.as_ref().err().map(InferError::kind));
+        result
+    }
+
+    /// What `model` (at `version`, if pinned) names: an ensemble or a model some worker serves.
+    pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<Target, InferError> {
+        let catalog = &self.catalog;
+        if let Some(spec) = catalog.ensemble(model) {
+            if version.is_some_and(|v| v != ENSEMBLE_VERSION) {
+                return Err(InferError::model_not_found(model, version));
+            }
+            let signature = catalog
+                .ensemble_signature(&spec)
+                .map_err(InferError::Unavailable)?;
+            return Ok(Target::Ensemble { spec, signature });
+        }
+        let info = catalog
+            .model(model, version)
+            .ok_or_else(|| InferError::model_not_found(model, version))?;
+        Ok(Target::Model {
+            signature: Catalog::model_signature(&info),
+            pinned: version.map(str::to_string),
+            info,
+        })
+    }
+
+    /// Checks `request` against `target` and answers it: fans an ensemble out to its members
+    /// and combines them, or calls the one model, under the request's deadline.
+    pub async fn infer(
+        &self,
+        target: &Target,
+        request: InferRequest,
+    ) -> Result<InferAnswer, InferError> {
+        self.validate(target, &request)?;
+        let id = request.id.unwrap_or_else(|| self.ids.next());
+        tracing::Span::current().record("request_id", field::display(&id));
+        match target {
+            Target::Ensemble { spec, .. } => {
+                debug!(ensemble = %spec.name, request_id = %id, "ensemble request");
+                let deadline = deadline(spec.deadline, request.timeout);
+                let rows = stats::rows_of(&request.inputs);
+                let started = Instant::now();
+                // Boxed: the fan-out's state is several KiB, and every future that holds it
+                // inline (the front end's handler, the span, the metrics wrapper) would be
+                // copied whole each time it moves, several times per request.
+                let fan_out = ensemble::run(&self.router, spec, request.inputs, deadline, &id);
+                let result = Box::pin(fan_out).await;
+                match &result {
+                    Ok(_) => {
+                        let elapsed = started.elapsed();
+                        self.stats.record_success(
+                            &spec.name,
+                            ENSEMBLE_VERSION,
+                            rows,
+                            elapsed,
+                            started + elapsed,
+                        )
+                    }
+                    Err(_) => {
+                        self.stats
+                            .record_failure(&spec.name, ENSEMBLE_VERSION, started.elapsed())
+                    }
+                }
+                let answer = result?;
+                Ok(InferAnswer {
+                    model_name: spec.name.clone(),
+                    model_version: ENSEMBLE_VERSION.to_string(),
+                    parameters: InferAnswer::member_parameters(&answer.report),
+                    outputs: select_outputs(answer.outputs, &request.outputs)?,
+                    members: Some(answer.report),
+                    id,
+                })
+            }
+            Target::Model { info, pinned, .. } => {
+                let call = InferCall {
+                    model: info.name.clone(),
+                    version: pinned.clone(),
+                    inputs: request.inputs,
+                    outputs: request.outputs.clone(),
+                    request_id: id.clone(),
+                };
+                let deadline = deadline(self.limits.model_deadline, request.timeout);
+                // Boxed for the same reason as the fan-out above.
+                let reply = Box::pin(self.router.call(call, deadline)).await.result?;
+                Ok(InferAnswer {
+                    model_name: info.name.clone(),
+                    model_version: reply.version,
+                    parameters: Vec::new(),
+                    outputs: select_outputs(reply.outputs, &request.outputs)?,
+                    members: None,
+                    id,
+                })
+            }
+        }
+    }
+
+    /// Inputs against the signature, requested outputs against the outputs, and the inputs'
+    /// size against what one worker call may carry.
+    fn validate(&self, target: &Target, request: &InferRequest) -> Result<(), InferError> {
+        let (name, signature) = (target.name(), target.signature());
+        validate_inputs(name, &signature.inputs, &request.inputs, &signature.policy)?;
+        validate_requested_outputs(name, &signature.outputs, &request.outputs)?;
+        let input_bytes: usize = request.inputs.iter().map(|t| t.data.len()).sum();
+        if input_bytes > self.limits.max_call_bytes {
+            return Err(InferError::CallTooLarge {
+                bytes: input_bytes,
+                limit: self.limits.max_call_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The request's deadline: the server's, shortened by the client's limit if that is sooner
+/// (so an absurd client value can never lengthen it).
+pub fn deadline(server: Duration, client: Option<Duration>) -> Instant {
+    Instant::now() + client.map_or(server, |c| c.min(server))
+}
+
+/// Picks and orders outputs: the requested ones in request order, or all of them.
+fn select_outputs(all: Vec<Tensor>, requested: &[String]) -> Result<Vec<Tensor>, InferError> {
+    chorus_common::tensor::select_by_name(all, requested).map_err(|name| {
+        InferError::Internal(format!(
+            "the model did not produce requested output '{name}'"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests;
