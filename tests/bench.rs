@@ -117,3 +117,21 @@ fn floor_single_row_and_batched() {
     assert_eq!(rows(&runs[0]), requests(&runs[0]));
     assert_eq!(rows(&runs[1]), 32 * requests(&runs[1]));
 }
+
+#[test]
+fn compressed_bodies_and_answers_are_checked_like_plain_ones() {
+    // 32-row answers are well above the 1 KiB the coordinator compresses from.
+    let report = bench(&[
+        "--spawn",
+        "--concurrency=2",
+        "--rows=32",
+        "--encoding=json,binary",
+        "--compression=gzip",
+    ]);
+    let runs = report["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{report:#}");
+    for run in runs {
+        assert_clean(run);
+        assert_eq!(run["compression"], "gzip");
+    }
+}

@@ -3,7 +3,9 @@
 Usage: triton_check.py HOST:PORT fixtures/digits/expected.json
 Checks server live/ready/metadata, the repository index, model metadata and readiness, and
 infer with JSON and with binary tensors, for ensembles and single member models, against the
-Python-computed expectations. Exits non-zero on the first mismatch.
+Python-computed expectations; compressed requests and responses (gzip, deflate); and the
+classification extension (`class_count`) with the models' class names. Exits non-zero on the
+first mismatch.
 """
 
 import json
@@ -50,6 +52,46 @@ def check_default_outputs(client, name, x):
     assert "label" in names, names
 
 
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def check_compression(client, expected, name, x):
+    """Compressed request bodies and responses give the same answer as plain ones."""
+    want = expectation(expected, name)["label"]
+    for algorithm in ("gzip", "deflate"):
+        for binary in (False, True):
+            inp = httpclient.InferInput("input", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x, binary_data=binary)
+            outputs = [httpclient.InferRequestedOutput("label", binary_data=binary)]
+            result = client.infer(name, [inp], outputs=outputs,
+                                  request_compression_algorithm=algorithm,
+                                  response_compression_algorithm=algorithm)
+            assert result.as_numpy("label").tolist() == want, f"{name} {algorithm} binary={binary}"
+
+
+def check_classification(client, expected, name, x):
+    """class_count=3: the top three classes of each row, as b"<score>:<index>:<label>"."""
+    want = expectation(expected, name)
+    score = "probabilities" if "probabilities" in want else "agreement"
+    k = 3 if score == "probabilities" else 1
+    inp = httpclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    for binary in (False, True):
+        outputs = [httpclient.InferRequestedOutput(score, binary_data=binary, class_count=k)]
+        top = client.infer(name, [inp], outputs=outputs).as_numpy(score)
+        assert top.shape == (x.shape[0], k), top.shape
+        for row, entries in enumerate(top):
+            fields = [e.decode() if isinstance(e, bytes) else e for e in entries]
+            parsed = [f.split(":") for f in fields]
+            scores = [float(p[0]) for p in parsed]
+            assert scores == sorted(scores, reverse=True), fields
+            if score == "probabilities":
+                probs = want["probabilities"][row]
+                best = int(np.argmax(probs))
+                assert int(parsed[0][1]) == best and parsed[0][2] == DIGITS[best], (name, row, fields)
+                assert abs(scores[0] - probs[best]) < 1e-5, (scores[0], probs[best])
+
+
 def main():
     url, expected_path = sys.argv[1], sys.argv[2]
     with open(expected_path) as f:
@@ -78,6 +120,8 @@ def main():
         for binary in (False, True):
             check_infer(client, expected, name, x, binary)
         check_default_outputs(client, name, x[:3])
+        check_compression(client, expected, name, x)
+        check_classification(client, expected, name, x[:20])
     assert client.is_model_ready("logreg", model_version="1")
 
     try:

@@ -61,6 +61,26 @@ def check_infer(client, http, expected, name, x):
         assert got.dtype == rest[o].dtype and got.tobytes() == rest[o].tobytes(), f"{name}.{o}: gRPC differs from REST"
 
 
+DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+
+
+def check_classification_and_compression(client, expected, name, x):
+    """class_count over gRPC, with gzip-compressed messages both ways."""
+    want = expectation(expected, name)
+    if "probabilities" not in want:
+        return
+    inp = grpcclient.InferInput("input", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    outputs = [grpcclient.InferRequestedOutput("probabilities", class_count=2)]
+    result = client.infer(name, [inp], outputs=outputs, compression_algorithm="gzip")
+    top = result.as_numpy("probabilities")
+    assert top.shape == (x.shape[0], 2), top.shape
+    for row, entries in enumerate(top):
+        score, index, label = entries[0].decode().split(":")
+        best = int(np.argmax(want["probabilities"][row]))
+        assert int(index) == best and label == DIGITS[best], (name, row, entries)
+
+
 def check_typed_contents(channel, http, name, x):
     """Typed `contents` instead of raw bytes, through tritonclient's generated stub."""
     stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -171,6 +191,7 @@ def main():
     for name in ENSEMBLES + [m for m in MODELS if m != "stacker"]:
         check_infer(client, http, expected, name, x)
         check_typed_contents(channel, http, name, x[:7])
+        check_classification_and_compression(client, expected, name, x[:20])
     assert client.is_model_ready("logreg", model_version="1")
     check_stream(client, expected, x)
     check_statistics(client, http)

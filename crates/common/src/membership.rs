@@ -81,6 +81,7 @@ mod tests {
                 execution_provider: ExecutionProvider::Cpu,
                 allow_non_finite: false,
                 max_input_elements: 1 << 22,
+                labels: Vec::new(),
             }],
         }
     }

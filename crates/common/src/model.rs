@@ -44,6 +44,9 @@ pub struct ModelInfo {
     pub allow_non_finite: bool,
     /// Largest element count accepted in one input tensor.
     pub max_input_elements: u64,
+    /// Class names, by index, for Triton's classification extension (the model directory's
+    /// `labels.txt`); empty when the model has none.
+    pub labels: Vec<String>,
 }
 
 /// Whether a worker takes new work.

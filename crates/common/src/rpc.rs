@@ -97,6 +97,7 @@ mod tests {
                 execution_provider: ExecutionProvider::Cuda { device_id: 1 },
                 allow_non_finite: false,
                 max_input_elements: 1 << 20,
+                labels: Vec::new(),
             }],
         });
         let r: Result<InferReply, WorkerError> = Err(WorkerError::DeadlineExceeded);

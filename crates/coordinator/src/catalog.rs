@@ -18,12 +18,14 @@ pub const ENSEMBLE_VERSION: &str = "1";
 /// Platform reported for ensembles in model metadata.
 pub const ENSEMBLE_PLATFORM: &str = "ensemble";
 
-/// Inputs, outputs and input policy of something servable.
+/// Inputs, outputs, input policy and class names of something servable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Signature {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pub policy: InputPolicy,
+    /// Class names by index, for the classification extension (may be empty).
+    pub labels: Vec<String>,
 }
 
 impl Signature {
@@ -35,6 +37,7 @@ impl Signature {
                 allow_non_finite: info.allow_non_finite,
                 max_elements: info.max_input_elements,
             },
+            labels: info.labels.clone(),
         }
     }
 }
@@ -268,6 +271,10 @@ impl Catalog {
             datatype,
             shape,
         };
+        let meta_info = spec
+            .meta_model
+            .as_ref()
+            .and_then(|(meta, version)| find(meta, version.as_deref()));
         let outputs = match spec.combiner {
             CombinerKind::SoftVote => vec![
                 spec_of("label", DataType::Int64, vec![batch]),
@@ -279,11 +286,12 @@ impl Catalog {
             ],
             CombinerKind::Average | CombinerKind::Median => vec![member_output.clone()],
             CombinerKind::Fusion => {
-                let (meta, meta_version) = spec
+                let (meta, _) = spec
                     .meta_model
                     .as_ref()
                     .ok_or("fusion without a meta-model")?;
-                find(meta, meta_version.as_deref())
+                meta_info
+                    .as_ref()
                     .ok_or_else(|| {
                         format!(
                             "no live worker serves meta-model '{meta}' of ensemble '{}'",
@@ -291,8 +299,15 @@ impl Catalog {
                         )
                     })?
                     .outputs
+                    .clone()
             }
         };
+        // The spec's own class names, else the meta-model's (fusion), else the first member's.
+        let labels = spec
+            .labels
+            .clone()
+            .or_else(|| meta_info.map(|m| m.labels))
+            .unwrap_or_else(|| first.labels.clone());
         let policy = InputPolicy {
             allow_non_finite: described.iter().all(|(_, m)| m.allow_non_finite),
             max_elements: described
@@ -305,6 +320,7 @@ impl Catalog {
             inputs: first.inputs.clone(),
             outputs,
             policy,
+            labels,
         })
     }
 

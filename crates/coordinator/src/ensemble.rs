@@ -334,6 +334,7 @@ mod tests {
                 version: None,
                 weight: 1.0,
             }],
+            labels: None,
         }
     }
 

@@ -8,6 +8,9 @@ use std::time::Duration;
 /// The only spec-file version this coordinator reads.
 pub const SPEC_VERSION: u32 = 1;
 
+/// Most class names an ensemble's `labels` may list.
+const MAX_LABELS: usize = 1 << 20;
+
 /// How an ensemble turns its members' answers into one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -65,6 +68,7 @@ struct RawEnsemble {
     member_output: Option<String>,
     meta_model: Option<String>,
     meta_version: Option<String>,
+    labels: Option<Vec<String>>,
     #[serde(default)]
     member: Vec<RawMember>,
 }
@@ -104,6 +108,9 @@ pub struct EnsembleSpec {
     /// Fusion's meta-model and its optional pinned version.
     pub meta_model: Option<(String, Option<String>)>,
     pub members: Vec<Member>,
+    /// Class names by index for the classification extension; `None` takes them from the
+    /// members (the meta-model for fusion).
+    pub labels: Option<Vec<String>>,
 }
 
 /// Why a spec file was refused; each message names the file position or field to fix.
@@ -243,7 +250,14 @@ fn validate(raw: RawEnsemble) -> Result<EnsembleSpec, String> {
         }
         (_, None) => None,
     };
+    if raw.labels.as_ref().is_some_and(|l| l.len() > MAX_LABELS) {
+        return Err(format!(
+            "{} lists more than {MAX_LABELS} class names",
+            at("labels")
+        ));
+    }
     Ok(EnsembleSpec {
+        labels: raw.labels,
         description: raw.description,
         combiner: raw.combiner,
         deadline: Duration::from_millis(raw.deadline_ms),

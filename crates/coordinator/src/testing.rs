@@ -111,6 +111,7 @@ pub fn model_info(name: &str) -> ModelInfo {
         execution_provider: ExecutionProvider::Cpu,
         allow_non_finite: false,
         max_input_elements: 1 << 20,
+        labels: Vec::new(),
     }
 }
 

@@ -47,6 +47,7 @@ fn model(name: &str) -> ModelInfo {
         execution_provider: ExecutionProvider::Cpu,
         allow_non_finite: false,
         max_input_elements: 1 << 20,
+        labels: Vec::new(),
     }
 }
 

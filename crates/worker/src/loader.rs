@@ -130,6 +130,7 @@ fn load_version(
             execution_provider: provider,
             allow_non_finite: settings.allow_non_finite,
             max_input_elements: settings.max_input_elements,
+            labels: source.labels.clone(),
         },
         policy: InputPolicy {
             allow_non_finite: settings.allow_non_finite,

@@ -91,6 +91,7 @@ mod tests {
                 execution_provider: ExecutionProvider::Cpu,
                 allow_non_finite: false,
                 max_input_elements: 10,
+                labels: Vec::new(),
             },
             policy: InputPolicy {
                 allow_non_finite: false,

@@ -1,5 +1,6 @@
 //! Scans a Triton-style model repository: `<repo>/<model>/<version>/model.onnx` plus an optional
-//! `<repo>/<model>/config.toml`.
+//! `<repo>/<model>/config.toml` and an optional `<repo>/<model>/labels.txt` (class names, one per
+//! line, as Triton's `label_filename`).
 
 use crate::error::LoadError;
 use crate::model_config::ModelSettings;
@@ -10,6 +11,10 @@ use tracing::warn;
 pub const MODEL_FILE: &str = "model.onnx";
 /// File name of a model's settings.
 pub const CONFIG_FILE: &str = "config.toml";
+/// File name of a model's class names.
+pub const LABELS_FILE: &str = "labels.txt";
+/// Largest labels file read: far more than any class list, far less than memory.
+const MAX_LABELS_BYTES: u64 = 4 * 1024 * 1024;
 
 /// One model found in the repository, with its versions in ascending order.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +22,8 @@ pub struct ModelSource {
     pub name: String,
     pub versions: Vec<VersionSource>,
     pub settings: ModelSettings,
+    /// Class names by index, from `labels.txt`; empty without one.
+    pub labels: Vec<String>,
 }
 
 /// One numbered version directory and its `model.onnx`.
@@ -64,10 +71,12 @@ pub fn scan(
             let dir = repo.join(&name);
             let versions = versions(&name, &dir)?;
             let settings = ModelSettings::load(&dir.join(CONFIG_FILE), defaults)?;
+            let labels = labels(&name, &dir.join(LABELS_FILE))?;
             Ok(ModelSource {
                 name,
                 versions,
                 settings,
+                labels,
             })
         })
         .collect()
@@ -101,6 +110,33 @@ pub fn model_names(repo: &Path) -> Result<Vec<String>, LoadError> {
     }
     names.sort();
     Ok(names)
+}
+
+/// The class names in `path`, one per line (trailing blank lines dropped); none if the file
+/// does not exist.
+fn labels(model: &str, path: &Path) -> Result<Vec<String>, LoadError> {
+    let layout = |message: String| LoadError::ModelLayout {
+        model: model.to_string(),
+        path: path.to_path_buf(),
+        message,
+    };
+    let size = match std::fs::metadata(path) {
+        Ok(meta) => meta.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(layout(format!("cannot read it: {e}"))),
+    };
+    if size > MAX_LABELS_BYTES {
+        return Err(layout(format!(
+            "it has {size} bytes, more than the {MAX_LABELS_BYTES} a labels file may have"
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| layout(format!("cannot read it as UTF-8 text: {e}")))?;
+    let mut labels: Vec<String> = text.lines().map(|l| l.trim_end().to_string()).collect();
+    while labels.last().is_some_and(String::is_empty) {
+        labels.pop();
+    }
+    Ok(labels)
 }
 
 /// Numbered version directories of one model. Other directories are skipped with a warning (as
@@ -253,6 +289,20 @@ mod tests {
         fs::write(tmp.path().join("m/config.toml"), "instances = 0").unwrap();
         let e = scan(tmp.path(), &[], &defaults()).unwrap_err().to_string();
         assert!(e.contains("config.toml") && e.contains("instances"), "{e}");
+    }
+
+    #[test]
+    fn labels_come_from_labels_txt_one_per_line() {
+        let tmp = tempfile::tempdir().unwrap();
+        model(tmp.path(), "m", &["1"]);
+        model(tmp.path(), "plain", &["1"]);
+        fs::write(tmp.path().join("m/labels.txt"), "zero\none \r\ntwo\n\n\n").unwrap();
+        let found = scan(tmp.path(), &[], &defaults()).unwrap();
+        assert_eq!(found[0].labels, ["zero", "one", "two"]);
+        assert!(found[1].labels.is_empty(), "no labels.txt, no labels");
+        fs::write(tmp.path().join("m/labels.txt"), [0xffu8, 0xfe]).unwrap();
+        let e = scan(tmp.path(), &[], &defaults()).unwrap_err().to_string();
+        assert!(e.contains("labels.txt") && e.contains("UTF-8"), "{e}");
     }
 
     #[test]

@@ -86,6 +86,7 @@ fn gated_registry(queue: usize) -> (Registry, Gate) {
                 execution_provider: ExecutionProvider::Cpu,
                 allow_non_finite: false,
                 max_input_elements: 1000,
+                labels: Vec::new(),
             },
             policy: InputPolicy {
                 allow_non_finite: false,

@@ -108,6 +108,7 @@ async fn log_lines_carry_the_request_id_model_and_version() {
                 execution_provider: ExecutionProvider::Cpu,
                 allow_non_finite: false,
                 max_input_elements: 100,
+                labels: Vec::new(),
             },
             policy: InputPolicy {
                 allow_non_finite: false,

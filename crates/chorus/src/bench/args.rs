@@ -94,6 +94,12 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1", value_parser = parse_rows)]
     pub rows: Vec<usize>,
 
+    /// REST: send request bodies with this `Content-Encoding` (compressed once before the run)
+    /// and accept answers in it (the coordinator compresses answers above 1 KiB): `none`,
+    /// `gzip`, `deflate` or `zstd`.
+    #[arg(long, value_enum, default_value = "none")]
+    pub compression: Compression,
+
     /// gRPC: HTTP/2 connections the clients share, their calls multiplexed as streams (Triton's
     /// clients share one channel per server, so 1 by default).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
@@ -153,6 +159,66 @@ pub struct BenchArgs {
     /// Write every run's parameters and results to this file as JSON.
     #[arg(long)]
     pub json_out: Option<PathBuf>,
+}
+
+/// A REST body's content coding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    None,
+    Gzip,
+    Deflate,
+    Zstd,
+}
+
+impl Compression {
+    /// The `Content-Encoding` / `Accept-Encoding` token; `None` for no compression.
+    pub fn token(self) -> Option<&'static str> {
+        match self {
+            Compression::None => None,
+            Compression::Gzip => Some("gzip"),
+            Compression::Deflate => Some("deflate"),
+            Compression::Zstd => Some("zstd"),
+        }
+    }
+
+    /// `body` in this coding (at the default level, as clients compress).
+    pub fn compress(self, body: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let level = flate2::Compression::default();
+        match self {
+            Compression::None => body.to_vec(),
+            Compression::Gzip => {
+                let mut e = flate2::write::GzEncoder::new(Vec::new(), level);
+                e.write_all(body).expect("writing to memory");
+                e.finish().expect("writing to memory")
+            }
+            Compression::Deflate => {
+                let mut e = flate2::write::ZlibEncoder::new(Vec::new(), level);
+                e.write_all(body).expect("writing to memory");
+                e.finish().expect("writing to memory")
+            }
+            Compression::Zstd => zstd::encode_all(body, 3).expect("writing to memory"),
+        }
+    }
+
+    /// `body` decoded from `coding` (a response's `Content-Encoding`); `None` if it does not
+    /// decode.
+    pub fn decompress(coding: &str, body: &[u8]) -> Option<Vec<u8>> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        match coding {
+            "gzip" => flate2::read::GzDecoder::new(body)
+                .read_to_end(&mut out)
+                .ok()?,
+            "deflate" => flate2::read::ZlibDecoder::new(body)
+                .read_to_end(&mut out)
+                .ok()?,
+            "zstd" => return zstd::decode_all(body).ok(),
+            _ => return None,
+        };
+        Some(out)
+    }
 }
 
 /// How request and response tensors travel.

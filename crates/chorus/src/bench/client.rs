@@ -4,7 +4,7 @@
 //! HTTP/2 connection per client ([`super::grpc_client`]), so both protocols get the same number
 //! of connections.
 
-use super::args::Protocol;
+use super::args::{Compression, Protocol};
 use super::grpc_client::{GrpcClient, H2Connection};
 use super::payload::{Payload, Wire, answer_labels};
 use super::stats::Failure;
@@ -12,7 +12,9 @@ use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
-use hyper::header::{CONTENT_TYPE, HOST, HeaderName, HeaderValue};
+use hyper::header::{
+    ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_TYPE, HOST, HeaderName, HeaderValue,
+};
 use hyper::{Method, Request, Uri};
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
@@ -203,9 +205,14 @@ impl HttpClient {
                 .headers()
                 .get(HEADER_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+            let coding = response
+                .headers()
+                .get(CONTENT_ENCODING)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             // The body must be read to the end for the connection to take the next request.
             let body = response.into_body().collect().await?.to_bytes();
-            Ok::<_, hyper::Error>((status, header_length, body))
+            Ok::<_, hyper::Error>((status, (header_length, coding), body))
         };
         match tokio::time::timeout(timeout, exchange).await {
             Err(_) => {
@@ -220,8 +227,17 @@ impl HttpClient {
             Ok(Ok((status, _, _))) if !status.is_success() => {
                 Answer::Failed(Failure::Status(status.as_u16()))
             }
-            Ok(Ok((_, header_length, body))) => Answer::Ok {
-                checked: check.then(|| answer_labels(&body, header_length).unwrap_or_default()),
+            Ok(Ok((_, (header_length, coding), body))) => Answer::Ok {
+                checked: check.then(|| {
+                    // A compressed answer is decoded only to be checked.
+                    let plain = match coding.as_deref() {
+                        None | Some("identity") => Some(body.to_vec()),
+                        Some(coding) => Compression::decompress(coding, &body),
+                    };
+                    plain
+                        .and_then(|b| answer_labels(&b, header_length))
+                        .unwrap_or_default()
+                }),
             },
         }
     }
@@ -230,6 +246,7 @@ impl HttpClient {
         let Wire::Http {
             body,
             header_length,
+            coding,
         } = &payload.wire
         else {
             unreachable!("an HTTP client sends HTTP payloads");
@@ -250,6 +267,10 @@ impl HttpClient {
             None => {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             }
+        }
+        if let Some(coding) = coding {
+            headers.insert(CONTENT_ENCODING, HeaderValue::from_static(coding));
+            headers.insert(ACCEPT_ENCODING, HeaderValue::from_static(coding));
         }
         request
     }

@@ -185,6 +185,7 @@ async fn run_all(
                             spec.rows,
                             protocol,
                             encoding,
+                            args.compression,
                             &args.model,
                             &args.input_name,
                         ))
@@ -204,6 +205,7 @@ async fn run_all(
         let report = RunReport {
             label: args.label.clone(),
             target: spec.target,
+            compression: args.compression,
             url,
             model: args.model.clone(),
             load: spec.load,
@@ -301,6 +303,7 @@ async fn preflight(endpoint: &Endpoint, fixture: &Fixture, args: &BenchArgs) -> 
             1,
             Protocol::Grpc,
             Encoding::Binary,
+            args::Compression::None,
             &args.model,
             &args.input_name,
         );

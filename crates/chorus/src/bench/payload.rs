@@ -2,7 +2,7 @@
 //! bodies, or as gRPC messages with typed or raw contents (and as tensors for the floor), plus the
 //! labels each one should get back.
 
-use super::args::{Encoding, Protocol};
+use super::args::{Compression, Encoding, Protocol};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use chorus_common::Tensor;
@@ -81,7 +81,7 @@ impl Fixture {
 
     /// Every distinct HTTP body of `rows` rows in `encoding`.
     pub fn bodies(&self, rows: usize, encoding: Encoding, input: &str) -> Vec<Payload> {
-        self.payloads(rows, Protocol::Http, encoding, "", input)
+        self.payloads(rows, Protocol::Http, encoding, Compression::None, "", input)
     }
 
     /// Every distinct request of `rows` rows for `model`, in `protocol` and `encoding`.
@@ -90,6 +90,7 @@ impl Fixture {
         rows: usize,
         protocol: Protocol,
         encoding: Encoding,
+        compression: Compression,
         model: &str,
         input: &str,
     ) -> Vec<Payload> {
@@ -98,16 +99,12 @@ impl Fixture {
                 let values = self.values(index, rows);
                 let shape = [rows, self.features()];
                 let wire = match (protocol, encoding) {
-                    (Protocol::Http, Encoding::Json) => Wire::Http {
-                        body: json_body(input, shape, &values),
-                        header_length: None,
-                    },
+                    (Protocol::Http, Encoding::Json) => {
+                        Wire::http(json_body(input, shape, &values), None, compression)
+                    }
                     (Protocol::Http, Encoding::Binary) => {
                         let (body, length) = binary_body(input, shape, &values);
-                        Wire::Http {
-                            body,
-                            header_length: Some(length),
-                        }
+                        Wire::http(body, Some(length), compression)
                     }
                     (Protocol::Grpc, encoding) => {
                         let request = grpc_request(model, input, shape, &values, encoding);
@@ -151,11 +148,28 @@ pub struct Payload {
 pub enum Wire {
     Http {
         body: Bytes,
-        /// `Inference-Header-Content-Length` for binary bodies.
+        /// `Inference-Header-Content-Length` for binary bodies (of the uncompressed body).
         header_length: Option<usize>,
+        /// The body's `Content-Encoding`, also sent as `Accept-Encoding`.
+        coding: Option<&'static str>,
     },
     /// A `ModelInferRequest`, encoded and framed once.
     Grpc(Bytes),
+}
+
+impl Wire {
+    /// An HTTP body, compressed as asked.
+    fn http(body: Bytes, header_length: Option<usize>, compression: Compression) -> Wire {
+        let body = match compression {
+            Compression::None => body,
+            coding => Bytes::from(coding.compress(&body)),
+        };
+        Wire::Http {
+            body,
+            header_length,
+            coding: compression.token(),
+        }
+    }
 }
 
 /// A `ModelInferRequest`: `binary` sends raw contents, `json` typed `fp32_contents`.
@@ -275,6 +289,7 @@ mod tests {
             Wire::Http {
                 body,
                 header_length,
+                ..
             } => (body, *header_length),
             Wire::Grpc(_) => panic!("an HTTP payload"),
         }
@@ -311,8 +326,9 @@ mod tests {
     #[test]
     fn grpc_requests_carry_the_same_rows_raw_or_typed() {
         let f = fixture();
-        let raw = &f.payloads(2, Protocol::Grpc, Encoding::Binary, "m", "x")[1];
-        let typed = &f.payloads(2, Protocol::Grpc, Encoding::Json, "m", "x")[1];
+        let none = Compression::None;
+        let raw = &f.payloads(2, Protocol::Grpc, Encoding::Binary, none, "m", "x")[1];
+        let typed = &f.payloads(2, Protocol::Grpc, Encoding::Json, none, "m", "x")[1];
         let decode = |p: &Payload| match &p.wire {
             Wire::Grpc(framed) => {
                 <ModelInferRequest as prost::Message>::decode(framed.slice(5..)).unwrap()
@@ -330,6 +346,31 @@ mod tests {
         let contents = typed.inputs[0].contents.as_ref().unwrap();
         assert_eq!(contents.fp32_contents, values);
         assert!(typed.raw_input_contents.is_empty());
+    }
+
+    #[test]
+    fn compressed_bodies_decompress_to_the_plain_ones() {
+        let f = fixture();
+        let plain = &f.bodies(2, Encoding::Binary, "x")[0];
+        for compression in [Compression::Gzip, Compression::Deflate, Compression::Zstd] {
+            let packed = &f.payloads(2, Protocol::Http, Encoding::Binary, compression, "", "x")[0];
+            let Wire::Http {
+                body,
+                header_length,
+                coding,
+            } = &packed.wire
+            else {
+                panic!("an HTTP payload");
+            };
+            assert_eq!(*coding, compression.token());
+            assert_eq!(
+                *header_length,
+                http(plain).1,
+                "the header length is the plain body's"
+            );
+            let unpacked = Compression::decompress(coding.unwrap(), body).unwrap();
+            assert_eq!(&unpacked[..], &http(plain).0[..]);
+        }
     }
 
     #[test]

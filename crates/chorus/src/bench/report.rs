@@ -1,6 +1,7 @@
 //! What a benchmark reports: one record per run (parameters and results), printed as a line when
 //! the run ends, as a Markdown table at the end, and written as JSON with `--json-out`.
 
+use super::args::Compression;
 use super::open_loop::Pacing;
 use super::plan::{Load, Target};
 use super::procfs::{Interference, ProcessUsage, mib};
@@ -55,6 +56,8 @@ pub fn load_average() -> Option<f64> {
 pub struct RunReport {
     pub label: String,
     pub target: Target,
+    /// REST bodies' and answers' content coding (`none` unless `--compression`).
+    pub compression: Compression,
     /// The infer URL (Chorus runs only).
     pub url: Option<String>,
     pub model: String,
@@ -86,9 +89,14 @@ impl RunReport {
     pub fn target_name(&self) -> String {
         match self.target {
             Target::Floor => "floor".into(),
-            Target::Chorus { protocol, encoding } => {
-                format!("chorus {} {}", protocol.as_str(), encoding.as_str())
-            }
+            Target::Chorus { protocol, encoding } => match self.compression.token() {
+                None => format!("chorus {} {}", protocol.as_str(), encoding.as_str()),
+                Some(coding) => format!(
+                    "chorus {} {}+{coding}",
+                    protocol.as_str(),
+                    encoding.as_str()
+                ),
+            },
         }
     }
 
@@ -202,7 +210,7 @@ pub fn markdown(runs: &[RunReport]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::args::{Encoding, Protocol};
+    use crate::bench::args::{Compression, Encoding, Protocol};
     use crate::bench::stats::{Failure, Recorder};
     use serde_json::{Value, json};
     use std::time::Duration;
@@ -219,6 +227,7 @@ mod tests {
                 protocol: Protocol::Http,
                 encoding: Encoding::Binary,
             },
+            compression: Compression::None,
             url: Some("http://127.0.0.1:1/v2/models/m/infer".into()),
             model: "m".into(),
             load: Load::Closed { concurrency: 8 },

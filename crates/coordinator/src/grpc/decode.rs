@@ -4,7 +4,7 @@
 
 use super::proto::infer_parameter::ParameterChoice;
 use super::proto::{InferParameter, InferTensorContents, ModelInferRequest};
-use crate::infer::{InferError, InferRequest, decode};
+use crate::infer::{InferError, InferRequest, RequestedOutput, decode};
 use bytes::Bytes;
 use chorus_common::tensor::{Element, element_count, encode_bytes_elements};
 use chorus_common::{DataType, Tensor};
@@ -70,7 +70,14 @@ pub fn request(
     let mut outputs = Vec::with_capacity(message.outputs.len());
     for output in message.outputs {
         reject_unsupported(&output.parameters, &format!("output '{}'", output.name))?;
-        outputs.push(output.name);
+        let classification = match output.parameters.get(decode::CLASSIFICATION) {
+            None => None,
+            Some(p) => Some(classification_count(&output.name, p)?),
+        };
+        outputs.push(RequestedOutput {
+            name: output.name,
+            classification,
+        });
     }
     Ok(InferRequest {
         id: (!message.id.is_empty()).then_some(message.id),
@@ -85,6 +92,16 @@ fn reject_unsupported(
     whose: &str,
 ) -> Result<(), InferError> {
     decode::reject_unsupported_parameters(parameters.keys().map(String::as_str), whose)
+}
+
+/// An output's `classification` parameter (int64 or uint64, at least 1).
+fn classification_count(output: &str, parameter: &InferParameter) -> Result<usize, InferError> {
+    let count = match &parameter.parameter_choice {
+        Some(ParameterChoice::Int64Param(n)) => Some(i128::from(*n)),
+        Some(ParameterChoice::Uint64Param(n)) => Some(i128::from(*n)),
+        _ => None,
+    };
+    decode::classification_count(output, count, format!("{:?}", parameter.parameter_choice))
 }
 
 /// The `timeout` parameter in microseconds (int64 or uint64, never negative).
@@ -390,19 +407,35 @@ mod tests {
         );
         assert!(error(m.clone()).contains("`timeout` must be a non-negative integer"));
         m.parameters.clear();
-        m.outputs.push(InferRequestedOutputTensor {
+        let classify = |k: i64| InferRequestedOutputTensor {
             name: "p".into(),
             parameters: [(
                 "classification".to_string(),
                 InferParameter {
-                    parameter_choice: Some(ParameterChoice::Int64Param(3)),
+                    parameter_choice: Some(ParameterChoice::Int64Param(k)),
                 },
             )]
             .into(),
-        });
+        };
+        m.outputs.push(classify(3));
+        let r = request(m.clone(), None).unwrap();
+        assert_eq!(r.outputs[0].classification, Some(3));
+        m.outputs[0] = classify(0);
+        let e = error(m.clone());
+        assert!(
+            e.contains("`classification` must be a positive integer"),
+            "{e}"
+        );
+        m.outputs.clear();
+        m.parameters.insert(
+            "shared_memory_region".into(),
+            InferParameter {
+                parameter_choice: Some(ParameterChoice::StringParam("r".into())),
+            },
+        );
         let e = error(m);
         assert!(
-            e.starts_with("output 'p' uses parameter `classification`"),
+            e.starts_with("the request uses parameter `shared_memory_region`"),
             "{e}"
         );
     }

@@ -28,6 +28,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding;
 use tracing::{debug, info, warn};
 
 /// How long a stopping coordinator lets gRPC calls in flight finish.
@@ -50,10 +51,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let limit = app.limits().max_request_bytes;
+    // Compressed messages are read and, for clients that accept them, answers sent compressed;
+    // the decompressed size counts against the same limit.
     let grpc = GrpcInferenceServiceServer::new(service::Service::new(app))
-        .max_decoding_message_size(limit);
+        .max_decoding_message_size(limit)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Deflate)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .send_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Deflate)
+        .send_compressed(CompressionEncoding::Zstd);
     let service = tower::util::MapResponse::new(grpc, move |response| {
-        status::remap_too_large_response(response, limit)
+        status::remap_decode_error_response(response, limit)
     });
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new());

@@ -14,6 +14,7 @@ pub fn code(kind: ErrorKind) -> Code {
         ErrorKind::NotFound => Code::NotFound,
         ErrorKind::MethodNotAllowed => Code::Unimplemented,
         ErrorKind::TooLarge | ErrorKind::Overloaded => Code::ResourceExhausted,
+        ErrorKind::UnsupportedEncoding => Code::Unimplemented,
         ErrorKind::Unavailable => Code::Unavailable,
         ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
         ErrorKind::Cancelled => Code::Cancelled,
@@ -71,31 +72,48 @@ pub fn core_timeout(grpc_timeout: Duration) -> Duration {
 /// What tonic says when a received message exceeds `max_decoding_message_size`.
 const TONIC_TOO_LARGE: &str = "Error, decoded message length too large";
 
-/// Turns tonic's OUT_OF_RANGE for an oversize message into RESOURCE_EXHAUSTED (gRPC's code for
-/// "larger than the receiver accepts") with a message that says what to change; any other
+/// What tonic says when a compressed message does not decompress.
+const TONIC_DECOMPRESS: &str = "Error decompressing";
+
+/// Puts tonic's own words about a message it could not read into Chorus's: an oversize message
+/// (tonic: OUT_OF_RANGE) or one that decompresses past the limit is RESOURCE_EXHAUSTED (gRPC's
+/// code for "larger than the receiver accepts"), a message that does not decompress (tonic:
+/// INTERNAL) is INVALID_ARGUMENT, each with a message that says what to change. Any other
 /// status is returned as it is.
-pub fn remap_too_large(status: Status, limit: usize) -> Status {
-    if status.code() == Code::OutOfRange && status.message().starts_with(TONIC_TOO_LARGE) {
-        Status::from(InferError::PayloadTooLarge {
+pub fn remap_decode_error(status: Status, limit: usize) -> Status {
+    let message = status.message();
+    let remapped = match status.code() {
+        Code::OutOfRange if message.starts_with(TONIC_TOO_LARGE) => InferError::PayloadTooLarge {
             what: "request message",
             limit,
-        })
-    } else {
-        status
-    }
+        },
+        Code::ResourceExhausted if message.starts_with(TONIC_DECOMPRESS) => {
+            InferError::PayloadTooLarge {
+                what: "decompressed request message",
+                limit,
+            }
+        }
+        Code::Internal if message.starts_with(TONIC_DECOMPRESS) => InferError::bad_request(
+            format!("the request message does not decompress: {message}"),
+        ),
+        _ => return status,
+    };
+    Status::from(remapped)
 }
 
-/// Rewrites a unary call's response whose request message was too large: tonic's codec answers
-/// those before any handler runs, as a trailers-only response with OUT_OF_RANGE (streams see
-/// the error in the handler and remap it there). Applied as a response mapping on the service.
-pub fn remap_too_large_response<B: Default>(
+/// Rewrites a unary call's response whose request message could not be read (too large, or
+/// not decompressing): tonic's codec answers those before any handler runs, as a trailers-only
+/// response (streams see the error in the handler and remap it there). Applied as a response
+/// mapping on the service.
+pub fn remap_decode_error_response<B: Default>(
     response: http::Response<B>,
     limit: usize,
 ) -> http::Response<B> {
     match Status::from_header_map(response.headers()) {
-        Some(status) if status.code() == Code::OutOfRange => {
-            let remapped = remap_too_large(status, limit);
-            if remapped.code() == Code::OutOfRange {
+        Some(status) if status.code() != Code::Ok => {
+            let (code, message) = (status.code(), status.message().to_string());
+            let remapped = remap_decode_error(status, limit);
+            if remapped.code() == code && remapped.message() == message {
                 response
             } else {
                 remapped.into_http()
@@ -146,23 +164,31 @@ mod tests {
     }
 
     #[test]
-    fn oversize_messages_become_resource_exhausted() {
+    fn oversize_and_undecompressable_messages_get_chorus_codes_and_words() {
         let tonic = Status::out_of_range(format!(
             "{TONIC_TOO_LARGE}: found 10 bytes, the limit is: 5 bytes"
         ));
-        let status = remap_too_large(tonic.clone(), 5);
+        let status = remap_decode_error(tonic.clone(), 5);
         assert_eq!(status.code(), Code::ResourceExhausted);
         assert_eq!(
             status.message(),
             "request message is larger than the limit of 5 bytes"
         );
-        let response = remap_too_large_response(tonic.into_http::<String>(), 5);
+        let response = remap_decode_error_response(tonic.into_http::<String>(), 5);
         let status = Status::from_header_map(response.headers()).unwrap();
         assert_eq!(status.code(), Code::ResourceExhausted);
+        let bomb = Status::resource_exhausted(format!("{TONIC_DECOMPRESS}: size limit exceeded"));
+        let status = remap_decode_error(bomb, 5);
+        assert_eq!(
+            status.message(),
+            "decompressed request message is larger than the limit of 5 bytes"
+        );
+        let corrupt = Status::internal(format!("{TONIC_DECOMPRESS}: invalid gzip header"));
+        assert_eq!(remap_decode_error(corrupt, 5).code(), Code::InvalidArgument);
         let other = Status::out_of_range("something else");
-        assert_eq!(remap_too_large(other, 5).code(), Code::OutOfRange);
+        assert_eq!(remap_decode_error(other, 5).code(), Code::OutOfRange);
         let ok = http::Response::new(String::new());
-        assert!(Status::from_header_map(remap_too_large_response(ok, 5).headers()).is_none());
+        assert!(Status::from_header_map(remap_decode_error_response(ok, 5).headers()).is_none());
     }
 
     #[test]

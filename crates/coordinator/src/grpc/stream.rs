@@ -76,7 +76,7 @@ async fn drive(
                 Ok(None) => reading = false,
                 Err(error) => {
                     reading = false;
-                    broken = Some(status::remap_too_large(error, limit));
+                    broken = Some(status::remap_decode_error(error, limit));
                 }
             },
         }

@@ -15,6 +15,45 @@ fn flatten<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
     }
 }
 
+/// The shape of a nested JSON array (`[]` for a leaf), or where it is ragged: every array at
+/// one depth must have the same length and depth as its siblings.
+pub fn nested_shape(value: &Value) -> Result<Vec<usize>, String> {
+    let Value::Array(items) = value else {
+        return Ok(Vec::new());
+    };
+    let mut inner: Option<Vec<usize>> = None;
+    for (index, item) in items.iter().enumerate() {
+        let shape = nested_shape(item)?;
+        match &inner {
+            None => inner = Some(shape),
+            Some(first) if *first != shape => {
+                return Err(format!(
+                    "it is ragged: element {index} has shape {shape:?} where element 0 has {first:?}"
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let mut shape = vec![items.len()];
+    shape.extend(inner.unwrap_or_default());
+    Ok(shape)
+}
+
+/// Checks that nested `data` is rectangular, and that, when it is nested as deep as `shape` is
+/// long, it has exactly that shape (flat data only needs the element count).
+pub fn check_nesting(name: &str, data: &Value, shape: &[i64]) -> Result<(), String> {
+    let nested = nested_shape(data).map_err(|e| format!("input '{name}': `data` {e}"))?;
+    if nested.len() > 1 && nested.len() == shape.len() {
+        let declared: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+        if nested != declared {
+            return Err(format!(
+                "input '{name}': nested `data` has shape {nested:?} but the input's shape is {shape:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Encodes a JSON `data` value as the raw bytes of `datatype`; `expected` is the element count
 /// the shape calls for.
 pub fn encode(
@@ -108,6 +147,20 @@ pub enum JsonData {
     Text(Vec<String>),
 }
 
+impl JsonData {
+    /// How many values it holds.
+    pub fn count(&self) -> usize {
+        match self {
+            JsonData::Bool(v) => v.len(),
+            JsonData::Unsigned(v) => v.len(),
+            JsonData::Signed(v) => v.len(),
+            JsonData::Fp32(v) => v.len(),
+            JsonData::Fp64(v) => v.len(),
+            JsonData::Text(v) => v.len(),
+        }
+    }
+}
+
 /// Decodes a tensor's bytes for a JSON response.
 pub fn decode(tensor: &Tensor) -> Result<JsonData, String> {
     fn widen<T: Element, U: From<T>>(t: &Tensor) -> Result<Vec<U>, String> {
@@ -156,6 +209,28 @@ mod tests {
         let nested = encode("x", DataType::Fp32, &json!([[1.0, 2.0], [3.0, 4.0]]), 4).unwrap();
         assert_eq!(flat, nested);
         assert_eq!(&flat[..4], &1.0f32.to_le_bytes());
+    }
+
+    #[test]
+    fn ragged_or_misshapen_nesting_is_refused() {
+        assert_eq!(
+            nested_shape(&json!([[1, 2], [3, 4], [5, 6]])).unwrap(),
+            vec![3, 2]
+        );
+        assert_eq!(nested_shape(&json!(7)).unwrap(), Vec::<usize>::new());
+        let e = nested_shape(&json!([[1, 2], [3]])).unwrap_err();
+        assert!(e.contains("ragged") && e.contains("element 1"), "{e}");
+        let rows = |widths: &[usize]| {
+            Value::Array(widths.iter().map(|&w| Value::from(vec![0; w])).collect())
+        };
+        assert!(check_nesting("x", &rows(&[63, 65]), &[2, 64]).is_err());
+        assert!(check_nesting("x", &rows(&[64, 64]), &[2, 64]).is_ok());
+        assert!(
+            check_nesting("x", &Value::from(vec![0; 128]), &[2, 64]).is_ok(),
+            "flat data"
+        );
+        let e = check_nesting("x", &rows(&[32, 32]), &[1, 64]).unwrap_err();
+        assert!(e.contains("nested `data` has shape [2, 32]"), "{e}");
     }
 
     #[test]

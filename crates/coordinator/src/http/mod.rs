@@ -1,6 +1,7 @@
 //! The Open Inference Protocol v2 REST front end (axum): routes, body limits, and the decoding
 //! and encoding of requests and answers around the inference core.
 
+mod body;
 mod error;
 mod infer;
 mod json_data;
@@ -9,19 +10,36 @@ mod model_config;
 mod request;
 mod response;
 mod statistics;
+mod v1;
 
 pub use error::status;
 
 use crate::infer::{Infer, InferError};
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use std::sync::Arc;
+use tower_http::CompressionLevel;
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::SizeAbove;
 
 /// State every handler shares: the inference core.
 pub type App = Arc<Infer>;
+
+/// Responses smaller than this go out uncompressed whatever the client accepts: below a
+/// kilobyte (a single-row answer is ~350 bytes) compressing costs more than it saves.
+pub const COMPRESS_ABOVE_BYTES: u16 = 1024;
+
+/// Compresses responses for clients that send `Accept-Encoding` (gzip, deflate, zstd), at the
+/// fastest level: an inference answer is latency-bound, and the fastest level already takes a
+/// JSON tensor to a fraction of its size.
+fn compression() -> CompressionLayer<SizeAbove> {
+    CompressionLayer::new()
+        .quality(CompressionLevel::Fastest)
+        .compress_when(SizeAbove::new(COMPRESS_ABOVE_BYTES))
+}
 
 /// All OIP v2 routes Chorus serves, with Triton's model configuration and statistics extensions.
 pub fn router(app: App) -> Router {
@@ -56,33 +74,17 @@ pub fn router(app: App) -> Router {
             post(infer::infer_version),
         )
         .route("/v2/repository/index", post(metadata::repository_index))
+        .route("/v1/models", get(v1::models))
+        .route("/v1/models/{target}", get(v1::model).post(v1::predict))
         .route("/chorus/workers", get(metadata::workers))
         .route("/metrics", get(metadata::metrics))
         .fallback(metadata::not_found)
         .method_not_allowed_fallback(metadata::method_not_allowed)
         .with_state(app)
+        .layer(compression())
 }
 
-/// Reads a body up to `limit` bytes; larger bodies (declared or streamed) are refused with 413.
+/// Reads a body up to `limit` bytes, decompressed; see [`body::read`].
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, InferError> {
-    let too_large = || InferError::PayloadTooLarge {
-        what: "request body",
-        limit,
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let over_limit = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if over_limit {
-            too_large()
-        } else {
-            InferError::bad_request(format!("could not read the request body: {e}"))
-        }
-    })
+    body::read(headers, body, limit).await
 }

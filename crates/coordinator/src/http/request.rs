@@ -3,7 +3,7 @@
 //! single-input bodies, plus how the client wants each output encoded.
 
 use super::json_data;
-use crate::infer::{InferError, InferRequest, decode};
+use crate::infer::{InferError, InferRequest, RequestedOutput, decode};
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use chorus_common::tensor::element_count;
@@ -150,6 +150,7 @@ fn parse_json(json: &[u8], binary: Bytes) -> Result<(InferRequest, OutputEncodin
             (None, Some(data)) => {
                 let count =
                     element_count(&input.name, &input.shape).map_err(|e| bad(e.to_string()))?;
+                json_data::check_nesting(&input.name, data, &input.shape).map_err(bad)?;
                 json_data::encode(&input.name, datatype, data, count).map_err(bad)?
             }
             (None, None) => {
@@ -182,7 +183,18 @@ fn parse_json(json: &[u8], binary: Bytes) -> Result<(InferRequest, OutputEncodin
         if let Some(binary) = bool_parameter(&output.parameters, "binary_data")? {
             encoding.stated.push((output.name.clone(), binary));
         }
-        outputs.push(output.name);
+        let classification = match output.parameters.get(decode::CLASSIFICATION) {
+            None => None,
+            Some(v) => Some(decode::classification_count(
+                &output.name,
+                v.as_i64().map(i128::from).or(v.as_u64().map(i128::from)),
+                v,
+            )?),
+        };
+        outputs.push(RequestedOutput {
+            name: output.name,
+            classification,
+        });
     }
     let timeout = match request.parameters.get("timeout") {
         None => None,
@@ -273,7 +285,7 @@ mod tests {
         assert_eq!(r.id.as_deref(), Some("7"));
         assert_eq!(r.timeout, Some(Duration::from_micros(1500)));
         assert!(encoding.binary_default);
-        assert_eq!(r.outputs, vec!["label".to_string()]);
+        assert_eq!(r.outputs, vec![RequestedOutput::named("label")]);
         assert!(
             !encoding.binary("label"),
             "the output's own preference wins"

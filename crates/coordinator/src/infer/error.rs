@@ -30,6 +30,9 @@ pub enum InferError {
     CallTooLarge { bytes: usize, limit: usize },
     #[error("{what} is larger than the limit of {limit} bytes")]
     PayloadTooLarge { what: &'static str, limit: usize },
+    /// The request is encoded in a way Chorus does not read (a `Content-Encoding`, say).
+    #[error("{0}")]
+    UnsupportedEncoding(String),
     /// Nothing can answer now (no quorum, no replica); retrying later may work.
     #[error("{0}")]
     Unavailable(String),
@@ -50,6 +53,7 @@ pub enum ErrorKind {
     NotFound,
     MethodNotAllowed,
     TooLarge,
+    UnsupportedEncoding,
     Unavailable,
     Overloaded,
     DeadlineExceeded,
@@ -66,6 +70,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::TooLarge => "too_large",
+            ErrorKind::UnsupportedEncoding => "unsupported_encoding",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::DeadlineExceeded => "deadline_exceeded",
@@ -84,6 +89,7 @@ impl InferError {
             InferError::CallTooLarge { .. } | InferError::PayloadTooLarge { .. } => {
                 ErrorKind::TooLarge
             }
+            InferError::UnsupportedEncoding(_) => ErrorKind::UnsupportedEncoding,
             InferError::Unavailable(_) => ErrorKind::Unavailable,
             InferError::Overloaded(_) => ErrorKind::Overloaded,
             InferError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,

@@ -11,6 +11,7 @@
 //!
 //! Nothing below this module knows about HTTP or gRPC: no header maps, responses or statuses.
 
+pub mod classification;
 pub mod decode;
 mod error;
 mod ids;
@@ -21,7 +22,7 @@ mod request;
 pub use error::{ErrorKind, InferError};
 pub use ids::RequestIds;
 pub use repository::{EnsembleFacts, IndexEntry, ModelMetadata, SERVER_EXTENSIONS, SERVER_NAME};
-pub use request::{InferAnswer, InferRequest, ParameterValue, Protocol};
+pub use request::{InferAnswer, InferRequest, ParameterValue, Protocol, RequestedOutput};
 
 use crate::catalog::{Catalog, ENSEMBLE_VERSION, Signature};
 use crate::ensemble;
@@ -248,7 +249,7 @@ impl Infer {
                     model_name: spec.name.clone(),
                     model_version: ENSEMBLE_VERSION.to_string(),
                     parameters: InferAnswer::member_parameters(&answer.report),
-                    outputs: select_outputs(answer.outputs, &request.outputs)?,
+                    outputs: shape_outputs(answer.outputs, &request.outputs, target)?,
                     members: Some(answer.report),
                     id,
                 })
@@ -258,7 +259,7 @@ impl Infer {
                     model: info.name.clone(),
                     version: pinned.clone(),
                     inputs: request.inputs,
-                    outputs: request.outputs.clone(),
+                    outputs: request.outputs.iter().map(|o| o.name.clone()).collect(),
                     request_id: id.clone(),
                 };
                 let deadline = deadline(self.limits.model_deadline, request.timeout);
@@ -268,7 +269,7 @@ impl Infer {
                     model_name: info.name.clone(),
                     model_version: reply.version,
                     parameters: Vec::new(),
-                    outputs: select_outputs(reply.outputs, &request.outputs)?,
+                    outputs: shape_outputs(reply.outputs, &request.outputs, target)?,
                     members: None,
                     id,
                 })
@@ -276,12 +277,23 @@ impl Infer {
         }
     }
 
-    /// Inputs against the signature, requested outputs against the outputs, and the inputs'
-    /// size against what one worker call may carry.
+    /// Inputs against the signature, requested outputs (and their classification) against the
+    /// outputs, and the inputs' size against what one worker call may carry.
     fn validate(&self, target: &Target, request: &InferRequest) -> Result<(), InferError> {
         let (name, signature) = (target.name(), target.signature());
         validate_inputs(name, &signature.inputs, &request.inputs, &signature.policy)?;
-        validate_requested_outputs(name, &signature.outputs, &request.outputs)?;
+        let names: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();
+        validate_requested_outputs(name, &signature.outputs, &names)?;
+        for output in &request.outputs {
+            if let Some(k) = output.classification {
+                let spec = signature
+                    .outputs
+                    .iter()
+                    .find(|s| s.name == output.name)
+                    .expect("requested outputs were checked against the signature");
+                classification::check(name, spec, k)?;
+            }
+        }
         let input_bytes: usize = request.inputs.iter().map(|t| t.data.len()).sum();
         if input_bytes > self.limits.max_call_bytes {
             return Err(InferError::CallTooLarge {
@@ -299,13 +311,25 @@ pub fn deadline(server: Duration, client: Option<Duration>) -> Instant {
     Instant::now() + client.map_or(server, |c| c.min(server))
 }
 
-/// Picks and orders outputs: the requested ones in request order, or all of them.
-fn select_outputs(all: Vec<Tensor>, requested: &[String]) -> Result<Vec<Tensor>, InferError> {
-    chorus_common::tensor::select_by_name(all, requested).map_err(|name| {
+/// Picks and orders outputs (the requested ones in request order, or all of them), and turns
+/// those asked for as classifications into their top classes.
+fn shape_outputs(
+    all: Vec<Tensor>,
+    requested: &[RequestedOutput],
+    target: &Target,
+) -> Result<Vec<Tensor>, InferError> {
+    let names: Vec<String> = requested.iter().map(|o| o.name.clone()).collect();
+    let mut outputs = chorus_common::tensor::select_by_name(all, &names).map_err(|name| {
         InferError::Internal(format!(
             "the model did not produce requested output '{name}'"
         ))
-    })
+    })?;
+    for (output, asked) in outputs.iter_mut().zip(requested) {
+        if let Some(k) = asked.classification {
+            *output = classification::classify(output, k, &target.signature().labels)?;
+        }
+    }
+    Ok(outputs)
 }
 
 #[cfg(test)]

@@ -207,6 +207,7 @@ mod tests {
                 allow_non_finite: false,
                 max_elements: 1 << 20,
             },
+            labels: Vec::new(),
         }
     }
 

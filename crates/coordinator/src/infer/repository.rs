@@ -12,8 +12,12 @@ pub const SERVER_NAME: &str = "chorus";
 
 /// Extensions of OIP v2 / Triton that Chorus implements. Only the read-only repository index of
 /// Triton's model_repository extension is served, so that extension is not claimed.
-pub const SERVER_EXTENSIONS: [&str; 3] =
-    ["binary_tensor_data", "model_configuration", "statistics"];
+pub const SERVER_EXTENSIONS: [&str; 4] = [
+    "binary_tensor_data",
+    "classification",
+    "model_configuration",
+    "statistics",
+];
 
 /// A model's or ensemble's metadata.
 #[derive(Debug, Clone, PartialEq)]

@@ -32,10 +32,28 @@ pub struct InferRequest {
     pub id: Option<String>,
     pub inputs: Vec<Tensor>,
     /// Outputs to return, in the order the client wants them; empty means every output.
-    pub outputs: Vec<String>,
+    pub outputs: Vec<RequestedOutput>,
     /// The client's time limit (the OIP `timeout` parameter, a gRPC deadline), which may only
     /// shorten the server's deadline.
     pub timeout: Option<Duration>,
+}
+
+/// An output the client asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestedOutput {
+    pub name: String,
+    /// Triton's classification extension: the top `k` classes of this score output, as
+    /// `"<score>:<index>[:<label>]"` strings, instead of the scores.
+    pub classification: Option<usize>,
+}
+
+impl RequestedOutput {
+    pub fn named(name: impl Into<String>) -> Self {
+        RequestedOutput {
+            name: name.into(),
+            classification: None,
+        }
+    }
 }
 
 /// A response parameter's value (OIP v2 allows booleans, integers and strings).

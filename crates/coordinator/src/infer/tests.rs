@@ -292,7 +292,7 @@ async fn models_answer_directly_with_the_version_that_ran() {
     let h = Harness::start(&trio_spec(), &workers).await;
     let mut request = one_row();
     request.id = Some("mine".into());
-    request.outputs = vec!["probabilities".into()];
+    request.outputs = vec![RequestedOutput::named("probabilities")];
     let target = h.infer.resolve("b", None).unwrap();
     let answer = h.infer.infer(&target, request).await.unwrap();
     assert_eq!(answer.id, "mine");
@@ -348,7 +348,7 @@ async fn requests_are_checked_before_any_member_is_called() {
     assert_eq!(error.kind(), ErrorKind::InvalidArgument);
     assert!(error.to_string().contains("dimension 1"), "{error}");
     let mut request = one_row();
-    request.outputs = vec!["nope".into()];
+    request.outputs = vec![RequestedOutput::named("nope")];
     let error = h.infer.infer(&target, request).await.unwrap_err();
     assert!(
         error
