@@ -11,10 +11,15 @@ use serde_json::Value;
 use std::time::{Duration, Instant};
 use support::etcdctl::{KeyState, worker_key};
 use support::load::{Counts, Load};
+use support::proxy::Proxy;
 use support::*;
 
 /// Lease TTL the workers use here (the shortest etcd grants).
 const TTL: Duration = Duration::from_secs(2);
+
+/// The worker reached through a [`Proxy`], so that a scenario can silence its RPC port while
+/// its process and etcd lease live on.
+const PROXIED: &str = "w-a";
 
 /// Each model on exactly two of the three workers, so losing any one worker leaves a replica.
 const PLACEMENT: [(&str, &[&str]); 3] = [
@@ -25,6 +30,7 @@ const PLACEMENT: [(&str, &[&str]); 3] = [
 
 struct Suite {
     etcd: Etcd,
+    proxy: Proxy,
     workers: Vec<Proc>,
     _coordinator: Proc,
     http: Http,
@@ -41,19 +47,36 @@ struct Row {
 }
 
 fn start_worker_in(etcd: &Etcd, id: &str, models: &[&str]) -> Proc {
-    let extra = [
+    start_worker_behind(etcd, id, models, None)
+}
+
+/// Starts a worker that registers `proxy`'s address instead of its own and points the proxy at
+/// its port.
+fn start_worker_behind(etcd: &Etcd, id: &str, models: &[&str], proxy: Option<&Proxy>) -> Proc {
+    let mut extra = vec![
         format!("--etcd={}", etcd.endpoint),
         format!("--lease-ttl-secs={}", TTL.as_secs()),
     ];
-    start_worker_with(id, models, &extra)
+    if let Some(proxy) = proxy {
+        extra.push(format!("--advertise-addr={}", proxy.addr));
+    }
+    let worker = start_worker_with(id, models, &extra);
+    if let Some(proxy) = proxy {
+        proxy.set_upstream(worker.field("listen_addr").parse().unwrap());
+    }
+    worker
 }
 
 impl Suite {
     fn start() -> Suite {
         let etcd = Etcd::start();
+        let proxy = Proxy::start();
         let workers: Vec<Proc> = PLACEMENT
             .iter()
-            .map(|(id, models)| start_worker_in(&etcd, id, models))
+            .map(|(id, models)| {
+                let behind = (*id == PROXIED).then_some(&proxy);
+                start_worker_behind(&etcd, id, models, behind)
+            })
             .collect();
         let coordinator = spawn(
             "coordinator",
@@ -70,6 +93,7 @@ impl Suite {
         let http = Http::new(coordinator.field("http_addr").parse().unwrap());
         let suite = Suite {
             etcd,
+            proxy,
             workers,
             _coordinator: coordinator,
             http,
@@ -121,7 +145,8 @@ impl Suite {
     /// Replaces a worker process with a new one of the same id; returns when it is ready.
     fn restart(&mut self, id: &str) -> Instant {
         let models = PLACEMENT.iter().find(|(w, _)| *w == id).unwrap().1;
-        let fresh = start_worker_in(&self.etcd, id, models);
+        let behind = (id == PROXIED).then_some(&self.proxy);
+        let fresh = start_worker_behind(&self.etcd, id, models, behind);
         let index = self.workers.iter().position(|w| w.name == id).unwrap();
         self.workers[index] = fresh;
         Instant::now()
@@ -346,6 +371,55 @@ fn new_worker_joins(s: &mut Suite) {
     assert_eq!(counts.failed, 0);
 }
 
+/// Scenario 7: gray failure under concurrent load: w-a's RPC port stops answering (its proxy
+/// stops forwarding, no RST) while its process and etcd lease live on. It leaves rotation within
+/// 3 s on the data plane's evidence alone, nothing fails or is lost, and it comes back once the
+/// link heals.
+fn gray_failure(s: &mut Suite) {
+    let before = s.load().settle();
+    // More clients, no pauses, for this scenario: the silence must be seen at load.
+    let burst = Load::start(s.http.addr, 6, Duration::ZERO);
+    std::thread::sleep(Duration::from_secs(1));
+    let key = s.key(PROXIED).expect("w-a registered");
+    s.proxy.set_blackhole(true);
+    let cut = Instant::now();
+    let detect = wait_until("w-a out of rotation", Duration::from_secs(10), || {
+        (!s.routable().iter().any(|w| w == PROXIED)).then(Instant::now)
+    })
+    .duration_since(cut);
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(cut.elapsed()));
+    assert_eq!(
+        s.key(PROXIED),
+        Some(key),
+        "w-a's lease must outlive the partition (only the data plane can tell)"
+    );
+    s.proxy.set_blackhole(false);
+    let healed = Instant::now();
+    let recover = s.wait_for_traffic(PROXIED, healed, Duration::from_secs(10));
+    let burst_counts = burst.settle();
+    println!(
+        "  burst load during the gray failure: sent {} ok {} degraded {} failed {} lost {} wrong {}",
+        burst_counts.sent,
+        burst_counts.ok,
+        burst_counts.degraded,
+        burst_counts.failed,
+        burst_counts.lost,
+        burst_counts.wrong
+    );
+    for failure in burst.failures() {
+        println!("  burst failure: {failure}");
+    }
+    drop(burst);
+    let counts = s.record("gray failure", before, Some(detect), Some(recover));
+    assert!(
+        detect < Duration::from_secs(3),
+        "a silent worker must leave rotation within 3 s, took {detect:?}"
+    );
+    assert_eq!(counts.failed + burst_counts.failed, 0);
+    assert_eq!(burst_counts.lost + burst_counts.wrong, 0);
+    assert!(burst_counts.sent > 0);
+}
+
 #[test]
 fn failover_suite() {
     let mut suite = Suite::start();
@@ -358,6 +432,7 @@ fn failover_suite() {
     etcd_outage(&mut suite);
     rolling_restart(&mut suite);
     new_worker_joins(&mut suite);
+    gray_failure(&mut suite);
     let total = suite.load().settle();
     suite.print_report();
     println!(

@@ -6,7 +6,8 @@
 # failed or was interrupted.
 # Exits non-zero when a scenario misses its pass criteria.
 #
-# Usage: deploy/compose/chaos.sh [--only worker-kill,gray-failure,...] [--rate 30]
+# Usage: deploy/compose/chaos.sh [--loads light,real,near] [--only worker-kill,gray-failure,...] [--rate N]
+#        (default: every scenario at the light and the real load; --rate runs one custom load)
 # Env:   CHAOS_ARTIFACTS (default target/chaos: results.json and the containers' logs),
 #        KEEP=1 (leave the cluster up afterwards), COMPOSE.
 set -euo pipefail

@@ -6,6 +6,7 @@
 pub mod etcdctl;
 pub mod grpc;
 pub mod load;
+pub mod proxy;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};

@@ -87,8 +87,9 @@ async fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
     // With --etcd, ready means registered: the line comes only after the key is in etcd.
     let mut ready = loaded.register(listener).await?;
     let mut line = format!(
-        "{WORKER_READY} rpc_addr={} worker_id={worker_id}",
-        ready.rpc_addr()
+        "{WORKER_READY} rpc_addr={} worker_id={worker_id} listen_addr={}",
+        ready.rpc_addr(),
+        ready.listen_addr()?
     );
     if let Some(metrics) = metrics {
         line.push_str(&format!(" metrics_addr={}", metrics.local_addr()?));

@@ -87,15 +87,24 @@ pub struct CoordinatorConfig {
     #[arg(long, env = "CHORUS_HEDGE_MIN_DELAY_US", default_value_t = 500)]
     pub hedge_min_delay_us: u64,
 
-    /// Consecutive failed pings or calls after which a worker is taken out of rotation until a
-    /// probe succeeds.
+    /// Failed pings in a row (an error, or no pong within the ping interval) after which a
+    /// worker is taken out of rotation until it passes its probation.
     #[arg(long, env = "CHORUS_EJECT_AFTER_FAILURES", default_value_t = 3)]
     pub eject_after_failures: u32,
+
+    /// Milliseconds a worker may answer nothing at all (no reply, no error, no pong) after it
+    /// was asked something before it is taken out of rotation, at any load.
+    #[arg(long, env = "CHORUS_EJECT_AFTER_SILENCE_MS", default_value_t = 1000)]
+    pub eject_after_silence_ms: u64,
 }
 
 impl CoordinatorConfig {
     pub fn ping_interval(&self) -> Duration {
         Duration::from_millis(self.ping_interval_ms.max(10))
+    }
+
+    pub fn silence_limit(&self) -> Duration {
+        Duration::from_millis(self.eject_after_silence_ms.max(10))
     }
 
     pub fn model_deadline(&self) -> Duration {

@@ -41,6 +41,7 @@ pub async fn run(
             max_frame_bytes: config.max_frame_bytes,
             ping_interval: config.ping_interval(),
             eject_after_failures: config.eject_after_failures.max(1),
+            silence_limit: config.silence_limit(),
             connect_timeout: Duration::from_secs(2),
         },
         Arc::clone(&metrics),

@@ -17,7 +17,7 @@ use chorus_common::{
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tarpc::context::Context;
@@ -66,6 +66,9 @@ pub struct FakeWorker {
     /// Infer calls that arrived, and those that ran to the end (not cancelled).
     pub started: Arc<AtomicU32>,
     pub finished: Arc<AtomicU32>,
+    /// While set, the worker answers nothing at all (calls, pings, metadata), as a
+    /// partitioned or hung process would; calls that arrived meanwhile never answer.
+    frozen: Arc<AtomicBool>,
 }
 
 impl FakeWorker {
@@ -86,6 +89,18 @@ impl FakeWorker {
             .lock()
             .unwrap()
             .insert(model.to_string(), behaviour);
+    }
+
+    /// Silences the worker (or lets it answer again).
+    pub fn freeze(&self, frozen: bool) {
+        self.frozen.store(frozen, Ordering::SeqCst);
+    }
+
+    /// Never resolves while frozen: the call is lost in the partition.
+    async fn stall_if_frozen(&self) {
+        if self.frozen.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
     }
 
     fn models(&self) -> Vec<ModelInfo> {
@@ -117,6 +132,7 @@ pub fn model_info(name: &str) -> ModelInfo {
 
 impl WorkerService for FakeWorker {
     async fn metadata(self, _: Context) -> WorkerInfo {
+        self.stall_if_frozen().await;
         WorkerInfo {
             worker_id: self.id.clone(),
             rpc_addr: self.id.clone(),
@@ -128,6 +144,7 @@ impl WorkerService for FakeWorker {
 
     async fn infer(self, _: Context, call: InferCall) -> Result<InferReply, WorkerError> {
         self.started.fetch_add(1, Ordering::SeqCst);
+        self.stall_if_frozen().await;
         let behaviour = self.behaviours.lock().unwrap().get(&call.model).cloned();
         let result = match behaviour {
             None => Err(WorkerError::ModelNotFound {
@@ -158,6 +175,7 @@ impl WorkerService for FakeWorker {
     }
 
     async fn ping(self, _: Context) -> Pong {
+        self.stall_if_frozen().await;
         Pong {
             worker_id: self.id.clone(),
             state: WorkerState::Serving,
@@ -230,6 +248,7 @@ impl Harness {
                 max_frame_bytes: 1 << 20,
                 ping_interval: Duration::from_secs(1),
                 eject_after_failures: 3,
+                silence_limit: Duration::from_secs(1),
                 connect_timeout: Duration::from_secs(1),
             },
             Arc::clone(&metrics),

@@ -441,6 +441,7 @@ async fn ensemble_specs_in_etcd_update_the_catalog() {
             max_frame_bytes: 1 << 20,
             ping_interval: Duration::from_secs(1),
             eject_after_failures: 3,
+            silence_limit: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
         },
         Arc::new(Metrics::new()),

@@ -151,6 +151,12 @@ impl ReadyWorker {
         &self.shared.worker_id
     }
 
+    /// The address the RPC listener is bound to (differs from [`ReadyWorker::rpc_addr`] behind
+    /// a proxy or NAT).
+    pub fn listen_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
     /// The etcd registration, when etcd is configured.
     pub fn registration(&self) -> Option<&RegistrationHandle> {
         self.registration.as_ref()

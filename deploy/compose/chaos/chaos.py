@@ -1,11 +1,21 @@
 #!/usr/bin/env python3
 """Chaos suite on the compose cluster: under steady open-loop load through both coordinators,
-inject one fault at a time, measure, heal, and judge. deploy/compose/chaos.sh brings the cluster
-up, runs this, and removes the cluster whatever happens.
+inject one fault at a time, measure, heal, and judge; every scenario at each of the chosen loads.
+deploy/compose/chaos.sh brings the cluster up, runs this, and removes the cluster whatever
+happens.
+
+Loads: light (30 requests/s), real (500 requests/s, or a quarter of the measured throughput if
+that is higher) and near (the measured capacity). Capacity is measured when a load needs it, and
+printed: first the throughput, closed loop; then, for near, the highest open-loop rate at which
+the cluster still answers every request whole and on time with no fault (a step of the
+throughput, see `deadline_capacity`), as Triton's perf_analyzer finds the highest load under a
+latency threshold. The pass criteria are the same at every load: 0 failed, 0 lost, and a faulty
+worker out of rotation within 3 s.
 
 Per scenario it prints requests sent, ok, degraded (answered, but not by every member), failed
 (an HTTP error), lost (no answer even after the retry), the requests the load generator retried
-on the other coordinator, time to detect and time to recover, and whether the pass criteria held.
+on the other coordinator, time to detect and time to recover, the coordinators' hedges, and
+whether the pass criteria held.
 """
 
 import argparse
@@ -15,11 +25,22 @@ import sys
 import threading
 import time
 
-from chaoslib import WORKERS, Cluster, LoadGenerator, now, routing_delta, tally, wait_until
+from chaoslib import WORKERS, Cluster, routing_delta, tally, wait_until
+from loadgen import LoadGenerator, measure_capacity, now
 
 PRE_S = 2.0  # steady load before each fault
 HOLD_S = 4.0  # load with the fault in place, after it was detected
 POST_S = 3.0  # load after recovery
+EJECT_LIMIT_S = 3.0  # a faulty worker must be out of rotation within this, at every load
+LIGHT_RATE = 30.0
+REAL_RATE = 500.0
+# The steps of the closed-loop throughput tried, highest first, for the near load, and what a
+# step must show over its probe to count as within capacity: no request failed, lost or
+# degraded, and a p99 latency of at most a quarter of the ensembles' 1 s deadline (latency that
+# grows past that is a queue building up, not a rate the cluster holds).
+NEAR_STEPS = (0.8, 0.7, 0.6, 0.5, 0.4)
+PROBE_S = 6.0
+PROBE_P99_LIMIT_S = 0.25
 
 
 def log(msg):
@@ -52,6 +73,13 @@ def judge_zero(m, counts, recs):
     return ok, "0 failed, 0 lost, detected and recovered"
 
 
+def judge_ejection(m, counts, recs):
+    """A worker fault: 0 failed, 0 lost, out of rotation within the limit, back afterwards."""
+    ok, criteria = judge_zero(m, counts, recs)
+    ejected = m["detect"] is not None and m["detect"] < EJECT_LIMIT_S
+    return ok and ejected, f"{criteria}; out of rotation within {EJECT_LIMIT_S:g} s: {ejected}"
+
+
 def worker_pause(c, load, cfg):
     w = "worker-3"
     pause_s = cfg.ttl + 3
@@ -75,10 +103,10 @@ def worker_pause(c, load, cfg):
 
 
 def judge_pause(m, counts, recs):
-    bad = counts["failed"] + counts["lost"]
-    ok = bad <= m["in_flight_at_fault"] and m["re_registered"] and m["recover"] is not None
-    return ok, (f"failed+lost {bad} <= in flight at the pause {m['in_flight_at_fault']} (target 0), "
-                f"re-registered under a new lease: {m['re_registered']}, serving again")
+    ok, criteria = judge_ejection(m, counts, recs)
+    return ok and m["re_registered"], (f"{criteria}; re-registered under a new lease: "
+                                       f"{m['re_registered']} ({m['in_flight_at_fault']} requests "
+                                       f"in flight at the pause)")
 
 
 def gray_failure(c, load, cfg):
@@ -100,20 +128,17 @@ def gray_failure(c, load, cfg):
 
 
 def judge_gray(m, counts, recs):
-    if m["detect"] is None:
-        return False, "ejected within 3 s: never ejected"
-    ejected_at = m["t_fault"] + m["detect"]
-    bad = [r for r in recs if r.outcome in ("failed", "lost")]
-    m["failed_before_ejection"] = sum(r.t_sched < ejected_at for r in bad)
-    m["failed_while_ejected"] = sum(ejected_at <= r.t_sched < m["t_heal"] for r in bad)
-    m["failed_after_reconnect"] = sum(r.t_sched >= m["t_heal"] for r in bad)
-    after = m["failed_while_ejected"] + m["failed_after_reconnect"]
-    ok = (m["detect"] <= 3.0 and after == 0 and counts["lost"] == 0 and m["still_registered"]
-          and m["recover"] is not None)
-    return ok, (f"ejected within 3 s; then 0 failed (while cut off {m['failed_while_ejected']}, "
-                f"after reconnecting {m['failed_after_reconnect']}; before ejection "
-                f"{m['failed_before_ejection']}); 0 lost; still registered in etcd while cut off: "
-                f"{m['still_registered']}; back in rotation after reconnecting")
+    ok, criteria = judge_ejection(m, counts, recs)
+    if m["detect"] is not None:
+        # Where failures fell, for the report: before the ejection is what the data plane's
+        # detection costs; after it is what routing around an ejected worker costs.
+        ejected_at = m["t_fault"] + m["detect"]
+        bad = [r for r in recs if r.outcome in ("failed", "lost")]
+        m["failed_before_ejection"] = sum(r.t_sched < ejected_at for r in bad)
+        m["failed_while_ejected"] = sum(ejected_at <= r.t_sched < m["t_heal"] for r in bad)
+        m["failed_after_reconnect"] = sum(r.t_sched >= m["t_heal"] for r in bad)
+    return ok and m["still_registered"], (f"{criteria}; still registered in etcd while cut off: "
+                                          f"{m['still_registered']}")
 
 
 def etcd_leader_kill(c, load, cfg):
@@ -187,7 +212,7 @@ def rolling_restart(c, load, cfg):
 
 
 SCENARIOS = [
-    ("worker-kill", "docker kill a worker", worker_kill, judge_zero),
+    ("worker-kill", "docker kill a worker", worker_kill, judge_ejection),
     ("worker-pause", "docker pause a worker past its lease TTL", worker_pause, judge_pause),
     ("gray-failure", "cut a worker off the data network", gray_failure, judge_gray),
     ("etcd-leader-kill", "kill the etcd leader", etcd_leader_kill, judge_zero),
@@ -218,6 +243,12 @@ def run_scenario(c, load, cfg, key, title, body, judge):
             "passed": passed, "criteria": criteria}
 
 
+def hedges(res):
+    """The coordinators' hedges over a scenario: sent/won/refused by the budget."""
+    r = res.get("routing") or {}
+    return f"{r.get('hedges', 0)}/{r.get('hedges_won', 0)}/{r.get('hedges_refused', 0)}"
+
+
 def report(res):
     print(f"{res['scenario']}: {res.get('fault', res['title'])}\n"
           f"  sent {res['sent']}  ok {res['ok']}  degraded {res['degraded']}  failed {res['failed']}  "
@@ -228,40 +259,24 @@ def report(res):
         print("  routing: " + "  ".join(f"{k} {v}" for k, v in sorted(res["routing"].items())), flush=True)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--compose", default=os.environ.get("COMPOSE", "docker-compose"))
-    ap.add_argument("--project", default=os.environ.get("COMPOSE_PROJECT_NAME", "chorus-chaos"))
-    ap.add_argument("--compose-file", default=os.path.join(os.path.dirname(__file__), "..", "docker-compose.yml"))
-    ap.add_argument("--ports", default="18000,18010", help="the coordinators' published ports")
-    ap.add_argument("--rate", type=float, default=30.0, help="requests per second, both coordinators together")
-    ap.add_argument("--ttl", type=int, default=3, help="the workers' lease TTL the cluster runs with")
-    ap.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
-    ap.add_argument("--results", default="", help="write the results as JSON here")
-    ap.add_argument("--body", default="fixtures/digits/sample-request.json")
-    cfg = ap.parse_args()
-    cfg.ports = [int(p) for p in cfg.ports.split(",")]
-    chosen = [s for s in SCENARIOS if not cfg.only or s[0] in cfg.only.split(",")]
-
-    c = Cluster(cfg.compose, cfg.project, cfg.compose_file, cfg.ports)
-    with open(cfg.body, "rb") as f:
-        body = f.read()
-    log(f"waiting for a steady cluster on 127.0.0.1:{cfg.ports[0]} and :{cfg.ports[1]}")
-    if wait_until(c.steady, 180) is None:
-        print("chaos: the cluster never became steady", file=sys.stderr)
-        return 1
-
-    load = LoadGenerator(cfg.ports, cfg.rate, body)
+def run_load(c, cfg, chosen, name, rate, body):
+    """Every chosen scenario under `rate` requests/s; returns the results, baseline first."""
+    log(f"##### load {name}: {rate:g} requests/s (open loop) over both coordinators, "
+        "ensembles digits_soft/hard/fusion")
+    if wait_until(c.steady, 90) is None:
+        raise RuntimeError("cluster not steady before the load started")
+    load = LoadGenerator(cfg.ports, rate, body)
     load.start()
-    log(f"open-loop load: {cfg.rate:g} requests/s over both coordinators, ensembles digits_soft/hard/fusion")
     results = []
     try:
+        routing_before = c.routing_totals()
         t0 = now()
         time.sleep(5)
         base = tally(load.window(t0, now()))
+        routing = routing_delta(routing_before, c.routing_totals())
         results.append({"scenario": "baseline", "title": "no fault, 5 s", "fault": "none (5 s of load)", **base,
-                        "detect": None, "recover": None, "passed": base["failed"] + base["lost"] == 0,
-                        "criteria": "0 failed, 0 lost"})
+                        "detect": None, "recover": None, "routing": routing,
+                        "passed": base["failed"] + base["lost"] == 0, "criteria": "0 failed, 0 lost"})
         report(results[-1])
         for key, title, body_fn, judge in chosen:
             try:
@@ -277,17 +292,121 @@ def main():
         for cid in c.docker("ps", "-q", "--filter", f"label=com.docker.compose.project={cfg.project}",
                             "--filter", "status=paused", check=False).split():
             c.docker("unpause", cid, check=False)
-
-    print("\nscenario            sent    ok  degr  fail  lost  retry   detect  recover  result")
+    if load.max_lag_s > 0.25:
+        log(f"load {name}: the generator fell up to {load.max_lag_s:.2f} s behind its schedule "
+            "(this machine could not send the rate on time)")
     for r in results:
-        print(f"{r['scenario']:<18} {r['sent']:>5} {r['ok']:>5} {r['degraded']:>5} {r['failed']:>5} "
-              f"{r['lost']:>5} {r['retried']:>6} {secs(r.get('detect')):>8} {secs(r.get('recover')):>8}  "
+        r["load"], r["rate"] = name, rate
+    return results
+
+
+def table(results):
+    print("\nload   rate/s  scenario            sent    ok  degr  fail  lost  retry   detect  recover"
+          "  hedges s/w/r  result")
+    for r in results:
+        print(f"{r['load']:<6} {r['rate']:>6.0f}  {r['scenario']:<18} {r['sent']:>5} {r['ok']:>5} "
+              f"{r['degraded']:>5} {r['failed']:>5} {r['lost']:>5} {r['retried']:>6} "
+              f"{secs(r.get('detect')):>8} {secs(r.get('recover')):>8}  {hedges(r):>13}  "
               f"{'PASS' if r['passed'] else 'FAIL'}")
+
+
+def probe(cfg, rate, body):
+    """Open-loop load at `rate` for 1 s of warm-up and PROBE_S measured: (counts, p99 s)."""
+    load = LoadGenerator(cfg.ports, rate, body)
+    load.start()
+    try:
+        t0 = now() + 1.0
+        time.sleep(1.0 + PROBE_S)
+        recs = load.window(t0, t0 + PROBE_S)
+    finally:
+        load.stop()
+    latencies = sorted(r.t_done - r.t_sched for r in recs if r.t_done is not None)
+    p99 = latencies[int(0.99 * (len(latencies) - 1))] if latencies else float("inf")
+    return tally(recs), p99
+
+
+def deadline_capacity(cfg, c, body, throughput):
+    """The highest NEAR_STEPS fraction of `throughput` that the fault-free cluster answers whole
+    and on time (see NEAR_STEPS), or the lowest step if none does (printed as such)."""
+    for step in NEAR_STEPS:
+        rate = step * throughput
+        if wait_until(c.steady, 90) is None:
+            raise RuntimeError("cluster not steady before a capacity probe")
+        counts, p99 = probe(cfg, rate, body)
+        held = counts["failed"] + counts["lost"] + counts["degraded"] == 0 and p99 <= PROBE_P99_LIMIT_S
+        log(f"  probe {rate:.0f} requests/s ({step:.0%} of the throughput): sent {counts['sent']}, "
+            f"failed {counts['failed']}, lost {counts['lost']}, degraded {counts['degraded']}, "
+            f"p99 {p99 * 1000:.0f} ms: {'held' if held else 'not held'}")
+        if held:
+            return rate
+        time.sleep(3)  # let the queues drain before the next step
+    log(f"capacity: no step held; the near load uses the lowest, {rate:.0f} requests/s")
+    return rate
+
+
+def rates(cfg, c, body):
+    """(name, requests/s) for each chosen load, and the measured capacity (a dict), measuring
+    it first if a load needs it."""
+    if cfg.rate:
+        return [("custom", cfg.rate)], None
+    names = [n for n in cfg.loads.split(",") if n]
+    unknown = [n for n in names if n not in ("light", "real", "near")]
+    if unknown:
+        raise SystemExit(f"chaos: unknown load {','.join(unknown)} (light, real, near)")
+    capacity = {}
+    if any(n in ("real", "near") for n in names):
+        log("measuring throughput: 128 requests always outstanding over both coordinators for 8 s")
+        throughput, errors = measure_capacity(cfg.ports, body)
+        capacity["throughput_rps"] = throughput
+        log(f"throughput: {throughput:.0f} requests/s ({errors} errors while measuring)")
+    if "near" in names:
+        log(f"measuring capacity: open loop at falling steps of the throughput, {PROBE_S:g} s each, "
+            f"until one is answered whole with p99 <= {PROBE_P99_LIMIT_S * 1000:.0f} ms")
+        capacity["deadline_capacity_rps"] = deadline_capacity(cfg, c, body, capacity["throughput_rps"])
+        log(f"capacity: {capacity['deadline_capacity_rps']:.0f} requests/s")
+    throughput = capacity.get("throughput_rps")
+    by_name = {"light": LIGHT_RATE,
+               "real": max(REAL_RATE, throughput / 4) if throughput else REAL_RATE,
+               "near": capacity.get("deadline_capacity_rps")}
+    return [(n, by_name[n]) for n in names], capacity or None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--compose", default=os.environ.get("COMPOSE", "docker-compose"))
+    ap.add_argument("--project", default=os.environ.get("COMPOSE_PROJECT_NAME", "chorus-chaos"))
+    ap.add_argument("--compose-file", default=os.path.join(os.path.dirname(__file__), "..", "docker-compose.yml"))
+    ap.add_argument("--ports", default="18000,18010", help="the coordinators' published ports")
+    ap.add_argument("--loads", default="light,real",
+                    help="comma-separated loads to run every scenario at: light, real, near")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="one custom load instead, in requests/s (both coordinators together)")
+    ap.add_argument("--ttl", type=int, default=3, help="the workers' lease TTL the cluster runs with")
+    ap.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
+    ap.add_argument("--results", default="", help="write the results as JSON here")
+    ap.add_argument("--body", default="fixtures/digits/sample-request.json")
+    cfg = ap.parse_args()
+    cfg.ports = [int(p) for p in cfg.ports.split(",")]
+    chosen = [s for s in SCENARIOS if not cfg.only or s[0] in cfg.only.split(",")]
+
+    c = Cluster(cfg.compose, cfg.project, cfg.compose_file, cfg.ports)
+    with open(cfg.body, "rb") as f:
+        body = f.read()
+    log(f"waiting for a steady cluster on 127.0.0.1:{cfg.ports[0]} and :{cfg.ports[1]}")
+    if wait_until(c.steady, 180) is None:
+        print("chaos: the cluster never became steady", file=sys.stderr)
+        return 1
+    loads, capacity = rates(cfg, c, body)
+    results = []
+    for name, rate in loads:
+        results += run_load(c, cfg, chosen, name, rate, body)
+        table(results)
     if cfg.results:
         with open(cfg.results, "w") as f:
-            json.dump({"rate": cfg.rate, "lease_ttl_s": cfg.ttl, "results": results}, f, indent=2)
-    failed = [r["scenario"] for r in results if not r["passed"]]
-    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed")
+            json.dump({"capacity": capacity, "loads": dict(loads), "lease_ttl_s": cfg.ttl,
+                       "results": results}, f, indent=2)
+    failed = [f"{r['scenario']}@{r['load']}" for r in results if not r["passed"]]
+    print(f"\n{len(results) - len(failed)} passed, {len(failed)} failed{': ' if failed else ''}{', '.join(failed)}")
     return 1 if failed else 0
 
 

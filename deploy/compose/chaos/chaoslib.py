@@ -1,4 +1,5 @@
-"""The chaos suite's tools: an open-loop load generator and a handle on the compose cluster.
+"""The chaos suite's tools: a handle on the compose cluster and the counting helpers (the load
+generator is loadgen.py).
 
 Standard library only. Every address it sends to is 127.0.0.1 (the coordinators' published
 ports); the cluster itself is reached through the docker CLI.
@@ -8,18 +9,12 @@ import http.client
 import json
 import shlex
 import subprocess
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
-ENSEMBLES = ("digits_soft", "digits_hard", "digits_fusion")
+from loadgen import now
+
 WORKERS = ("worker-1", "worker-2", "worker-3", "worker-4")
 ETCD = ("etcd-1", "etcd-2", "etcd-3")
-
-
-def now():
-    return time.monotonic()
 
 
 def wait_until(predicate, timeout_s, interval_s=0.1, since=None):
@@ -36,110 +31,6 @@ def wait_until(predicate, timeout_s, interval_s=0.1, since=None):
         if now() - start >= timeout_s:
             return None
         time.sleep(interval_s)
-
-
-@dataclass
-class Record:
-    """One request of the load: when it was due, where it went and how it ended."""
-
-    t_sched: float
-    coord: int  # index of the coordinator it was sent to first
-    model: str
-    rid: str  # the request's OIP `id`, which the coordinators log as request_id
-    outcome: str = "pending"  # ok | degraded | failed | lost
-    retried: bool = False
-    conn_failed_at: float | None = None
-    t_done: float | None = None
-    detail: str = ""
-
-
-class LoadGenerator:
-    """Open-loop load: request i is due at start + i/rate whatever earlier requests are doing,
-    alternating between the coordinators and cycling through the ensembles. A request whose
-    connection fails (refused, reset, closed before the answer) is retried once on the other
-    coordinator; a timeout or an HTTP error is not retried."""
-
-    def __init__(self, ports, rate, body, timeout_s=5.0, max_threads=256):
-        self.ports = ports
-        self.rate = rate
-        # Each request gets its own `id` so that a failure can be found in the coordinators' logs.
-        self.request = json.loads(body)
-        self.timeout_s = timeout_s
-        self.records = []
-        self.lock = threading.Lock()
-        self.pool = ThreadPoolExecutor(max_workers=max_threads, thread_name_prefix="load")
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._schedule, name="load-scheduler", daemon=True)
-
-    def start(self):
-        self.thread.start()
-
-    def stop(self):
-        self.stopping.set()
-        self.thread.join()
-        self.pool.shutdown(wait=True)
-
-    def _schedule(self):
-        start = now()
-        i = 0
-        while not self.stopping.is_set():
-            due = start + i / self.rate
-            delay = due - now()
-            if delay > 0 and self.stopping.wait(delay):
-                break
-            rec = Record(t_sched=due, coord=i % 2, model=ENSEMBLES[(i // 2) % len(ENSEMBLES)], rid=f"chaos-{i}")
-            with self.lock:
-                self.records.append(rec)
-            self.pool.submit(self._send, rec)
-            i += 1
-
-    def _post(self, port, model, rid):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=self.timeout_s)
-        try:
-            conn.request(
-                "POST",
-                f"/v2/models/{model}/infer",
-                body=json.dumps({**self.request, "id": rid}),
-                headers={"Content-Type": "application/json"},
-            )
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
-
-    def _send(self, rec):
-        try:
-            try:
-                status, body = self._post(self.ports[rec.coord], rec.model, rec.rid)
-            except (ConnectionError, http.client.IncompleteRead, http.client.BadStatusLine) as e:
-                rec.conn_failed_at = now()
-                rec.retried = True
-                rec.detail = f"retried after {type(e).__name__}"
-                status, body = self._post(self.ports[1 - rec.coord], rec.model, rec.rid)
-        except Exception as e:  # timeout, or the retry's connection failed too
-            rec.outcome = "lost"
-            rec.detail = f"{rec.detail}; {type(e).__name__}: {e}".lstrip("; ")
-        else:
-            if status == 200:
-                params = json.loads(body).get("parameters", {})
-                rec.outcome = "degraded" if params.get("degraded") else "ok"
-            else:
-                rec.outcome = "failed"
-                rec.detail = f"{rec.detail}; HTTP {status}: {body[:200]!r}".lstrip("; ")
-        rec.t_done = now()
-
-    def window(self, t0, t1, settle_s=None):
-        """The records due in [t0, t1), once each has finished (or `settle_s` has passed)."""
-        deadline = now() + (settle_s if settle_s is not None else self.timeout_s * 2 + 1)
-        with self.lock:
-            recs = [r for r in self.records if t0 <= r.t_sched < t1]
-        while any(r.t_done is None for r in recs) and now() < deadline:
-            time.sleep(0.05)
-        return recs
-
-    def in_flight_at(self, t):
-        with self.lock:
-            return sum(1 for r in self.records if r.t_sched <= t and (r.t_done is None or r.t_done > t))
 
 
 def routing_delta(before, after):

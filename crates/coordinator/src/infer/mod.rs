@@ -333,4 +333,6 @@ fn shape_outputs(
 }
 
 #[cfg(test)]
+mod ejection_tests;
+#[cfg(test)]
 mod tests;

@@ -155,6 +155,9 @@ pub struct RoutingCounters {
     pub hedges_refused: Counter,
     /// Hedges that answered before the attempt they duplicated.
     pub hedges_won: Counter,
+    /// Hedges (counted in `hedges` too) of calls stuck on a replica that went silent: owed
+    /// whatever the budget holds, since they are what hedging is for.
+    pub hedges_off_stalled: Counter,
 }
 
 /// Every coordinator metric, and the registry that encodes them.
@@ -252,6 +255,11 @@ impl Metrics {
             "chorus_hedges_won",
             "Hedges that answered before the call they duplicated",
             self.routing.hedges_won.clone(),
+        );
+        r.register(
+            "chorus_hedges_off_stalled",
+            "Hedges of calls stuck on a silent replica, sent whatever the hedging budget held",
+            self.routing.hedges_off_stalled.clone(),
         );
         r.register(
             "chorus_worker_ejections",
@@ -511,6 +519,7 @@ mod tests {
             "chorus_hedges_total 0\n",
             "chorus_hedges_refused_total 0\n",
             "chorus_hedges_won_total 1\n",
+            "chorus_hedges_off_stalled_total 0\n",
             "chorus_worker_ejections_total{worker=\"w-1\"} 1\n",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");

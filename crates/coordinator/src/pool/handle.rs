@@ -4,7 +4,7 @@
 use super::PoolSettings;
 use super::connector::Connector;
 use super::error::CallError;
-use super::health::Health;
+use super::health::{Ejected, Health};
 use super::load::Load;
 use chorus_common::rpc::{InferCall, InferReply};
 use chorus_common::{WorkerError, WorkerInfo, WorkerServiceClient};
@@ -14,6 +14,7 @@ use std::time::Duration;
 use tarpc::client::RpcError;
 use tarpc::context;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 /// Longest deadline put on one RPC: tarpc's timer wheel panics on deadlines years away, which an
@@ -33,7 +34,17 @@ pub(super) fn rpc_context(deadline: Instant) -> context::Context {
 #[derive(Default)]
 struct Link {
     client: Option<WorkerServiceClient>,
+    /// Cancelled when the link is dropped: calls still waiting on it give up at once and are
+    /// retried elsewhere instead of waiting out their deadline on a worker that left rotation.
+    severed: CancellationToken,
     info: Option<Arc<WorkerInfo>>,
+}
+
+impl Link {
+    fn sever(&mut self) {
+        self.client = None;
+        self.severed.cancel();
+    }
 }
 
 pub struct WorkerHandle {
@@ -73,10 +84,17 @@ impl WorkerHandle {
         self.link.lock().expect("link lock").client.clone()
     }
 
+    /// The current client with the token that is cancelled when its link is dropped.
+    fn live_link(&self) -> Option<(WorkerServiceClient, CancellationToken)> {
+        let link = self.link.lock().expect("link lock");
+        Some((link.client.clone()?, link.severed.clone()))
+    }
+
     /// Installs a fresh link and the worker's self-description.
     pub(super) fn linked(&self, client: WorkerServiceClient, info: WorkerInfo) {
         let mut link = self.link.lock().expect("link lock");
         link.client = Some(client);
+        link.severed = CancellationToken::new();
         link.info = Some(Arc::new(info));
         self.generation.fetch_add(1, Ordering::Release);
     }
@@ -91,6 +109,34 @@ impl WorkerHandle {
         self.health.is_routable()
     }
 
+    /// A call to this worker was still unanswered after `waited` when a hedge to another
+    /// replica answered: counted as that slow, so replica choice routes around it.
+    pub fn lost_to_hedge(&self, waited: Duration) {
+        self.load.lost_to_hedge(waited);
+    }
+
+    /// Whether the prober should ping now rather than at the next interval: the worker looks
+    /// stalled, or has been silent for half the silence limit, so that a worker that is alive
+    /// (merely slow, or busy with long calls) answers a ping before the limit ejects it.
+    pub(super) fn wants_ping(&self, now: Instant) -> bool {
+        self.load.is_stalled(now) || self.load.silence(now) >= self.settings.silence_limit / 2
+    }
+
+    /// Silent for much longer than it usually takes (see `load.rs`).
+    pub fn is_stalled(&self, now: Instant) -> bool {
+        self.load.is_stalled(now)
+    }
+
+    /// When it will look stalled if it answers nothing before then.
+    pub fn stalls_at(&self, now: Instant) -> Instant {
+        self.load.stalls_at(now)
+    }
+
+    /// Replica choice's order, smallest first (see `Load::choice_key`).
+    pub fn choice_key(&self, now: Instant) -> (bool, u64) {
+        self.load.choice_key(now)
+    }
+
     pub fn serves(&self, model: &str, version: Option<&str>) -> bool {
         self.info().is_some_and(|info| {
             info.models
@@ -101,36 +147,70 @@ impl WorkerHandle {
 
     /// Counts a failed probe or call; enough in a row take the worker out of rotation.
     pub(super) fn record_failure(&self, reason: &str) {
-        if let Some(failures) = self.health.failed() {
-            warn!(worker = %self.worker_id, addr = %self.addr, failures, reason, "worker ejected");
+        if let Some(ejected) = self.health.failed(Instant::now()) {
+            self.ejected(ejected, reason);
         }
     }
 
     /// The link is dead for good (a tarpc client never recovers from shutdown): drop it so the
     /// prober reconnects, and stop routing at once.
     pub(super) fn drop_link(&self, reason: &str) {
-        self.link.lock().expect("link lock").client = None;
-        if self.health.eject() {
-            warn!(worker = %self.worker_id, addr = %self.addr, reason, "worker link lost");
+        self.link.lock().expect("link lock").sever();
+        if let Some(ejected) = self.health.link_lost(Instant::now()) {
+            self.ejected(ejected, reason);
+        }
+    }
+
+    /// Takes a worker that has been silent too long out of rotation (health rule 1).
+    pub(super) fn eject_if_silent(&self, now: Instant) {
+        if let Some(ejected) = self.health.check_silence(self.load.silence(now), now) {
+            self.ejected(ejected, "no answer of any kind");
+        }
+    }
+
+    /// After an ejection, whatever its cause: the link goes too, so that the worker comes back
+    /// (after its probation) on a fresh connection rather than behind calls that are stuck.
+    fn ejected(&self, why: Ejected, reason: &str) {
+        self.link.lock().expect("link lock").sever();
+        let probation = self.health.probation_left();
+        match why {
+            Ejected::Silent(silence) => {
+                warn!(worker = %self.worker_id, addr = %self.addr, silent_ms = silence.as_millis() as u64, probation, "worker ejected: silent")
+            }
+            Ejected::PingsFailed(failures) => {
+                warn!(worker = %self.worker_id, addr = %self.addr, failures, reason, probation, "worker ejected: failures in a row")
+            }
+            Ejected::LinkLost => {
+                warn!(worker = %self.worker_id, addr = %self.addr, reason, probation, "worker link lost")
+            }
         }
     }
 
     /// Runs one inference call on this worker under `deadline`.
     pub async fn infer(&self, call: InferCall, deadline: Instant) -> Result<InferReply, CallError> {
         let worker = || self.worker_id.clone();
-        let client = self.client().ok_or_else(|| CallError::Transport {
+        let (client, severed) = self.live_link().ok_or_else(|| CallError::Transport {
             worker: worker(),
             message: "not connected".into(),
         })?;
-        let _outstanding = self.load.call_started();
         let started = Instant::now();
-        let answer = client.infer(rpc_context(deadline), call).await;
+        let _outstanding = self.load.call_started(started);
+        let answer = tokio::select! {
+            answer = client.infer(rpc_context(deadline), call) => answer,
+            _ = severed.cancelled() => {
+                return Err(CallError::Transport {
+                    worker: worker(),
+                    message: "left rotation while the call waited".into(),
+                });
+            }
+        };
         if answer.is_ok() {
-            self.load.note_progress(Instant::now());
+            // A reply or an error: either way the worker answered.
+            self.load.call_answered(Instant::now());
+            self.health.succeeded();
         }
         match answer {
             Ok(Ok(reply)) => {
-                self.health.succeeded();
                 self.load.call_succeeded(started.elapsed());
                 Ok(reply)
             }
@@ -144,7 +224,8 @@ impl WorkerHandle {
                 })
             }
             // A missed deadline is not held against the worker: the client may have asked for
-            // a millisecond. Frozen workers are caught by the pings, whose deadline we choose.
+            // a millisecond. It leaves the silence clock running, and a frozen worker is caught
+            // by that (health rule 1), not by this call.
             Err(RpcError::DeadlineExceeded) => {
                 Err(CallError::DeadlineExceeded { worker: worker() })
             }

@@ -23,7 +23,7 @@ pub use status::WorkerStatus;
 use crate::membership::MembershipChange;
 use crate::metrics::Metrics;
 use chorus_common::{ModelInfo, WorkerState};
-use health::Health;
+use health::{Health, HealthPolicy};
 use rand::seq::IndexedRandom;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +40,8 @@ pub struct PoolSettings {
     pub max_frame_bytes: usize,
     pub ping_interval: Duration,
     pub eject_after_failures: u32,
+    /// A worker that answers nothing for this long leaves rotation (health rule 1).
+    pub silence_limit: Duration,
     pub connect_timeout: Duration,
 }
 
@@ -116,10 +118,11 @@ impl Pool {
                     return;
                 }
                 info!(worker = %worker_id, addr = %addr, "worker joined");
-                let health = Health::new(
+                let policy = HealthPolicy::new(
                     self.settings.eject_after_failures,
-                    self.metrics.worker_ejections(&worker_id),
+                    self.settings.silence_limit,
                 );
+                let health = Health::new(policy, self.metrics.worker_ejections(&worker_id));
                 health.set_draining(draining);
                 let handle = Arc::new(WorkerHandle::new(
                     worker_id.clone(),

@@ -51,6 +51,7 @@ pub struct RouterStats {
     pub hedges: u64,
     pub hedges_refused: u64,
     pub hedges_won: u64,
+    pub hedges_off_stalled: u64,
 }
 
 /// Routes calls over the pool's replicas.
@@ -98,6 +99,7 @@ impl Router {
             hedges: c.hedges.get(),
             hedges_refused: c.hedges_refused.get(),
             hedges_won: c.hedges_won.get(),
+            hedges_off_stalled: c.hedges_off_stalled.get(),
         }
     }
 
@@ -215,9 +217,10 @@ impl Router {
             .map(|p95| p95.max(self.settings.hedge_min_delay))
     }
 
-    /// The first attempt: if it has not answered by the hedging delay, a duplicate goes to
-    /// another replica; the first success wins and the other future is dropped, which cancels
-    /// its RPC. Returns the result and whether a hedge was sent.
+    /// The first attempt, hedged: once it has gone unanswered for the hedging delay, a duplicate
+    /// goes to another replica (see [`Router::hedge_target`]); the first success wins and the
+    /// other future is dropped, which cancels its RPC. Returns the result and whether a hedge
+    /// was sent.
     async fn attempt(
         &self,
         call: &InferCall,
@@ -225,6 +228,7 @@ impl Router {
         first: Arc<WorkerHandle>,
         tried: &mut Vec<String>,
     ) -> (Result<InferReply, CallError>, bool) {
+        let primary_started = Instant::now();
         let primary = self.timed(call, deadline, &first);
         tokio::pin!(primary);
         let Some(delay) = self.hedge_delay(&call.model) else {
@@ -234,16 +238,34 @@ impl Router {
             result = &mut primary => return (result, false),
             _ = tokio::time::sleep(delay) => {}
         }
-        let Some(second) = self.pick(call, tried) else {
-            return (primary.await, false);
-        };
         let counters = self.metrics.routing();
-        if !self.hedges.try_spend() {
-            counters.hedges_refused.inc();
-            return (primary.await, false);
-        }
+        let mut budget_refused = false;
+        let second = loop {
+            let now = Instant::now();
+            match self.hedge_target(call, tried, &first, now) {
+                HedgeTarget::Nowhere => return (primary.await, false),
+                HedgeTarget::Owed(second) => {
+                    counters.hedges_off_stalled.inc();
+                    break second;
+                }
+                HedgeTarget::Sooner(second) if !budget_refused => {
+                    if self.hedges.try_spend() {
+                        break second;
+                    }
+                    counters.hedges_refused.inc();
+                    budget_refused = true;
+                }
+                HedgeTarget::Sooner(_) | HedgeTarget::NotSooner => {}
+            }
+            // Not now: wait for the answer, or until the first replica would look stalled.
+            let recheck = first.stalls_at(now).max(now + HEDGE_RECHECK);
+            tokio::select! {
+                result = &mut primary => return (result, false),
+                _ = tokio::time::sleep_until(recheck) => {}
+            }
+        };
         counters.hedges.inc();
-        debug!(member = %call.model, worker = %first.worker_id, hedge = %second.worker_id, request_id = %call.request_id, delay_us = delay.as_micros() as u64, "hedging");
+        debug!(member = %call.model, worker = %first.worker_id, hedge = %second.worker_id, request_id = %call.request_id, waited_us = primary_started.elapsed().as_micros() as u64, "hedging");
         tried.push(second.worker_id.clone());
         let hedge = self.timed(call, deadline, &second);
         tokio::pin!(hedge);
@@ -255,6 +277,9 @@ impl Router {
             result = &mut hedge => match result {
                 Ok(reply) => {
                     counters.hedges_won.inc();
+                    // The first replica was slower than a whole hedge: it is slow, and replica
+                    // choice should route around it.
+                    first.lost_to_hedge(primary_started.elapsed());
                     Ok(reply)
                 }
                 Err(_) => primary.await,
@@ -262,11 +287,94 @@ impl Router {
         };
         (result, true)
     }
+
+    /// Where a hedge of a call waiting on `first` should go, if anywhere: replica choice's pick
+    /// among the replicas not yet tried, and only if it is expected to answer in at most half
+    /// the time `first` is (a hedge to a replica as busy as the first adds load and wins
+    /// nothing, which is what happens when the whole cluster is slow at once). When `first` has gone silent, the
+    /// hedge is owed whatever the budget holds: a stalled replica gets no new calls, so such
+    /// hedges are bounded by the calls already stuck on it.
+    fn hedge_target(
+        &self,
+        call: &InferCall,
+        tried: &[String],
+        first: &WorkerHandle,
+        now: Instant,
+    ) -> HedgeTarget {
+        let Some(second) = self.pick(call, tried) else {
+            return HedgeTarget::Nowhere;
+        };
+        match hedge_verdict(first.choice_key(now), second.choice_key(now)) {
+            Verdict::Owed => HedgeTarget::Owed(second),
+            Verdict::Sooner => HedgeTarget::Sooner(second),
+            Verdict::NotSooner => HedgeTarget::NotSooner,
+        }
+    }
+}
+
+/// What [`Router::hedge_target`] decides from the two replicas' choice keys (stalled, expected
+/// wait).
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Owed,
+    Sooner,
+    NotSooner,
+}
+
+fn hedge_verdict(
+    (first_stalled, first_cost): (bool, u64),
+    (second_stalled, second_cost): (bool, u64),
+) -> Verdict {
+    if second_stalled {
+        Verdict::NotSooner
+    } else if first_stalled {
+        Verdict::Owed
+    } else if second_cost.saturating_mul(2) <= first_cost {
+        // Sooner means in at most half the expected wait: when every replica is about as busy
+        // (the whole cluster slow at once, or near its capacity), hedges only add load.
+        Verdict::Sooner
+    } else {
+        Verdict::NotSooner
+    }
+}
+
+/// Shortest wait before a refused or pointless hedge is considered again.
+const HEDGE_RECHECK: Duration = Duration::from_millis(5);
+
+/// See [`Router::hedge_target`].
+enum HedgeTarget {
+    /// No other replica serves the model.
+    Nowhere,
+    /// Another replica serves it, but it is not expected to answer in half the time.
+    NotSooner,
+    /// A replica expected to answer in half the time, if the budget allows.
+    Sooner(Arc<WorkerHandle>),
+    /// The first replica has gone silent: this hedge does not wait for the budget.
+    Owed(Arc<WorkerHandle>),
 }
 
 fn no_replica(call: &InferCall) -> CallError {
     CallError::NoReplica {
         model: call.model.clone(),
         version: call.version.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hedge_goes_only_where_it_is_expected_to_answer_in_half_the_time() {
+        // As busy as the first: no hedge, whatever the budget holds.
+        assert_eq!(
+            hedge_verdict((false, 400), (false, 300)),
+            Verdict::NotSooner
+        );
+        assert_eq!(hedge_verdict((false, 400), (false, 200)), Verdict::Sooner);
+        // The first has gone silent: owed, if the other is not silent too.
+        assert_eq!(hedge_verdict((true, 400), (false, 900)), Verdict::Owed);
+        assert_eq!(hedge_verdict((true, 400), (true, 1)), Verdict::NotSooner);
+        assert_eq!(hedge_verdict((false, 400), (true, 1)), Verdict::NotSooner);
     }
 }

@@ -1,0 +1,295 @@
+"""The chaos suite's open-loop load generator: asyncio on one thread, keep-alive HTTP/1.1
+connections to both coordinators, so that one Python process can hold hundreds to thousands of
+requests per second while the cluster under test shares the machine.
+
+Request i is due at start + i/rate whatever earlier requests are doing (open loop: a stalled
+cluster does not slow the load down). Requests alternate between the coordinators and cycle
+through the sample ensembles, each with its own OIP `id`. Only a failed connection (refused,
+reset, closed before the answer) moves a request, once, to the other coordinator; a reused
+keep-alive connection that turns out closed is first redialled to the same coordinator, since
+that is the client's housekeeping, not a fault. Timeouts and HTTP errors are not retried.
+
+Standard library only; every address is 127.0.0.1.
+"""
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+ENSEMBLES = ("digits_soft", "digits_hard", "digits_fusion")
+
+# Connections per coordinator, at most: beyond this a due request waits for a free one (its
+# wait counts against its timeout), so that an overloaded cluster cannot make the client open
+# sockets without bound.
+MAX_CONNECTIONS = 2048
+
+
+def now():
+    return time.monotonic()
+
+
+@dataclass(slots=True)
+class Record:
+    """One request of the load: when it was due, where it went and how it ended."""
+
+    t_sched: float
+    coord: int  # index of the coordinator it was sent to first
+    model: str
+    rid: str  # the request's OIP `id`, which the coordinators log as request_id
+    outcome: str = "pending"  # ok | degraded | failed | lost
+    retried: bool = False
+    conn_failed_at: float | None = None
+    t_done: float | None = None
+    detail: str = ""
+
+
+class ConnectionLost(Exception):
+    """The connection failed before a whole answer arrived."""
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection."""
+
+    def __init__(self, reader, writer):
+        self.reader = reader
+        self.writer = writer
+        self.used = False  # has carried a request before (so it may have gone stale)
+
+    @classmethod
+    async def open(cls, port):
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError as e:
+            raise ConnectionLost(f"connect: {e}") from e
+        return cls(reader, writer)
+
+    def close(self):
+        self.writer.close()
+
+    async def post(self, head, body):
+        """Sends one request; returns (status, body, keep_alive). Raises ConnectionLost if the
+        connection fails before the whole answer is in."""
+        try:
+            self.writer.write(head + body)
+            await self.writer.drain()
+            header = await self.reader.readuntil(b"\r\n\r\n")
+            lines = header.split(b"\r\n")
+            status = int(lines[0].split(b" ", 2)[1])
+            length, keep_alive = 0, True
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                name = name.strip().lower()
+                if name == b"content-length":
+                    length = int(value)
+                elif name == b"connection" and value.strip().lower() == b"close":
+                    keep_alive = False
+            answer = await self.reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
+                IndexError) as e:
+            raise ConnectionLost(f"{type(e).__name__}: {e}") from e
+        self.used = True
+        return status, answer, keep_alive
+
+
+class Pool:
+    """Idle keep-alive connections to one coordinator."""
+
+    def __init__(self, port):
+        self.port = port
+        self.idle = []
+        self.slots = asyncio.Semaphore(MAX_CONNECTIONS)
+
+    async def post(self, head, body):
+        """One request on an idle connection (or a new one); a reused connection that fails is
+        redialled once. Returns (status, body); raises ConnectionLost."""
+        async with self.slots:
+            conn = self.idle.pop() if self.idle else await Connection.open(self.port)
+            try:
+                status, answer, keep_alive = await conn.post(head, body)
+            except ConnectionLost:
+                conn.close()
+                if not conn.used:
+                    raise
+                conn = await Connection.open(self.port)
+                try:
+                    status, answer, keep_alive = await conn.post(head, body)
+                except ConnectionLost:
+                    conn.close()
+                    raise
+            except BaseException:  # a timeout or cancellation: the connection is mid-request
+                conn.close()
+                raise
+            if keep_alive:
+                self.idle.append(conn)
+            else:
+                conn.close()
+            return status, answer
+
+    def close(self):
+        for conn in self.idle:
+            conn.close()
+        self.idle.clear()
+
+
+class RequestTemplate:
+    """The request body with a slot for its `id`, encoded once: the generator's time goes to
+    sending, not to JSON."""
+
+    SLOT = "\u0000id\u0000"
+
+    def __init__(self, body):
+        request = json.loads(body)
+        encoded = json.dumps({**request, "id": self.SLOT}).encode()
+        marker = json.dumps(self.SLOT).encode()
+        self.prefix, _, self.suffix = encoded.partition(marker)
+
+    def framed(self, port, model, rid):
+        """(head, body) of one POST; `rid` must be plain ASCII with no quotes."""
+        body = b"%s\"%s\"%s" % (self.prefix, rid.encode(), self.suffix)
+        head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+        return head, body
+
+
+class LoadGenerator:
+    """Open-loop load on its own thread and event loop; see the module doc."""
+
+    def __init__(self, ports, rate, body, timeout_s=5.0):
+        self.ports = ports
+        self.rate = rate
+        self.template = RequestTemplate(body)
+        self.timeout_s = timeout_s
+        self.records = []
+        self.lock = threading.Lock()
+        self.loop = asyncio.new_event_loop()
+        self.stopping = None  # an asyncio.Event, made on the loop
+        self.thread = threading.Thread(target=self._run, name="load", daemon=True)
+        self.started = threading.Event()
+        # The scheduler's worst lag behind the due times, in seconds: when it grows, the
+        # generator (not the cluster) is the bottleneck.
+        self.max_lag_s = 0.0
+
+    def start(self):
+        self.thread.start()
+        self.started.wait()
+
+    def stop(self):
+        if self.stopping is not None:
+            self.loop.call_soon_threadsafe(self.stopping.set)
+        self.thread.join()
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self._main())
+        self.loop.close()
+
+    async def _main(self):
+        self.stopping = asyncio.Event()
+        pools = [Pool(p) for p in self.ports]
+        tasks = set()
+        self.started.set()
+        start = now()
+        i = 0
+        while not self.stopping.is_set():
+            # Every request due by now goes out; then sleep until the next one is due.
+            t = now()
+            while start + i / self.rate <= t:
+                due = start + i / self.rate
+                self.max_lag_s = max(self.max_lag_s, t - due)
+                rec = Record(t_sched=due, coord=i % 2, model=ENSEMBLES[(i // 2) % len(ENSEMBLES)],
+                             rid=f"chaos-{i}")
+                with self.lock:
+                    self.records.append(rec)
+                task = asyncio.create_task(self._send(pools, rec))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                i += 1
+            await asyncio.sleep(max(0.0, start + i / self.rate - now()))
+        if tasks:
+            await asyncio.wait(tasks)
+        for pool in pools:
+            pool.close()
+
+    async def _attempt(self, pools, rec):
+        pool = pools[rec.coord]
+        try:
+            return await pool.post(*self.template.framed(pool.port, rec.model, rec.rid))
+        except ConnectionLost as e:
+            rec.conn_failed_at = now()
+            rec.retried = True
+            rec.detail = f"retried after {e}"
+            other = pools[1 - rec.coord]
+            return await other.post(*self.template.framed(other.port, rec.model, rec.rid))
+
+    async def _send(self, pools, rec):
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                status, body = await self._attempt(pools, rec)
+        except (TimeoutError, ConnectionLost) as e:  # no answer, or both coordinators failed
+            rec.outcome = "lost"
+            rec.detail = f"{rec.detail}; {type(e).__name__}: {e}".lstrip("; ")
+        else:
+            if status == 200:
+                degraded = b'"degraded"' in body and json.loads(body).get("parameters", {}).get("degraded")
+                rec.outcome = "degraded" if degraded else "ok"
+            else:
+                rec.outcome = "failed"
+                rec.detail = f"{rec.detail}; HTTP {status}: {body[:200]!r}".lstrip("; ")
+        rec.t_done = now()
+
+    def window(self, t0, t1, settle_s=None):
+        """The records due in [t0, t1), once each has finished (or `settle_s` has passed)."""
+        deadline = now() + (settle_s if settle_s is not None else self.timeout_s * 2 + 1)
+        with self.lock:
+            recs = [r for r in self.records if t0 <= r.t_sched < t1]
+        while any(r.t_done is None for r in recs) and now() < deadline:
+            time.sleep(0.05)
+        return recs
+
+    def in_flight_at(self, t):
+        with self.lock:
+            return sum(1 for r in self.records if r.t_sched <= t and (r.t_done is None or r.t_done > t))
+
+
+def measure_capacity(ports, body, seconds=8.0, concurrency=128):
+    """Closed loop through both coordinators with `concurrency` requests always outstanding:
+    answers per second over `seconds` (after a 2 s warm-up), and the error count. What the
+    cluster (plus this client) can sustain on this machine."""
+    template = RequestTemplate(body)
+
+    async def run():
+        pools = [Pool(p) for p in ports]
+        counts = {"ok": 0, "errors": 0}
+        measuring = False
+        stop_at = now() + 2.0 + seconds
+
+        async def client(k):
+            i = k
+            while now() < stop_at:
+                pool = pools[i % 2]
+                model = ENSEMBLES[(i // 2) % len(ENSEMBLES)]
+                try:
+                    async with asyncio.timeout(5.0):
+                        status, _ = await pool.post(*template.framed(pool.port, model, f"capacity-{i}"))
+                    ok = status == 200
+                except (TimeoutError, ConnectionLost):
+                    ok = False
+                if measuring:
+                    counts["ok" if ok else "errors"] += 1
+                i += concurrency
+
+        async def clock():
+            nonlocal measuring
+            await asyncio.sleep(2.0)
+            measuring = True
+            await asyncio.sleep(seconds)
+            measuring = False
+
+        await asyncio.gather(clock(), *(client(k) for k in range(concurrency)))
+        for pool in pools:
+            pool.close()
+        return counts["ok"] / seconds, counts["errors"]
+
+    return asyncio.run(run())
