@@ -4,7 +4,8 @@
 use crate::rpc::WorkerServiceClient;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use tarpc::ClientMessage;
 use tarpc::serde_transport::{self, Transport};
 use tarpc::tokio_serde::formats::Bincode;
 use tarpc::tokio_util::codec::LengthDelimitedCodec;
@@ -12,6 +13,12 @@ use tokio::net::TcpStream;
 
 /// Default largest RPC frame: big enough for a few hundred thousand floats per call.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
+
+/// Longest deadline one RPC may carry, on either end. tarpc keeps in-flight calls in a timer
+/// wheel that panics on a deadline about two years away, which kills the connection's task: a
+/// coordinator clamps what it sends (an ensemble spec could ask for more), and a worker clamps
+/// what it receives (a peer could send anything).
+pub const MAX_RPC_DEADLINE: Duration = Duration::from_secs(3600);
 
 /// How long an idle connection waits before the kernel starts probing the peer.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
@@ -36,6 +43,18 @@ where
     Ok(serde_transport::new(framed, Bincode::default()))
 }
 
+/// An incoming request with its deadline at most [`MAX_RPC_DEADLINE`] from now, for a server to
+/// apply to every frame before tarpc sees it.
+pub fn clamp_request_deadline<T>(mut message: ClientMessage<T>) -> ClientMessage<T> {
+    if let ClientMessage::Request(request) = &mut message {
+        let latest = Instant::now() + MAX_RPC_DEADLINE;
+        if request.context.deadline > latest {
+            request.context.deadline = latest;
+        }
+    }
+    message
+}
+
 /// Connects to a worker's RPC address and spawns the client's dispatch task.
 pub async fn connect_worker(
     addr: SocketAddr,
@@ -52,4 +71,38 @@ pub async fn connect_worker(
         })??;
     let transport = framed(stream, max_frame_bytes)?;
     Ok(WorkerServiceClient::new(tarpc::client::Config::default(), transport).spawn())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tarpc::{Request, context};
+
+    fn request_due_in(after: Duration) -> ClientMessage<()> {
+        let mut context = context::current();
+        context.deadline = Instant::now() + after;
+        ClientMessage::Request(Request {
+            context,
+            id: 7,
+            message: (),
+        })
+    }
+
+    fn deadline_of(message: &ClientMessage<()>) -> Instant {
+        match message {
+            ClientMessage::Request(request) => request.context.deadline,
+            _ => unreachable!("a request was built"),
+        }
+    }
+
+    #[test]
+    fn deadlines_years_away_are_clamped_and_ordinary_ones_kept() {
+        let far = clamp_request_deadline(request_due_in(Duration::from_secs(50 * 365 * 86_400)));
+        assert!(deadline_of(&far) <= Instant::now() + MAX_RPC_DEADLINE);
+        assert!(deadline_of(&far) > Instant::now() + MAX_RPC_DEADLINE - Duration::from_secs(60));
+
+        let near = request_due_in(Duration::from_millis(250));
+        let kept = deadline_of(&near);
+        assert_eq!(deadline_of(&clamp_request_deadline(near)), kept);
+    }
 }

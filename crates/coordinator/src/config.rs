@@ -2,6 +2,7 @@
 
 use crate::membership::etcd::EtcdSettings;
 use crate::router::RouterSettings;
+use chorus_common::transport::MAX_RPC_DEADLINE;
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -107,8 +108,9 @@ impl CoordinatorConfig {
         Duration::from_millis(self.eject_after_silence_ms.max(10))
     }
 
+    /// At least 1 ms, at most the longest deadline an RPC may carry.
     pub fn model_deadline(&self) -> Duration {
-        Duration::from_millis(self.model_deadline_ms.max(1))
+        Duration::from_millis(self.model_deadline_ms.max(1)).min(MAX_RPC_DEADLINE)
     }
 
     /// The etcd endpoints, or `None` for the static worker list. Giving both is an error (clap

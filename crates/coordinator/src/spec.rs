@@ -11,6 +11,11 @@ pub const SPEC_VERSION: u32 = 1;
 /// Most class names an ensemble's `labels` may list.
 const MAX_LABELS: usize = 1 << 20;
 
+/// Longest `deadline_ms` a spec may set: one hour, the longest deadline an RPC may carry
+/// (`chorus_common::transport::MAX_RPC_DEADLINE`). Beyond it the number is a mistake: the member
+/// calls would carry the clamped hour anyway.
+const MAX_DEADLINE_MS: u64 = 3_600_000;
+
 /// How an ensemble turns its members' answers into one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -183,8 +188,12 @@ fn validate(raw: RawEnsemble) -> Result<EnsembleSpec, String> {
             "ensemble '{name}' has no members: add at least one [[ensemble.member]] table"
         ));
     }
-    if raw.deadline_ms == 0 {
-        return Err(format!("{} must be greater than 0", at("deadline_ms")));
+    if raw.deadline_ms == 0 || raw.deadline_ms > MAX_DEADLINE_MS {
+        return Err(format!(
+            "{} is {}, but it must be between 1 and {MAX_DEADLINE_MS} (one hour)",
+            at("deadline_ms"),
+            raw.deadline_ms
+        ));
     }
     let min_members = raw.min_members.unwrap_or(raw.member.len());
     if min_members == 0 || min_members > raw.member.len() {
@@ -338,6 +347,11 @@ model = "a"
         );
         assert!(
             error_of(&GOOD.replace("deadline_ms = 500", "deadline_ms = 0")).contains("deadline_ms")
+        );
+        let absurd = error_of(&GOOD.replace("deadline_ms = 500", "deadline_ms = 68719476736000"));
+        assert!(
+            absurd.contains("deadline_ms") && absurd.contains("3600000"),
+            "{absurd}"
         );
         assert!(error_of(&GOOD.replace("weight = 2.5", "weight = -1.0")).contains("weight"));
         assert!(error_of(&GOOD.replace("meta_model = \"stacker\"", "")).contains("meta_model"));

@@ -5,8 +5,8 @@ use crate::closable::UntilClosed;
 use crate::registration::{Membership, RegistrationHandle};
 use crate::service::{Shared, WorkerServer};
 use chorus_common::WorkerService;
-use chorus_common::transport::framed;
-use futures::StreamExt;
+use chorus_common::transport::{clamp_request_deadline, framed};
+use futures::{StreamExt, TryStreamExt};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -211,7 +211,9 @@ async fn serve_connection(
     closing: watch::Receiver<bool>,
 ) {
     let transport = match framed(stream, max_frame_bytes) {
-        Ok(transport) => UntilClosed::new(transport, closing),
+        // Every request's deadline clamped before tarpc's timer wheel sees it: a peer's absurd
+        // deadline must not panic this connection's task.
+        Ok(transport) => UntilClosed::new(transport.map_ok(clamp_request_deadline), closing),
         Err(e) => {
             warn!(peer = %peer, error = %e, "cannot set up connection");
             return;

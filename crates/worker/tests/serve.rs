@@ -213,3 +213,46 @@ async fn every_repository_model_loads_and_answers() {
     served.shut_down();
     served.server.await.unwrap().unwrap();
 }
+
+/// A peer's request whose deadline is decades away (as a malicious or broken client could send;
+/// tarpc's timer wheel panics on it) is answered like any other, and the connection lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_an_absurd_deadline_is_answered_on_a_live_connection() {
+    use chorus_common::rpc::{WorkerServiceRequest, WorkerServiceResponse};
+    use chorus_common::transport::{DEFAULT_MAX_FRAME_BYTES, framed};
+    use futures::{SinkExt, StreamExt};
+    use tarpc::{ClientMessage, Request, Response};
+
+    let mut served = serve(load(config(&["logreg"], ProviderChoice::Cpu)).await).await;
+    let stream = tokio::net::TcpStream::connect(served.addr).await.unwrap();
+    let mut raw = framed::<Response<WorkerServiceResponse>, ClientMessage<WorkerServiceRequest>>(
+        stream,
+        DEFAULT_MAX_FRAME_BYTES,
+    )
+    .unwrap();
+    for id in 1..=2 {
+        let mut ctx = context::current();
+        ctx.deadline = Instant::now() + Duration::from_secs(50 * 365 * 86_400);
+        let request = Request {
+            context: ctx,
+            id,
+            message: WorkerServiceRequest::Infer {
+                call: call("logreg", vec![rows(1)]),
+            },
+        };
+        raw.send(ClientMessage::Request(request)).await.unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), raw.next())
+            .await
+            .expect("an answer within 10 s")
+            .expect("the connection is still open")
+            .unwrap();
+        assert_eq!(response.request_id, id);
+        match response.message.expect("no server error") {
+            WorkerServiceResponse::Infer(Ok(reply)) => assert_eq!(reply.model, "logreg"),
+            other => panic!("expected an inference reply, got {other:?}"),
+        }
+    }
+    // The worker as a whole is unaffected.
+    assert!(served.client.ping(context::current()).await.is_ok());
+    served.shut_down();
+}

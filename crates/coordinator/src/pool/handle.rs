@@ -7,6 +7,7 @@ use super::error::CallError;
 use super::health::{Ejected, Health};
 use super::load::Load;
 use chorus_common::rpc::{InferCall, InferReply};
+use chorus_common::transport::MAX_RPC_DEADLINE;
 use chorus_common::{WorkerError, WorkerInfo, WorkerServiceClient};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,10 +17,6 @@ use tarpc::context;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
-
-/// Longest deadline put on one RPC: tarpc's timer wheel panics on deadlines years away, which an
-/// ensemble spec's `deadline_ms` could otherwise ask for.
-const MAX_RPC_DEADLINE: Duration = Duration::from_secs(3600);
 
 /// A tarpc context whose deadline is `deadline` (a tokio instant, so that tests on a paused
 /// clock agree with it), at most [`MAX_RPC_DEADLINE`] away.
