@@ -61,6 +61,17 @@ pub struct CoordinatorConfig {
     #[arg(long, env = "CHORUS_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Longest a REST client may take to send a request's headers, to send the next piece of its
+    /// body (408), or to start its next request on an idle keep-alive connection (closed), in
+    /// milliseconds: slow or silent clients cannot hold connections open.
+    #[arg(long, env = "CHORUS_CLIENT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub client_timeout_ms: u64,
+
+    /// Connections served at once on each front door (REST, gRPC); more wait in the listen
+    /// backlog.
+    #[arg(long, env = "CHORUS_MAX_CONNECTIONS", default_value_t = 8192)]
+    pub max_connections: usize,
+
     /// Deadline for single-model requests, in milliseconds (ensembles take theirs from the spec).
     /// A client may only lower it, with the OIP `timeout` parameter (microseconds).
     #[arg(long, env = "CHORUS_MODEL_DEADLINE_MS", default_value_t = 2000)]
@@ -106,6 +117,14 @@ impl CoordinatorConfig {
 
     pub fn silence_limit(&self) -> Duration {
         Duration::from_millis(self.eject_after_silence_ms.max(10))
+    }
+
+    /// What the REST front door allows one client (timeouts of at least 1 ms).
+    pub fn client_limits(&self) -> crate::http::ClientLimits {
+        crate::http::ClientLimits {
+            timeout: Duration::from_millis(self.client_timeout_ms.max(1)),
+            max_connections: self.max_connections.max(1),
+        }
     }
 
     /// At least 1 ms, at most the longest deadline an RPC may carry.

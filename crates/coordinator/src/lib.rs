@@ -12,6 +12,7 @@ pub mod ensemble;
 pub mod grpc;
 pub mod http;
 pub mod infer;
+pub mod listen;
 pub mod membership;
 pub mod metrics;
 pub mod pool;

@@ -11,7 +11,7 @@ use crate::router::Router;
 use crate::spec::{self, EnsembleSpec};
 use crate::{grpc, http};
 use futures::FutureExt;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -73,11 +73,15 @@ pub async fn run(
         "coordinator serving"
     );
     let shutdown = shutdown.shared();
-    let rest = axum::serve(listeners.http, http::router(Arc::clone(&app)))
-        .with_graceful_shutdown(shutdown.clone())
-        .into_future()
-        .map(|served| served.map_err(anyhow::Error::from));
-    let grpc = grpc::serve(listeners.grpc, app, shutdown)
+    let limits = config.client_limits();
+    let rest = http::serve(
+        listeners.http,
+        http::router(Arc::clone(&app)),
+        limits,
+        shutdown.clone(),
+    )
+    .map(|served| served.map_err(anyhow::Error::from));
+    let grpc = grpc::serve(listeners.grpc, app, limits.max_connections, shutdown)
         .map(|served| served.map_err(anyhow::Error::from));
     let served = tokio::try_join!(rest, grpc);
     sources.stop();

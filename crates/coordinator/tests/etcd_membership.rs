@@ -468,7 +468,7 @@ async fn ensemble_specs_in_etcd_update_the_catalog() {
     .await;
     put(&mut client, &key, spec_text("from-etcd", 0)).await;
     wait_until("the invalid spec is rejected", within, || {
-        logged("deadline_ms` must be greater than 0")
+        logged("deadline_ms` is 0, but it must be between 1 and 3600000")
     })
     .await;
     assert_eq!(deadline_ms(&catalog, "from-etcd"), Some(300));

@@ -19,26 +19,19 @@ pub mod proto {
 }
 
 use crate::infer::Infer;
+use crate::listen;
 use hyper::server::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
-/// How long a stopping coordinator lets gRPC calls in flight finish.
-const DRAIN_GRACE: Duration = Duration::from_secs(10);
-
-/// Pause after a failed accept (out of file descriptors, say) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
-
-/// Serves gRPC on `listener` until `shutdown` completes, then lets calls in flight finish (at
-/// most [`DRAIN_GRACE`]). Request messages are limited to the core's request limit (the REST
+/// Serves gRPC on `listener`, at most `max_connections` at once, until `shutdown` completes,
+/// then lets calls in flight finish (at most [`listen::DRAIN_GRACE`]). Request messages are limited to the core's request limit (the REST
 /// body limit); larger ones get RESOURCE_EXHAUSTED.
 ///
 /// tonic's generated service runs on hyper's HTTP/2 connections directly, not under tonic's
@@ -48,6 +41,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 pub async fn serve(
     listener: TcpListener,
     app: Arc<Infer>,
+    max_connections: usize,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let limit = app.limits().max_request_bytes;
@@ -66,42 +60,20 @@ pub async fn serve(
     });
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new());
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    warn!(error = %error, "gRPC accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
+    listen::accept_loop(
+        "grpc",
+        listener,
+        max_connections,
+        shutdown,
+        |io, watcher| {
+            let connection = watcher
+                .watch(http2.serve_connection(io, TowerToHyperService::new(service.clone())));
+            Box::pin(async move {
+                if let Err(error) = connection.await {
+                    debug!(error = %error, "gRPC connection ended with an error");
                 }
-            },
-            _ = &mut shutdown => break,
-        };
-        if let Err(error) = stream.set_nodelay(true) {
-            debug!(error = %error, "cannot set TCP_NODELAY on a gRPC connection");
-        }
-        let connection = http2.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(service.clone()),
-        );
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                debug!(error = %error, "gRPC connection ended with an error");
-            }
-        });
-    }
-    if tokio::time::timeout(DRAIN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        info!(
-            grace_s = DRAIN_GRACE.as_secs(),
-            "gRPC calls still running after the drain grace; closing"
-        );
-    }
-    Ok(())
+            })
+        },
+    )
+    .await
 }

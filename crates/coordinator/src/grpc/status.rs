@@ -16,7 +16,7 @@ pub fn code(kind: ErrorKind) -> Code {
         ErrorKind::TooLarge | ErrorKind::Overloaded => Code::ResourceExhausted,
         ErrorKind::UnsupportedEncoding => Code::Unimplemented,
         ErrorKind::Unavailable => Code::Unavailable,
-        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorKind::DeadlineExceeded | ErrorKind::ClientTimeout => Code::DeadlineExceeded,
         ErrorKind::Cancelled => Code::Cancelled,
         ErrorKind::Internal => Code::Internal,
     }

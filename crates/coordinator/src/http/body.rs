@@ -69,10 +69,14 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
         return Err(too_large("request body", limit));
     }
     let raw = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let over_limit = std::error::Error::source(&e)
-            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-        if over_limit {
+        if caused_by::<http_body_util::LengthLimitError>(&e) {
             too_large("request body", limit)
+        } else if caused_by::<tower_http::timeout::TimeoutError>(&e) {
+            InferError::ClientTooSlow(
+                "the request body stopped arriving: send it without pausing longer than the \
+                 server's client timeout (--client-timeout-ms)"
+                    .into(),
+            )
         } else {
             InferError::bad_request(format!("could not read the request body: {e}"))
         }
@@ -86,6 +90,18 @@ pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes
     tokio::task::spawn_blocking(move || decompress(coding, &raw, limit))
         .await
         .map_err(|e| InferError::Internal(format!("decompressing the body panicked: {e}")))?
+}
+
+/// Whether `error` or anything behind it is an `E`.
+fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<E>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 fn too_large(what: &'static str, limit: usize) -> InferError {

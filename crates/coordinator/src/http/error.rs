@@ -18,6 +18,7 @@ pub fn status(kind: ErrorKind) -> StatusCode {
         ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
         ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        ErrorKind::ClientTimeout => StatusCode::REQUEST_TIMEOUT,
         // Never sent (the client is gone); nginx's code, should a proxy log it.
         ErrorKind::Cancelled => StatusCode::from_u16(499).expect("499 is a valid status"),
         ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -9,10 +9,12 @@ mod metadata;
 mod model_config;
 mod request;
 mod response;
+mod serve;
 mod statistics;
 mod v1;
 
 pub use error::status;
+pub use serve::{ClientLimits, serve};
 
 use crate::infer::{Infer, InferError};
 use axum::Router;

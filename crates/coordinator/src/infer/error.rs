@@ -41,6 +41,9 @@ pub enum InferError {
     Overloaded(String),
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The client stopped sending its request part-way (REST: a body that stalls).
+    #[error("{0}")]
+    ClientTooSlow(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -57,6 +60,8 @@ pub enum ErrorKind {
     Unavailable,
     Overloaded,
     DeadlineExceeded,
+    /// The client took too long to send its request.
+    ClientTimeout,
     /// The client went away before the answer (never returned, only counted).
     Cancelled,
     Internal,
@@ -74,6 +79,7 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::DeadlineExceeded => "deadline_exceeded",
+            ErrorKind::ClientTimeout => "client_timeout",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "internal",
         }
@@ -93,6 +99,7 @@ impl InferError {
             InferError::Unavailable(_) => ErrorKind::Unavailable,
             InferError::Overloaded(_) => ErrorKind::Overloaded,
             InferError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
+            InferError::ClientTooSlow(_) => ErrorKind::ClientTimeout,
             InferError::Internal(_) => ErrorKind::Internal,
         }
     }
