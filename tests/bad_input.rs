@@ -145,6 +145,16 @@ fn every_kind_of_bad_input_gets_a_clear_error() {
         &["digits_soft"],
     );
     assert_eq!(http.get("/v2/models/nope").0, 404);
+    // An id too long to echo and log (the limit is 256 bytes; 256 itself is fine).
+    let mut long_id = input(json!([1, 64]), "FP32", zeros(64));
+    long_id["id"] = json!("x".repeat(257));
+    expect(
+        http.post_json(soft, &long_id),
+        400,
+        &["request id is 257 bytes", "at most 256"],
+    );
+    long_id["id"] = json!("x".repeat(256));
+    http.post_json(soft, &long_id).expect_status(200);
     // Missing, duplicate and unexpected inputs.
     expect(
         http.post_json(soft, &json!({"inputs": []})),
@@ -428,6 +438,12 @@ fn every_kind_of_bad_input_gets_the_same_clear_error_over_grpc() {
             &input(json!([1, 64]), "FP32", zeros(64)),
         ),
     );
+    // An id too long.
+    let mut long_id = typed("digits_soft", vec![1, 64], "FP32", fp32s(64));
+    long_id.id = "x".repeat(257);
+    let mut rest_long_id = input(json!([1, 64]), "FP32", zeros(64));
+    rest_long_id["id"] = json!("x".repeat(257));
+    twin(&g, long_id, http.post_json(soft, &rest_long_id));
     // Missing, duplicate and unexpected inputs.
     let none = proto::ModelInferRequest {
         model_name: "digits_soft".into(),

@@ -118,6 +118,11 @@ impl Target {
     }
 }
 
+/// Longest request `id` accepted. The id is echoed in the answer, logged with every member call
+/// and sent to the workers: a client must not make each of those carry megabytes. 256 bytes
+/// hold any UUID, trace id or composite key a client would use.
+pub const MAX_REQUEST_ID_BYTES: usize = 256;
+
 /// The core: catalog, router, limits, request ids and statistics, shared by both front ends.
 pub struct Infer {
     catalog: Catalog,
@@ -280,6 +285,14 @@ impl Infer {
     /// Inputs against the signature, requested outputs (and their classification) against the
     /// outputs, and the inputs' size against what one worker call may carry.
     fn validate(&self, target: &Target, request: &InferRequest) -> Result<(), InferError> {
+        if let Some(id) = &request.id
+            && id.len() > MAX_REQUEST_ID_BYTES
+        {
+            return Err(InferError::bad_request(format!(
+                "the request id is {} bytes long; send at most {MAX_REQUEST_ID_BYTES}",
+                id.len()
+            )));
+        }
         let (name, signature) = (target.name(), target.signature());
         validate_inputs(name, &signature.inputs, &request.inputs, &signature.policy)?;
         let names: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();
