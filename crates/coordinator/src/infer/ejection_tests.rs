@@ -65,7 +65,7 @@ async fn until_routable(h: &Harness, worker: &str, wanted: bool, limit: Duration
 
 async fn silent_replica_under_load(
     settings: RouterSettings,
-) -> (Duration, Arc<Tally>, Arc<Harness>) {
+) -> (Duration, Arc<Tally>, Arc<Harness>, Vec<FakeWorker>) {
     let slow = Behaviour::slow(Duration::from_millis(2), &ROW);
     let workers = vec![
         FakeWorker::new("w-1", &[("m", slow.clone())]),
@@ -94,7 +94,7 @@ async fn silent_replica_under_load(
     );
     stop.store(true, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(6)).await;
-    (detect, tally, h)
+    (detect, tally, h, workers)
 }
 
 #[tokio::test(start_paused = true)]
@@ -103,7 +103,7 @@ async fn a_silent_replica_leaves_rotation_and_its_calls_move_without_hedging() {
         hedge_ratio: 0.0,
         ..router_settings()
     };
-    let (detect, tally, h) = silent_replica_under_load(no_hedging).await;
+    let (detect, tally, h, _) = silent_replica_under_load(no_hedging).await;
     assert!(
         detect <= Duration::from_millis(1_200),
         "ejected after {detect:?}"
@@ -120,7 +120,7 @@ async fn a_silent_replica_leaves_rotation_and_its_calls_move_without_hedging() {
 
 #[tokio::test(start_paused = true)]
 async fn hedges_winning_every_call_do_not_hide_a_silent_replica() {
-    let (detect, tally, h) = silent_replica_under_load(router_settings()).await;
+    let (detect, tally, h, workers) = silent_replica_under_load(router_settings()).await;
     assert!(
         detect <= Duration::from_millis(1_200),
         "ejected after {detect:?}"
@@ -129,6 +129,17 @@ async fn hedges_winning_every_call_do_not_hide_a_silent_replica() {
     assert!(
         h.infer.router().routing_stats().hedges_won > 0,
         "hedges carried w-1's calls"
+    );
+    // Back in rotation, w-1 gets calls again even at the lightest load (one request at a time,
+    // so w-2 never has a call outstanding when a replica is chosen): the hedges it lost while
+    // silent describe the link that was cut, not the one it came back on.
+    let before = workers[0].started.load(Ordering::SeqCst);
+    for _ in 0..50 {
+        h.infer("pair").await.unwrap();
+    }
+    assert!(
+        workers[0].started.load(Ordering::SeqCst) > before,
+        "w-1 got no call after its return"
     );
 }
 

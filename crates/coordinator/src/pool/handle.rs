@@ -94,6 +94,10 @@ impl WorkerHandle {
         link.severed = CancellationToken::new();
         link.info = Some(Arc::new(info));
         self.generation.fetch_add(1, Ordering::Release);
+        // What the old link's calls cost (hedges it lost while silent above all) says nothing
+        // about the new one, and replica choice would otherwise avoid the worker for ever at
+        // light load: it only learns a new latency from calls it is given.
+        self.load.forget_latency();
     }
 
     /// The worker's last known self-description, kept across reconnects.

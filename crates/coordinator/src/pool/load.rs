@@ -118,6 +118,11 @@ impl Load {
         self.record_latency(waited);
     }
 
+    /// Drops the latency EWMA: the next successful call sets it afresh.
+    pub fn forget_latency(&self) {
+        self.latency_ewma_micros.store(0, Ordering::Relaxed);
+    }
+
     pub fn outstanding(&self) -> u32 {
         self.outstanding.load(Ordering::Relaxed)
     }
