@@ -31,8 +31,9 @@ use tonic::codec::CompressionEncoding;
 use tracing::debug;
 
 /// Serves gRPC on `listener`, at most `max_connections` at once, until `shutdown` completes,
-/// then lets calls in flight finish (at most [`listen::DRAIN_GRACE`]). Request messages are limited to the core's request limit (the REST
-/// body limit); larger ones get RESOURCE_EXHAUSTED.
+/// then lets calls in flight finish (at most [`listen::DRAIN_GRACE`]). Request messages are
+/// limited to the core's request limit (the REST body limit); larger ones get
+/// RESOURCE_EXHAUSTED.
 ///
 /// tonic's generated service runs on hyper's HTTP/2 connections directly, not under tonic's
 /// `transport::Server`: that server's per-call layers (a router, a `grpc-timeout` timer that

@@ -1,8 +1,9 @@
 //! Watching one worker: every [`WATCH_TICK`] the prober applies the silence rule (`health.rs`,
 //! rule 1), and it pings the worker every ping interval, or at once when the worker looks
 //! stalled (silent beyond its usual latency) or has been silent for half the silence limit, so
-//! that a slow-but-alive worker answers before the limit and a dead one does not. Without a link it reconnects every ping interval
-//! and fetches a fresh self-description. Pongs and failed pings feed the health rules.
+//! that a slow-but-alive worker answers before the limit and a dead one does not. Without a
+//! link it reconnects every ping interval and fetches a fresh self-description. Pongs and
+//! failed pings feed the health rules.
 
 use super::handle::{WorkerHandle, rpc_context};
 use chorus_common::{Pong, WorkerState};
