@@ -5,7 +5,9 @@
 #   2. builds the release binary and the images without a registry (deploy/docker/build-images.sh);
 #   3. validates the compose file and the Kubernetes overlays offline;
 #   4. brings the compose cluster up and down once with the documented commands;
-#   5. runs the chaos suite on its own compose project (deploy/compose/chaos.sh).
+#   5. runs the chaos suite on its own compose project with the secure overlay on
+#      (deploy/compose/chaos.sh --secure: gateway TLS, API keys and worker mTLS, throwaway
+#      secrets made by deploy/compose/secure/make-secrets.sh), at the light and the real load.
 # Every container, network and volume it starts is removed on the way out, pass or fail; the
 # images stay, as the cache for the next run (build-images.sh rebuilds them when an input changes).
 #
@@ -14,7 +16,8 @@
 #                    fresh CI machine, instead of keeping those whose inputs did not change
 #
 # Needs root (apt, debootstrap) and a running Docker engine. CARGO_BUILD_JOBS defaults to 2;
-# CHAOS_ARGS goes to deploy/compose/chaos.sh (e.g. "--only worker-kill,rolling-restart").
+# CHAOS_ARGS goes to deploy/compose/chaos.sh (e.g. "--only worker-kill,rolling-restart");
+# CHAOS_SECURE=0 runs the suite on the plain cluster instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,11 +72,14 @@ deploy/compose/validate.sh
 
 step "compose up/down smoke test"
 COMPOSE_PROJECT_NAME=$smoke_project CHORUS_HTTP_PORT_1=18100 CHORUS_HTTP_PORT_2=18110 \
-    CHORUS_GRPC_PORT_1=18101 CHORUS_GRPC_PORT_2=18111 deploy/compose/up.sh
+    CHORUS_GRPC_PORT_1=18101 CHORUS_GRPC_PORT_2=18111 \
+    CHORUS_ADMIN_PORT_1=18102 CHORUS_ADMIN_PORT_2=18112 deploy/compose/up.sh
 COMPOSE_PROJECT_NAME=$smoke_project deploy/compose/down.sh
 left=$(docker ps -aq --filter "label=com.docker.compose.project=$smoke_project")
 [ -z "$left" ] || { echo "deploy/ci.sh: down.sh left containers behind: $left" >&2; exit 1; }
 
 step "chaos suite"
+chaos_args=()
+[ "${CHAOS_SECURE:-1}" = 0 ] || chaos_args=(--secure)
 # shellcheck disable=SC2086 # CHAOS_ARGS is a list of arguments, e.g. "--only worker-kill"
-deploy/compose/chaos.sh ${CHAOS_ARGS:-}
+deploy/compose/chaos.sh "${chaos_args[@]}" ${CHAOS_ARGS:-}

@@ -34,6 +34,8 @@ struct Suite {
     workers: Vec<Proc>,
     _coordinator: Proc,
     http: Http,
+    /// The coordinator's admin port (`/chorus/workers`).
+    admin: Http,
     load: Option<Load>,
     report: Vec<Row>,
 }
@@ -84,6 +86,7 @@ impl Suite {
                 "coordinator".into(),
                 "--http-addr=127.0.0.1:0".into(),
                 "--grpc-addr=127.0.0.1:0".into(),
+                "--admin-addr=127.0.0.1:0".into(),
                 "--ensembles=config/ensembles.toml".into(),
                 format!("--etcd={}", etcd.endpoint),
                 "--ping-interval-ms=500".into(),
@@ -91,7 +94,9 @@ impl Suite {
             "chorus-coordinator listening",
         );
         let http = Http::new(coordinator.field("http_addr").parse().unwrap());
+        let admin = Http::new(coordinator.field("admin_addr").parse().unwrap());
         let suite = Suite {
+            admin,
             etcd,
             proxy,
             workers,
@@ -109,7 +114,7 @@ impl Suite {
 
     /// The coordinator's view of its workers.
     fn view(&self) -> Vec<Value> {
-        let (status, body) = self.http.get("/chorus/workers");
+        let (status, body) = self.admin.get("/chorus/workers");
         assert_eq!(status, 200, "{body}");
         serde_json::from_str::<Value>(&body).unwrap()["workers"]
             .as_array()
@@ -195,7 +200,7 @@ impl Suite {
         );
         println!(
             "  routing so far: {}",
-            serde_json::from_str::<Value>(&self.http.get("/chorus/workers").1).unwrap()["routing"]
+            serde_json::from_str::<Value>(&self.admin.get("/chorus/workers").1).unwrap()["routing"]
         );
         for failure in self.load().failures() {
             println!("  failure seen so far: {failure}");

@@ -5,86 +5,21 @@
 mod support;
 
 use chorus_common::testing::Etcd;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::*;
-
-fn alive(pid: u32) -> bool {
-    // A process that exited but is not yet reaped by its parent is gone for our purposes.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
-}
+use support::up::{Up, alive};
 
 /// Runs `chorus up` with `extra` flags until the sample answer, checks it, stops it with
 /// SIGINT and checks that every process it started is gone. Returns what it printed.
 fn run_up(extra: &[&str], expected_processes: usize) -> Vec<String> {
-    let child = Command::new(chorus_bin())
-        .args(["up", "--http-addr=127.0.0.1:0", "--grpc-addr=127.0.0.1:0"])
-        .args(extra)
-        .current_dir(repo_root())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("chorus up starts");
-    // Owned by a Proc from here on, so a failing assertion still kills it.
-    let mut up = Proc {
-        name: "chorus up".into(),
-        child,
-        ready_line: String::new(),
-    };
-    let stdout = up.child.stdout.take().expect("piped stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            println!("[chorus up] {line}");
-            let _ = tx.send(line);
-        }
+    let mut up = Up::start(extra);
+    let sample = up.wait_for_line("the sample answer", Duration::from_secs(60), |l| {
+        l.starts_with("sample request to digits_soft")
     });
-
-    let mut lines = Vec::new();
-    wait_until("the sample answer", Duration::from_secs(120), || {
-        while let Ok(line) = rx.try_recv() {
-            lines.push(line);
-        }
-        if let Ok(Some(status)) = up.child.try_wait() {
-            panic!("chorus up exited early ({status}): {lines:#?}");
-        }
-        lines
-            .iter()
-            .any(|l| l.starts_with("sample request to digits_soft"))
-            .then_some(())
-    });
-    let sample = lines
-        .iter()
-        .find(|l| l.starts_with("sample request"))
-        .unwrap();
     assert!(sample.contains("200 OK"), "{sample}");
     assert!(sample.contains("\"degraded\":false"), "{sample}");
-    assert!(
-        lines.iter().any(|l| l.starts_with("Chorus is up")),
-        "{lines:#?}"
-    );
+    let lines = up.lines();
 
-    let pids: Vec<u32> = lines
-        .iter()
-        .filter_map(|l| {
-            l.split_whitespace()
-                .skip_while(|w| *w != "pid")
-                .nth(1)?
-                .parse()
-                .ok()
-        })
-        .collect();
+    let pids = up.pids();
     assert_eq!(
         pids.len(),
         expected_processes,
@@ -92,8 +27,8 @@ fn run_up(extra: &[&str], expected_processes: usize) -> Vec<String> {
     );
     assert!(pids.iter().all(|&p| alive(p)));
 
-    up.signal(libc::SIGINT);
-    let status = up.wait_exit(Duration::from_secs(60));
+    up.proc.signal(libc::SIGINT);
+    let status = up.proc.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "chorus up exited with {status}");
     for pid in pids {
         assert!(!alive(pid), "process {pid} outlived chorus up");

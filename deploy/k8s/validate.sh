@@ -5,6 +5,11 @@
 # The schemas ship inside the kubernetes-validate package; as root the validator runs in a
 # network namespace with no interfaces, which proves that it needs no network.
 #
+# overlays/secure needs its secrets/ (git-ignored): it is rendered from a copy of deploy/k8s
+# with throwaway secrets made by deploy/compose/secure/make-secrets.sh, never from your own
+# files, and the copy is removed afterwards. Its pods are also checked for
+# automountServiceAccountToken: false.
+#
 # Usage: deploy/k8s/validate.sh [--sync]
 #   --sync   copy config/ensembles.toml to deploy/k8s/base/ensembles.toml first
 # Env: K8S_VERSIONS (default "1.29.0 1.37.0"), KUBERNETES_VALIDATE (a kubernetes-validate to use;
@@ -36,11 +41,25 @@ fi
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+cp -r deploy/k8s "$out/k8s"
+rm -rf "$out/k8s/overlays/secure/secrets"
+deploy/compose/secure/make-secrets.sh "$out/k8s/overlays/secure/secrets" >/dev/null
 status=0
-for overlay in deploy/k8s/overlays/*/; do
+for overlay in "$out"/k8s/overlays/*/; do
     name=$(basename "$overlay")
     kubectl kustomize "$overlay" >"$out/$name.yaml"
     kinds=$(grep -c '^kind:' "$out/$name.yaml")
+    if [ "$name" = secure ] && ! "$(dirname "$validator")/python" - "$out/$name.yaml" <<'PY'
+import sys, yaml
+bad = [f"{d['kind']}/{d['metadata']['name']}" for d in yaml.safe_load_all(open(sys.argv[1]))
+       if d and "template" in d.get("spec", {})
+       and d["spec"]["template"]["spec"].get("automountServiceAccountToken") is not False]
+if bad:
+    sys.exit(f"validate: overlays/secure: automountServiceAccountToken is not false in {', '.join(bad)}")
+PY
+    then
+        status=1
+    fi
     for version in $versions; do
         if "${offline[@]}" "$validator" --strict --quiet -k "$version" "$out/$name.yaml" >"$out/$name-$version.log" 2>&1; then
             echo "validate: overlays/$name: $kinds objects valid against Kubernetes $version (strict${offline:+, offline})"

@@ -7,6 +7,7 @@ pub mod etcdctl;
 pub mod grpc;
 pub mod load;
 pub mod proxy;
+pub mod up;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
@@ -164,6 +165,7 @@ pub fn start_coordinator(workers: &[&Proc], extra: &[&str], ready_path: &str) ->
         "coordinator".to_string(),
         "--http-addr=127.0.0.1:0".to_string(),
         "--grpc-addr=127.0.0.1:0".to_string(),
+        "--admin-addr=127.0.0.1:0".to_string(),
         "--ensembles=config/ensembles.toml".to_string(),
         format!("--worker={}", addrs.join(",")),
         "--ping-interval-ms=200".to_string(),
@@ -191,6 +193,11 @@ pub const SERVED: [&str; 8] = [
     "svc",
     "gboost",
 ];
+
+/// The admin address (`/metrics`, `/chorus/workers`) a coordinator announced.
+pub fn admin_addr(coordinator: &Proc) -> SocketAddr {
+    coordinator.field("admin_addr").parse().expect("admin addr")
+}
 
 /// The gRPC address a coordinator announced.
 pub fn grpc_addr(coordinator: &Proc) -> SocketAddr {
@@ -468,4 +475,38 @@ pub fn split_binary(reply: &Reply) -> (Value, Vec<(String, Vec<u8>)>) {
         "binary sections must fill the body exactly"
     );
     (json, parts)
+}
+
+/// Runs `chorus <args>` until it exits on its own (killed, and the test failed, after `timeout`);
+/// returns its exit status and what it wrote on stderr. For processes expected to refuse to start.
+pub fn run_to_exit(args: &[String], timeout: Duration) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(chorus_bin())
+        .args(args)
+        .current_dir(repo_root())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start chorus");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    // Read on a thread so that a chatty child never blocks on a full pipe.
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let give_up = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for chorus") {
+            break status;
+        }
+        if Instant::now() >= give_up {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chorus {args:?} did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, reader.join().unwrap_or_default())
 }

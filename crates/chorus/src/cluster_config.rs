@@ -18,6 +18,9 @@ pub struct ClusterConfig {
     /// Where the coordinator's gRPC service listens.
     #[serde(default = "default_grpc_addr")]
     pub grpc_addr: SocketAddr,
+    /// Where the coordinator's admin listener (`/metrics`, `/chorus/workers`) listens.
+    #[serde(default = "default_admin_addr")]
+    pub admin_addr: SocketAddr,
     /// Triton-style model repository shared by every worker.
     pub model_repository: PathBuf,
     /// Ensemble specs for the coordinator.
@@ -36,6 +39,11 @@ fn one() -> usize {
 /// Triton's gRPC port, on loopback.
 fn default_grpc_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8001))
+}
+
+/// Triton's metrics port, on loopback.
+fn default_admin_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8002))
 }
 
 impl ClusterConfig {

@@ -2,9 +2,12 @@
 //! each for real deployments, `bench` measures a cluster against the in-process floor.
 
 mod bench;
+mod child;
 mod cluster_config;
 mod placement;
+mod restart;
 mod signals;
+mod supervisor;
 mod up;
 
 use anyhow::Context;
@@ -45,6 +48,10 @@ enum Command {
 pub const WORKER_READY: &str = "chorus-worker ready";
 /// Line a coordinator prints on stdout once its HTTP and gRPC ports are open.
 pub const COORDINATOR_LISTENING: &str = "chorus-coordinator listening";
+
+/// How long a starting coordinator waits for etcd to answer its credentials check; an etcd that
+/// does not answer in time is only a warning (it keeps trying).
+const ETCD_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -102,18 +109,29 @@ async fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
 async fn run_coordinator(config: CoordinatorConfig) -> anyhow::Result<()> {
     // A bad spec file or flag combination is refused before anything listens or is announced.
     chorus_coordinator::server::check(&config)?;
+    if let Some(endpoints) = config.etcd_endpoints()? {
+        // Bad etcd TLS files, a TLS/scheme mismatch or a refused password stop it here too.
+        config
+            .etcd_connect
+            .check(&endpoints, ETCD_CHECK_TIMEOUT)
+            .await?;
+    }
     let http = TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("cannot listen on --http-addr {}", config.http_addr))?;
     let grpc = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("cannot listen on --grpc-addr {}", config.grpc_addr))?;
+    let admin = TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on --admin-addr {}", config.admin_addr))?;
     announce(&format!(
-        "{COORDINATOR_LISTENING} http_addr={} grpc_addr={}",
+        "{COORDINATOR_LISTENING} http_addr={} grpc_addr={} admin_addr={}",
         http.local_addr()?,
-        grpc.local_addr()?
+        grpc.local_addr()?,
+        admin.local_addr()?
     ));
-    let listeners = chorus_coordinator::Listeners { http, grpc };
+    let listeners = chorus_coordinator::Listeners { http, grpc, admin };
     chorus_coordinator::run(config, listeners, signals::shutdown()).await
 }
 

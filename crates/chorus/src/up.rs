@@ -1,16 +1,18 @@
 //! `chorus up`: a whole local cluster (workers, then a coordinator) as child processes, with a
-//! real request answered once it is ready, stopped cleanly on Ctrl-C or SIGTERM.
+//! real request answered once it is ready, kept running by [`crate::supervisor`] (a child that
+//! exits is restarted) and stopped cleanly on Ctrl-C or SIGTERM.
 
+use crate::child::{self, ChildSpec, Role};
 use crate::cluster_config::ClusterConfig;
-use crate::{COORDINATOR_LISTENING, WORKER_READY, placement, signals};
+use crate::{placement, signals, supervisor};
 use anyhow::{Context, bail};
 use clap::Args;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+
+pub(crate) use crate::child::{CoordinatorAddrs, Process};
 
 /// Flags of `chorus up`; each overrides the cluster file.
 #[derive(Debug, Args)]
@@ -31,6 +33,25 @@ pub struct UpArgs {
     #[arg(long, env = "CHORUS_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
 
+    /// Address of the coordinator's admin listener, `/metrics` and `/chorus/workers`
+    /// (overrides `admin_addr`).
+    #[arg(long, env = "CHORUS_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// API key file for the coordinator (docs/security.md). `chorus up` cannot know a secret,
+    /// so the sample request is then skipped.
+    #[arg(long, env = "CHORUS_API_KEYS", value_name = "TOML")]
+    pub api_keys: Option<PathBuf>,
+
+    /// TLS on the coordinator's public ports, passed through (the sample request is then
+    /// skipped: it has no CA to trust).
+    #[command(flatten)]
+    pub tls: chorus_coordinator::tls::GatewayTlsArgs,
+
+    /// Do not send the sample request once the cluster is ready.
+    #[arg(long)]
+    pub no_sample: bool,
+
     /// Number of worker processes (overrides `workers`).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -43,6 +64,26 @@ pub struct UpArgs {
     /// membership through it instead of a static worker list.
     #[arg(long, env = "CHORUS_ETCD", value_delimiter = ',')]
     pub etcd: Vec<String>,
+
+    /// TLS and authentication towards etcd (`--etcd-ca`, `--etcd-cert`, `--etcd-key`,
+    /// `--etcd-user`, `--etcd-password-file`), given to every worker and to the coordinator.
+    #[command(flatten)]
+    pub etcd_connect: chorus_common::etcd_connect::EtcdConnectArgs,
+
+    /// PEM certificate for mutual TLS on the worker links, given to every worker and to the
+    /// coordinator (one certificate for the whole local cluster is fine): its subject
+    /// alternative names must include `127.0.0.1`, the address workers listen on here, and it
+    /// must allow both server and client use. With `--rpc-tls-key` and `--rpc-tls-ca`.
+    #[arg(long, value_name = "PEM")]
+    pub rpc_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `--rpc-tls-cert`.
+    #[arg(long, value_name = "PEM")]
+    pub rpc_tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate that every process's certificate chains to.
+    #[arg(long, value_name = "PEM")]
+    pub rpc_tls_ca: Option<PathBuf>,
 
     /// Seconds to wait for each process to become ready before giving up.
     #[arg(long, default_value_t = 120)]
@@ -57,18 +98,13 @@ pub struct UpArgs {
     pub sample_model: String,
 }
 
-/// A child process we started, stopped by us (never left behind).
-pub(crate) struct Process {
-    pub(crate) name: String,
-    pub(crate) child: Child,
-}
-
 pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
     // Installed first: a Ctrl-C at any moment from here on stops the cluster cleanly.
     let shutdown = signals::Shutdown::install().context("cannot watch SIGINT/SIGTERM")?;
     let mut cluster = ClusterConfig::load(&args.config)?;
     cluster.http_addr = args.http_addr.unwrap_or(cluster.http_addr);
     cluster.grpc_addr = args.grpc_addr.unwrap_or(cluster.grpc_addr);
+    cluster.admin_addr = args.admin_addr.unwrap_or(cluster.admin_addr);
     cluster.workers = args.workers.unwrap_or(cluster.workers);
     cluster.replication = args.replication.unwrap_or(cluster.replication);
     cluster.validate()?;
@@ -79,6 +115,16 @@ pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the chorus executable")?;
     let mut processes: Vec<Process> = Vec::new();
 
+    // Workers and the coordinator take the same --rpc-tls-* flags.
+    let rpc_tls = rpc_tls_args(&args)?;
+    let etcd_connect = etcd_connect_args(&args)?;
+    // Any free port at the first start; a restarted worker gets the same one back.
+    let mut worker_args = vec!["--metrics-addr=127.0.0.1:0".to_string()];
+    worker_args.extend(rpc_tls.iter().cloned());
+    worker_args.extend(etcd_connect.iter().cloned());
+    let mut coordinator_args = rpc_tls.clone();
+    coordinator_args.extend(gateway_args(&args));
+    coordinator_args.extend(etcd_connect);
     let launch = Launch {
         exe: &exe,
         cluster: &cluster,
@@ -86,22 +132,96 @@ pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
         etcd: &args.etcd,
         log_json,
         ready_timeout,
-        worker_args: &[],
-        coordinator_args: &[],
+        worker_args: &worker_args,
+        coordinator_args: &coordinator_args,
     };
     let started = start_cluster(&launch, &mut processes).await;
     let outcome = match started {
         Ok(addrs) => {
             print_banner(addrs, &args);
-            if let Err(e) = send_sample(addrs.http, &args).await {
-                eprintln!("sample request failed: {e:#}");
+            match sample_skipped(&args) {
+                Some(why) => println!("sample request skipped: {why}"),
+                None => {
+                    if let Err(e) = send_sample(addrs.http, &args).await {
+                        eprintln!("sample request failed: {e:#}");
+                    }
+                }
             }
-            serve_until_stopped(&mut processes, shutdown).await
+            // The supervisor owns the processes from here on and stops them itself.
+            let processes = std::mem::take(&mut processes);
+            supervisor::supervise(processes, shutdown, worker_restart_floor(&args.etcd))
+                .await
+                .map_err(anyhow::Error::from)
         }
         Err(e) => Err(e),
     };
     stop_all(&mut processes).await;
     outcome
+}
+
+/// How long a restarted worker waits at least: with etcd, until the killed instance's lease has
+/// expired (its TTL, from `CHORUS_WORKER_LEASE_TTL_SECS` as the children inherit it, plus a
+/// second), since etcd refuses a second record under the same id until then.
+fn worker_restart_floor(etcd: &[String]) -> Duration {
+    if etcd.is_empty() {
+        return Duration::ZERO;
+    }
+    let ttl = std::env::var("CHORUS_WORKER_LEASE_TTL_SECS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(chorus_worker::config::DEFAULT_LEASE_TTL_SECS);
+    Duration::from_secs(ttl + 1)
+}
+
+/// The `--rpc-tls-*` flags for every child, or none; all three or none, checked here so that a
+/// missing one is reported once rather than by every child.
+fn rpc_tls_args(args: &UpArgs) -> anyhow::Result<Vec<String>> {
+    let files = chorus_common::rpc_tls::RpcTlsFiles::from_flags(
+        args.rpc_tls_cert.as_deref(),
+        args.rpc_tls_key.as_deref(),
+        args.rpc_tls_ca.as_deref(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    Ok(files.map_or_else(Vec::new, |files| {
+        vec![
+            format!("--rpc-tls-cert={}", files.cert.display()),
+            format!("--rpc-tls-key={}", files.key.display()),
+            format!("--rpc-tls-ca={}", files.ca.display()),
+        ]
+    }))
+}
+
+/// The etcd TLS and authentication flags for every child, checked here (files, password,
+/// endpoint schemes) so that a mistake is reported once rather than by every child. The
+/// password itself stays in its file or in the environment the children inherit.
+fn etcd_connect_args(args: &UpArgs) -> anyhow::Result<Vec<String>> {
+    if args.etcd.is_empty() {
+        return Ok(Vec::new());
+    }
+    args.etcd_connect.connect_options(&args.etcd)?;
+    Ok(args.etcd_connect.to_flags())
+}
+
+/// The coordinator's gateway flags (keys, TLS), passed through as given.
+fn gateway_args(args: &UpArgs) -> Vec<String> {
+    let keys = args
+        .api_keys
+        .as_ref()
+        .map(|p| format!("--api-keys={}", p.display()));
+    keys.into_iter().chain(args.tls.to_flags()).collect()
+}
+
+/// Why the sample request is not sent, if it is not.
+fn sample_skipped(args: &UpArgs) -> Option<&'static str> {
+    if args.no_sample {
+        Some("--no-sample")
+    } else if args.api_keys.is_some() {
+        Some("the coordinator requires API keys (--api-keys), and chorus up knows no secret")
+    } else if args.tls.tls_cert.is_some() {
+        Some("the coordinator serves TLS (--tls-cert); send it with your client and CA")
+    } else {
+        None
+    }
 }
 
 /// Everything needed to start the cluster's processes.
@@ -119,15 +239,9 @@ pub(crate) struct Launch<'a> {
     pub(crate) coordinator_args: &'a [String],
 }
 
-/// Where the started coordinator listens.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct CoordinatorAddrs {
-    pub(crate) http: SocketAddr,
-    pub(crate) grpc: SocketAddr,
-}
-
 /// Starts the workers, then the coordinator; returns the coordinator's addresses once it
-/// reports ready. Every process started is pushed onto `processes`, also on failure.
+/// reports ready. Every process started is pushed onto `processes`, also on failure, with the
+/// ports it got pinned in its [`ChildSpec`] so that a restart listens where it did.
 pub(crate) async fn start_cluster(
     launch: &Launch<'_>,
     processes: &mut Vec<Process>,
@@ -144,144 +258,79 @@ pub(crate) async fn start_cluster(
     } = *launch;
     let mut pending = Vec::new();
     for (index, models) in plan.iter().enumerate().filter(|(_, m)| !m.is_empty()) {
-        let worker_id = format!("worker-{index}");
-        let mut command = child_command(exe, log_json);
-        command
-            .arg("worker")
-            .arg("--listen=127.0.0.1:0")
-            .arg(format!("--worker-id={worker_id}"))
-            .arg("--model-repository")
-            .arg(&cluster.model_repository)
-            .arg(format!("--models={}", models.join(",")))
-            .args(worker_args);
+        let name = format!("worker-{index}");
+        let mut args: Vec<OsString> = vec![
+            "worker".into(),
+            "--listen=127.0.0.1:0".into(),
+            format!("--worker-id={name}").into(),
+            "--model-repository".into(),
+            cluster.model_repository.clone().into(),
+            format!("--models={}", models.join(",")).into(),
+        ];
+        args.extend(worker_args.iter().map(OsString::from));
         if !etcd.is_empty() {
-            command.arg(format!("--etcd={}", etcd.join(",")));
+            args.push(format!("--etcd={}", etcd.join(",")).into());
         }
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start {worker_id}"))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        processes.push(Process {
-            name: worker_id.clone(),
-            child,
-        });
-        pending.push((worker_id, models.clone(), stdout));
+        let role = Role::Worker {
+            models: models.clone(),
+        };
+        let spec = ChildSpec::new(name.clone(), role, exe.to_path_buf(), log_json, args);
+        let (child, stdout) = spec.spawn()?;
+        processes.push(Process { name, child, spec });
+        pending.push((processes.len() - 1, stdout));
     }
     // Workers load in parallel; wait for each one's ready line.
     let mut worker_addrs = Vec::new();
-    for (worker_id, models, stdout) in pending {
-        let line = wait_for_line(stdout, WORKER_READY, &worker_id, ready_timeout).await?;
-        let addr =
-            field(&line, "rpc_addr").with_context(|| format!("{worker_id} printed {line:?}"))?;
-        let pid = processes
-            .iter()
-            .find(|p| p.name == worker_id)
-            .and_then(|p| p.child.id())
-            .unwrap_or_default();
-        println!(
-            "{worker_id}  pid {pid}  rpc {addr}  models {}",
-            models.join(",")
-        );
-        worker_addrs.push(addr);
+    for (index, stdout) in pending {
+        let process = &mut processes[index];
+        let prefix = process.spec.ready_prefix();
+        let (line, rest) =
+            child::wait_for_line(stdout, prefix, &process.name, ready_timeout).await?;
+        child::drain(rest);
+        let addrs = child::worker_addrs(&line)
+            .with_context(|| format!("{} printed {line:?}", process.name))?;
+        process.spec.pin_worker(&addrs);
+        let pid = process.child.id().unwrap_or_default();
+        println!("{}", process.spec.describe(pid, &line)?);
+        worker_addrs.push(addrs.rpc);
     }
 
-    let mut command = child_command(exe, log_json);
-    command
-        .arg("coordinator")
-        .arg(format!("--http-addr={}", cluster.http_addr))
-        .arg(format!("--grpc-addr={}", cluster.grpc_addr))
-        .arg("--ensembles")
-        .arg(&cluster.ensembles)
-        .args(coordinator_args);
+    let mut args: Vec<OsString> = vec![
+        "coordinator".into(),
+        format!("--http-addr={}", cluster.http_addr).into(),
+        format!("--grpc-addr={}", cluster.grpc_addr).into(),
+        format!("--admin-addr={}", cluster.admin_addr).into(),
+        "--ensembles".into(),
+        cluster.ensembles.clone().into(),
+    ];
+    args.extend(coordinator_args.iter().map(OsString::from));
     if etcd.is_empty() {
-        command.arg(format!("--worker={}", worker_addrs.join(",")));
+        args.push(format!("--worker={}", worker_addrs.join(",")).into());
     } else {
-        command.arg(format!("--etcd={}", etcd.join(",")));
+        args.push(format!("--etcd={}", etcd.join(",")).into());
     }
-    let mut child = command.spawn().context("cannot start the coordinator")?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let pid = child.id().unwrap_or_default();
-    processes.push(Process {
-        name: "coordinator".into(),
-        child,
-    });
-    let line = wait_for_line(stdout, COORDINATOR_LISTENING, "coordinator", ready_timeout).await?;
-    let addr = |key: &str| -> anyhow::Result<SocketAddr> {
-        field(&line, key)
-            .and_then(|a| a.parse().ok())
-            .with_context(|| format!("coordinator printed {line:?}"))
-    };
-    let addrs = CoordinatorAddrs {
-        http: addr("http_addr")?,
-        grpc: addr("grpc_addr")?,
-    };
-    println!(
-        "coordinator  pid {pid}  http {}  grpc {}",
-        addrs.http, addrs.grpc
+    let name = "coordinator".to_string();
+    let spec = ChildSpec::new(
+        name.clone(),
+        Role::Coordinator,
+        exe.to_path_buf(),
+        log_json,
+        args,
     );
-    wait_until_ready(addrs.http, ready_timeout).await?;
+    let (child, stdout) = spec.spawn()?;
+    processes.push(Process { name, child, spec });
+    let process = processes.last_mut().expect("just pushed");
+    let prefix = process.spec.ready_prefix();
+    let (line, rest) = child::wait_for_line(stdout, prefix, "coordinator", ready_timeout).await?;
+    child::drain(rest);
+    let addrs = child::coordinator_addrs(&line).context("the coordinator's status line")?;
+    process.spec.pin_coordinator(&addrs);
+    let pid = process.child.id().unwrap_or_default();
+    println!("{}", process.spec.describe(pid, &line)?);
+    // Readiness on the admin port: it is plain HTTP and needs no key whatever the public
+    // ports require.
+    wait_until_ready(addrs.admin, ready_timeout).await?;
     Ok(addrs)
-}
-
-/// A `chorus` child: own process group (so a terminal's Ctrl-C reaches only us and we stop the
-/// children in order), stdout piped for its status line, stderr shared for logs.
-fn child_command(exe: &Path, log_json: bool) -> Command {
-    let mut command = Command::new(exe);
-    if log_json {
-        command.arg("--log-json");
-    }
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .process_group(0)
-        .kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to SIGTERM the child if this
-    // process dies without stopping it (e.g. SIGKILL), so no worker outlives `chorus up`.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
-            Ok(())
-        });
-    }
-    command
-}
-
-/// Reads a child's stdout until a line starting with `prefix`; then keeps draining it in the
-/// background so the child never blocks on a full pipe.
-async fn wait_for_line(
-    stdout: ChildStdout,
-    prefix: &str,
-    name: &str,
-    timeout: Duration,
-) -> anyhow::Result<String> {
-    let mut lines = BufReader::new(stdout).lines();
-    let found = tokio::time::timeout(timeout, async {
-        while let Some(line) = lines.next_line().await? {
-            if line.starts_with(prefix) {
-                return Ok(Some(line));
-            }
-            println!("[{name}] {line}");
-        }
-        Ok::<_, std::io::Error>(None)
-    })
-    .await;
-    match found {
-        Err(_) => bail!("{name} did not become ready within {}s", timeout.as_secs()),
-        Ok(Err(e)) => bail!("cannot read {name}'s output: {e}"),
-        Ok(Ok(None)) => bail!("{name} exited before becoming ready (see its log above)"),
-        Ok(Ok(Some(line))) => {
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            Ok(line)
-        }
-    }
-}
-
-/// The value of `key=value` in a status line.
-fn field(line: &str, key: &str) -> Option<String> {
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-        .map(str::to_string)
 }
 
 async fn wait_until_ready(http_addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
@@ -323,6 +372,10 @@ fn print_banner(addrs: CoordinatorAddrs, args: &UpArgs) {
         args.sample_model,
         args.sample_request.display()
     );
+    println!(
+        "  curl -s http://{}/metrics   (admin port: metrics, /chorus/workers)",
+        addrs.admin
+    );
     println!("Press Ctrl-C to stop the cluster.");
 }
 
@@ -349,60 +402,11 @@ async fn send_sample(http_addr: SocketAddr, args: &UpArgs) -> anyhow::Result<()>
     Ok(())
 }
 
-/// Waits for Ctrl-C/SIGTERM; a child that exits on its own ends the cluster with an error.
-async fn serve_until_stopped(
-    processes: &mut [Process],
-    shutdown: signals::Shutdown,
-) -> anyhow::Result<()> {
-    let any_exit = first_exit(processes);
-    tokio::select! {
-        _ = shutdown.wait() => Ok(()),
-        (name, status) = any_exit => bail!("{name} exited unexpectedly ({status}); stopping the cluster"),
-    }
-}
-
-async fn first_exit(processes: &mut [Process]) -> (String, String) {
-    loop {
-        for process in processes.iter_mut() {
-            if let Ok(Some(status)) = process.child.try_wait() {
-                return (process.name.clone(), status.to_string());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Stops the coordinator first (no new requests), then the workers, each with SIGTERM and a
-/// grace period, then SIGKILL.
+/// grace period, then SIGKILL. Used when the cluster never got to supervision.
 pub(crate) async fn stop_all(processes: &mut [Process]) {
-    const GRACE: Duration = Duration::from_secs(15);
     processes.sort_by_key(|p| p.name != "coordinator");
     for process in processes.iter_mut() {
-        if let Some(pid) = process.child.id() {
-            // SAFETY: plain kill(2) on a PID we spawned and have not yet reaped.
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGTERM);
-            }
-        }
-        match tokio::time::timeout(GRACE, process.child.wait()).await {
-            Ok(Ok(status)) => println!("{} stopped ({status})", process.name),
-            _ => {
-                let _ = process.child.kill().await;
-                println!("{} killed after {}s", process.name, GRACE.as_secs());
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fields_are_read_from_status_lines() {
-        let line = "chorus-worker ready rpc_addr=127.0.0.1:4000 worker_id=w-1";
-        assert_eq!(field(line, "rpc_addr").as_deref(), Some("127.0.0.1:4000"));
-        assert_eq!(field(line, "worker_id").as_deref(), Some("w-1"));
-        assert_eq!(field(line, "nope"), None);
+        child::stop(process).await;
     }
 }

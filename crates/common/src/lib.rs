@@ -2,16 +2,22 @@
 //!
 //! Wire types ([`tensor`], [`model`]), the worker RPC contract ([`rpc`]), wire errors
 //! ([`error`]), input validation shared by both sides ([`validate`]), the TCP transport with
-//! Chorus's framing ([`transport`]) and the one tracing initialiser ([`telemetry`]).
+//! Chorus's framing ([`transport`]), TLS material ([`tls`]), the RPC links' mutual TLS
+//! ([`rpc_tls`]), how both sides connect to etcd ([`etcd_connect`]) and the one tracing
+//! initialiser ([`telemetry`]).
 
 pub mod error;
+pub mod etcd_connect;
 pub mod membership;
 pub mod model;
 pub mod rpc;
+pub mod rpc_tls;
 pub mod telemetry;
 pub mod tensor;
-#[cfg(feature = "testing")]
+// Also in this crate's own unit tests (its dependencies are dev-dependencies too).
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod tls;
 pub mod transport;
 pub mod validate;
 

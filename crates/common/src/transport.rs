@@ -1,7 +1,9 @@
 //! TCP transport for the worker RPC: length-delimited bincode frames with an explicit size limit,
-//! TCP_NODELAY (tarpc's own helpers leave Nagle on, which doubles small-call latency) and keepalive.
+//! TCP_NODELAY (tarpc's own helpers leave Nagle on, which doubles small-call latency) and keepalive;
+//! in plaintext, or inside a TLS stream when the links use mutual TLS ([`crate::rpc_tls`]).
 
 use crate::rpc::WorkerServiceClient;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -9,7 +11,10 @@ use tarpc::ClientMessage;
 use tarpc::serde_transport::{self, Transport};
 use tarpc::tokio_serde::formats::Bincode;
 use tarpc::tokio_util::codec::LengthDelimitedCodec;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::ServerName;
 
 /// Default largest RPC frame: big enough for a few hundred thousand floats per call.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024 * 1024;
@@ -32,15 +37,33 @@ where
     Item: for<'de> serde::Deserialize<'de>,
     SinkItem: serde::Serialize,
 {
+    tune(&stream)?;
+    Ok(framed_over(stream, max_frame_bytes))
+}
+
+/// Sets TCP_NODELAY and keepalive on a connection, before anything (a TLS handshake) runs on it.
+pub fn tune(stream: &TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
         .with_interval(Duration::from_secs(1));
-    socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+    socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)
+}
+
+/// A bincode transport over any byte stream (a TLS stream over a [`tune`]d connection).
+pub fn framed_over<S, Item, SinkItem>(
+    stream: S,
+    max_frame_bytes: usize,
+) -> Transport<S, Item, SinkItem, Bincode<Item, SinkItem>>
+where
+    S: AsyncRead + AsyncWrite,
+    Item: for<'de> serde::Deserialize<'de>,
+    SinkItem: serde::Serialize,
+{
     let framed = LengthDelimitedCodec::builder()
         .max_frame_length(max_frame_bytes)
         .new_framed(stream);
-    Ok(serde_transport::new(framed, Bincode::default()))
+    serde_transport::new(framed, Bincode::default())
 }
 
 /// An incoming request with its deadline at most [`MAX_RPC_DEADLINE`] from now, for a server to
@@ -61,16 +84,42 @@ pub async fn connect_worker(
     max_frame_bytes: usize,
     connect_timeout: Duration,
 ) -> io::Result<WorkerServiceClient> {
-    let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(addr))
-        .await
-        .map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("connecting to {addr} timed out"),
-            )
-        })??;
+    let stream = within(connect_timeout, addr, TcpStream::connect(addr)).await?;
     let transport = framed(stream, max_frame_bytes)?;
     Ok(WorkerServiceClient::new(tarpc::client::Config::default(), transport).spawn())
+}
+
+/// [`connect_worker`] over mutual TLS: the worker's certificate must name `server_name` (see
+/// [`crate::rpc_tls`]). The TCP connect and the handshake together take at most
+/// `connect_timeout`, so a worker that accepts and never answers counts as a failed connect.
+pub async fn connect_worker_tls(
+    addr: SocketAddr,
+    server_name: ServerName<'static>,
+    connector: &TlsConnector,
+    max_frame_bytes: usize,
+    connect_timeout: Duration,
+) -> io::Result<WorkerServiceClient> {
+    let handshake = async {
+        let stream = TcpStream::connect(addr).await?;
+        tune(&stream)?;
+        connector.connect(server_name, stream).await
+    };
+    let stream = within(connect_timeout, addr, handshake).await?;
+    let transport = framed_over(stream, max_frame_bytes);
+    Ok(WorkerServiceClient::new(tarpc::client::Config::default(), transport).spawn())
+}
+
+async fn within<T>(
+    limit: Duration,
+    addr: SocketAddr,
+    step: impl Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(limit, step).await.map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connecting to {addr} timed out"),
+        )
+    })?
 }
 
 #[cfg(test)]

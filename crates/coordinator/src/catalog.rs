@@ -1,5 +1,10 @@
 //! What the coordinator serves: ensembles from specs and models described by workers, with the
 //! signature each is validated against and whether it can answer now.
+//!
+//! One namespace, as in Triton and KServe: a name is a model or an ensemble, never both. When a
+//! spec names an ensemble after a model that workers serve, the model keeps its name and the
+//! ensemble is not served while the clash lasts (warned once per clash, naming both): whoever can
+//! write a spec must not be able to take over a model's traffic (docs/decisions.md).
 
 use crate::membership::SpecChange;
 use crate::pool::{Pool, version_order};
@@ -129,6 +134,8 @@ pub struct Catalog {
     /// Ensemble signatures by name, valid while the pool's generation and the spec are the ones
     /// they were derived from (every request needs one; deriving it copies model metadata).
     signatures: Mutex<HashMap<String, CachedSignature>>,
+    /// Ensembles not served because a model has their name, each warned about once.
+    shadowed: Mutex<BTreeSet<String>>,
 }
 
 struct CachedSignature {
@@ -143,6 +150,7 @@ impl Catalog {
             ensembles: Arc::new(RwLock::new(EnsembleSet::new(ensembles))),
             pool,
             signatures: Mutex::new(HashMap::new()),
+            shadowed: Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -150,13 +158,48 @@ impl Catalog {
         &self.pool
     }
 
+    /// The ensemble `name` names, unless a served model has that name (see the module header).
     pub fn ensemble(&self, name: &str) -> Option<Arc<EnsembleSpec>> {
-        self.ensembles.read().expect("ensemble lock").get(name)
+        let spec = self.ensembles.read().expect("ensemble lock").get(name)?;
+        let models = self.pool.models();
+        self.unshadowed(spec, &models)
     }
 
-    /// A snapshot of every ensemble served, by name.
+    /// A snapshot of every ensemble served, by name (not those a model's name shadows).
     pub fn ensembles(&self) -> Vec<Arc<EnsembleSpec>> {
-        self.ensembles.read().expect("ensemble lock").all()
+        let specs = self.ensembles.read().expect("ensemble lock").all();
+        let models = self.pool.models();
+        specs
+            .into_iter()
+            .filter_map(|spec| self.unshadowed(spec, &models))
+            .collect()
+    }
+
+    /// `spec`, or `None` when a model served by some worker has its name; warns when such a
+    /// clash starts and says when it ends.
+    fn unshadowed(
+        &self,
+        spec: Arc<EnsembleSpec>,
+        models: &crate::pool::ModelMap,
+    ) -> Option<Arc<EnsembleSpec>> {
+        let clash = models.contains_key(&spec.name);
+        let mut shadowed = self.shadowed.lock().expect("shadowed lock");
+        match (clash, shadowed.contains(&spec.name)) {
+            (true, false) => {
+                warn!(
+                    ensemble = %spec.name,
+                    "ensemble spec not served: a model served by the workers has the same name, \
+                     and the model keeps it; rename the ensemble"
+                );
+                shadowed.insert(spec.name.clone());
+            }
+            (false, true) => {
+                info!(ensemble = %spec.name, "no model has the ensemble's name any more; serving it");
+                shadowed.remove(&spec.name);
+            }
+            _ => {}
+        }
+        (!clash).then_some(spec)
     }
 
     /// Applies one spec change; requests already running keep the spec they started with.
@@ -430,5 +473,36 @@ mod tests {
             key: "/k/missing".into(),
         });
         assert_eq!(deadline(&ensembles, "e"), Some(1));
+    }
+
+    /// `name`: a soft vote of models b and c.
+    fn ensemble_of_b_and_c(name: &str) -> String {
+        format!(
+            "version = 1\n[[ensemble]]\nname = \"{name}\"\ncombiner = \"soft_vote\"\n\
+             deadline_ms = 100\nmin_members = 1\n\
+             [[ensemble.member]]\nmodel = \"b\"\n[[ensemble.member]]\nmodel = \"c\"\n"
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_ensemble_named_like_a_served_model_is_not_served() {
+        use crate::testing::{Behaviour, FakeWorker, Harness};
+        let row = [0.6, 0.3, 0.1];
+        let workers: Vec<FakeWorker> = ["a", "b", "c"]
+            .iter()
+            .map(|m| FakeWorker::new(&format!("w-{m}"), &[(m, Behaviour::answer(&row))]))
+            .collect();
+        // The spec tries to take model a's name: the model keeps it.
+        let h = Harness::start(&ensemble_of_b_and_c("a"), &workers).await;
+        let answer = h.infer("a").await.expect("model a answers");
+        assert!(answer.members.is_none(), "the name reached the ensemble");
+        let catalog = h.infer.catalog();
+        assert!(catalog.ensemble("a").is_none());
+        assert!(catalog.ensembles().is_empty());
+
+        // Under a name of its own the same ensemble is served.
+        let h = Harness::start(&ensemble_of_b_and_c("bc"), &workers).await;
+        let answer = h.infer("bc").await.expect("the ensemble answers");
+        assert!(answer.members.is_some());
     }
 }

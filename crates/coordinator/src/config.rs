@@ -31,6 +31,53 @@ pub struct CoordinatorConfig {
     )]
     pub grpc_addr: SocketAddr,
 
+    /// Address of the admin listener (Triton's metrics port, 8002): `/metrics`,
+    /// `/chorus/workers` and health. It takes no API key: keep it where only operators and
+    /// scrapers reach it.
+    #[arg(
+        long = "admin-addr",
+        env = "CHORUS_ADMIN_ADDR",
+        default_value = "127.0.0.1:8002"
+    )]
+    pub admin_addr: SocketAddr,
+
+    /// API key file (TOML `[[key]]` tables: `id`, `sha256` of the secret, optional `models`,
+    /// `rate_limit`, `burst`; docs/security.md). Without it anyone who reaches the public ports
+    /// may call every model.
+    #[arg(long = "api-keys", env = "CHORUS_API_KEYS")]
+    pub api_keys: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tls: crate::tls::GatewayTlsArgs,
+
+    /// Infer requests this coordinator serves at once (both protocols); more wait in a bounded
+    /// priority queue or get 429 / RESOURCE_EXHAUSTED. 0 means no limit.
+    #[arg(long, env = "CHORUS_MAX_INFLIGHT", default_value_t = 1024)]
+    pub max_inflight: usize,
+
+    /// Requests that may wait for a slot under `--max-inflight` (and under each ensemble's
+    /// `max_inflight`); beyond it they are refused at once.
+    #[arg(long, env = "CHORUS_MAX_QUEUE", default_value_t = 1024)]
+    pub max_queue: usize,
+
+    /// Longest a request waits for a slot, in milliseconds (never more than half of what is left
+    /// of its deadline), before it is refused with 429.
+    #[arg(long, env = "CHORUS_MAX_QUEUE_WAIT_MS", default_value_t = 50)]
+    pub max_queue_wait_ms: u64,
+
+    /// Request bytes held at once, both front doors together: REST bodies being read and
+    /// requests being served. Beyond it requests wait (at most `--max-queue-wait-ms`) and are
+    /// then refused with 429. Keep it well under the memory limit: a JSON request costs about
+    /// three times its size while it is decoded.
+    #[arg(long, env = "CHORUS_MAX_INFLIGHT_BODY_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub max_inflight_body_bytes: usize,
+
+    /// Adapt the concurrency limit to observed latency (at most `--max-inflight`): it shrinks
+    /// when answers take more than twice the recent best, so the excess is refused fast instead
+    /// of queueing in the workers.
+    #[arg(long, env = "CHORUS_ADAPTIVE_INFLIGHT")]
+    pub adaptive_inflight: bool,
+
     /// Ensemble specs (TOML, `version = 1`); see docs/configuration.md. With `--etcd` the file is
     /// optional: specs under /chorus/v1/ensembles/ in etcd apply on top of it.
     #[arg(long, env = "CHORUS_ENSEMBLES", default_value = DEFAULT_ENSEMBLES)]
@@ -55,6 +102,11 @@ pub struct CoordinatorConfig {
     /// can miss events; a re-list repairs the view). Between 1 and 86400.
     #[arg(long, env = "CHORUS_ETCD_RELIST_SECS", default_value_t = 30)]
     pub etcd_relist_secs: u64,
+
+    /// TLS and authentication towards etcd (`--etcd-ca`, `--etcd-cert`, `--etcd-key`,
+    /// `--etcd-user`, `--etcd-password-file`; docs/security.md).
+    #[command(flatten)]
+    pub etcd_connect: chorus_common::etcd_connect::EtcdConnectArgs,
 
     /// Largest request accepted, in bytes: an HTTP body (larger ones get 413) or a gRPC message
     /// (RESOURCE_EXHAUSTED).
@@ -108,6 +160,10 @@ pub struct CoordinatorConfig {
     /// was asked something before it is taken out of rotation, at any load.
     #[arg(long, env = "CHORUS_EJECT_AFTER_SILENCE_MS", default_value_t = 1000)]
     pub eject_after_silence_ms: u64,
+
+    /// Mutual TLS on the links to workers (`--rpc-tls-cert`, `--rpc-tls-key`, `--rpc-tls-ca`).
+    #[command(flatten)]
+    pub rpc_tls: crate::rpc_tls::RpcTlsArgs,
 }
 
 impl CoordinatorConfig {
@@ -125,6 +181,26 @@ impl CoordinatorConfig {
             timeout: Duration::from_millis(self.client_timeout_ms.max(1)),
             max_connections: self.max_connections.max(1),
         }
+    }
+
+    pub fn admission(&self) -> crate::admission::AdmissionSettings {
+        crate::admission::AdmissionSettings {
+            max_inflight: self.max_inflight,
+            max_queue: self.max_queue,
+            max_queue_wait: Duration::from_millis(self.max_queue_wait_ms.min(3_600_000)),
+            adaptive: self
+                .adaptive_inflight
+                .then(crate::admission::AdaptiveSettings::default),
+            max_inflight_bytes: self.max_inflight_body_bytes,
+        }
+    }
+
+    /// The key file's keys, or open access without `--api-keys`.
+    pub fn access(&self) -> anyhow::Result<crate::access::Access> {
+        Ok(match &self.api_keys {
+            Some(path) => crate::access::Access::load(path)?,
+            None => crate::access::Access::open(),
+        })
     }
 
     /// At least 1 ms, at most the longest deadline an RPC may carry.

@@ -335,6 +335,7 @@ mod tests {
                 weight: 1.0,
             }],
             labels: None,
+            limits: Default::default(),
         }
     }
 

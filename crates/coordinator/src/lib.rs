@@ -5,6 +5,8 @@
 //! [`infer`] core; below it the [`ensemble`] fan-out, the [`router`] (retries, hedging), the
 //! worker [`pool`] and the [`catalog`] of what is served, fed by [`membership`].
 
+pub mod access;
+pub mod admission;
 pub mod catalog;
 pub mod combine;
 pub mod config;
@@ -17,11 +19,13 @@ pub mod membership;
 pub mod metrics;
 pub mod pool;
 pub mod router;
+pub mod rpc_tls;
 pub mod server;
 pub mod spec;
 pub mod stats;
 #[cfg(test)]
 mod testing;
+pub mod tls;
 
 pub use config::CoordinatorConfig;
 pub use server::{Listeners, run};

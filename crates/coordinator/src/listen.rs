@@ -1,7 +1,9 @@
 //! Accepting connections for both front doors: at most `max_connections` served at once per
 //! listener (further clients wait in the kernel's listen backlog, costing nothing here),
-//! TCP_NODELAY on each, and on shutdown a drain that lets requests in flight finish.
+//! TCP_NODELAY on each, the TLS handshake (when TLS is on) on the connection's own task within
+//! the client timeout, and on shutdown a drain that lets requests in flight finish.
 
+use crate::tls::{Alpn, GatewayTls};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::future::Future;
@@ -10,7 +12,24 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
 use tracing::{debug, info, warn};
+
+/// An accepted connection: plain TCP, or TLS over it.
+pub type Conn = Either<TcpStream, TlsStream<TcpStream>>;
+
+/// Serves one connection (after its TLS handshake, if any).
+pub type ServeConnection = Arc<dyn Fn(TokioIo<Conn>, Watcher) -> Served + Send + Sync>;
+
+/// TLS for a listener: the gateway's certificates, what its front door offers in ALPN, and how
+/// long a client may take to finish the handshake.
+#[derive(Clone)]
+pub struct ListenTls {
+    pub tls: Arc<GatewayTls>,
+    pub alpn: Alpn,
+    pub handshake_timeout: Duration,
+}
 
 /// How long a stopping coordinator lets requests in flight finish.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(10);
@@ -29,8 +48,9 @@ pub async fn accept_loop(
     front: &'static str,
     listener: TcpListener,
     max_connections: usize,
+    tls: Option<ListenTls>,
     shutdown: impl Future<Output = ()> + Send,
-    serve: impl Fn(TokioIo<TcpStream>, Watcher) -> Served,
+    serve: ServeConnection,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let graceful = GracefulShutdown::new();
@@ -55,12 +75,44 @@ pub async fn accept_loop(
         if let Err(error) = stream.set_nodelay(true) {
             debug!(front, error = %error, "cannot set TCP_NODELAY");
         }
-        let connection = serve(TokioIo::new(stream), graceful.watcher());
+        let watcher = graceful.watcher();
+        let (tls, serve) = (tls.clone(), Arc::clone(&serve));
         tokio::spawn(async move {
-            connection.await;
+            let conn = match tls {
+                None => Either::Left(stream),
+                Some(tls) => match handshake(&tls, stream).await {
+                    Some(conn) => Either::Right(conn),
+                    None => return,
+                },
+            };
+            serve(TokioIo::new(conn), watcher).await;
             drop(slot);
         });
     }
+    drain(front, graceful).await;
+    Ok(())
+}
+
+/// The server side of a TLS handshake, within the client timeout; failures are the client's
+/// (a plain-HTTP client, an untrusted certificate under mTLS, a client that went quiet) and
+/// logged at debug.
+async fn handshake(tls: &ListenTls, stream: TcpStream) -> Option<TlsStream<TcpStream>> {
+    let peer = stream.peer_addr().ok();
+    let accepting = tls.tls.acceptor(tls.alpn).accept(stream);
+    match tokio::time::timeout(tls.handshake_timeout, accepting).await {
+        Ok(Ok(conn)) => Some(conn),
+        Ok(Err(error)) => {
+            debug!(peer = ?peer, error = %error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(peer = ?peer, "TLS handshake timed out");
+            None
+        }
+    }
+}
+
+async fn drain(front: &'static str, graceful: GracefulShutdown) {
     if tokio::time::timeout(DRAIN_GRACE, graceful.shutdown())
         .await
         .is_err()
@@ -71,5 +123,4 @@ pub async fn accept_loop(
             "requests still running after the drain grace; closing"
         );
     }
-    Ok(())
 }

@@ -9,6 +9,7 @@ use crate::metrics::{ClusterView, Metrics};
 use crate::pool::{Pool, PoolSettings};
 use crate::router::Router;
 use crate::spec::{self, EnsembleSpec};
+use crate::tls::GatewayTls;
 use crate::{grpc, http};
 use futures::FutureExt;
 use std::future::Future;
@@ -20,10 +21,12 @@ use tracing::{info, warn};
 
 /// The coordinator's bound listeners (tests bind port 0).
 pub struct Listeners {
-    /// OIP v2 REST, plus `/metrics` and `/chorus/*`.
+    /// OIP v2 REST.
     pub http: TcpListener,
     /// OIP v2 gRPC.
     pub grpc: TcpListener,
+    /// `/metrics`, `/chorus/*` and health, for operators.
+    pub admin: TcpListener,
 }
 
 /// Serves the coordinator on `listeners` until `shutdown` completes. The caller binds the
@@ -35,6 +38,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let etcd = config.etcd_endpoints()?;
     let specs = load_specs(&config, etcd.is_some())?;
+    let access = config.access()?;
+    warn_if_open(&access, &listeners)?;
     let metrics = Arc::new(Metrics::new());
     let pool = Pool::new(
         PoolSettings {
@@ -45,6 +50,7 @@ pub async fn run(
             connect_timeout: Duration::from_secs(2),
         },
         Arc::clone(&metrics),
+        config.rpc_tls.connector()?,
     );
     let router = Arc::new(Router::new(
         Arc::clone(&pool),
@@ -63,10 +69,16 @@ pub async fn run(
             config.max_frame_bytes,
             config.model_deadline(),
         ),
+        access,
+        config.admission(),
     ));
     info!(
         http = %listeners.http.local_addr()?,
         grpc = %listeners.grpc.local_addr()?,
+        admin = %listeners.admin.local_addr()?,
+        api_keys = app.access().len(),
+        tls = config.tls.mode(),
+        max_inflight = config.max_inflight,
         workers = config.workers.len(),
         etcd = ?config.etcd,
         request_ids = %format!("{}-*", app.request_ids().prefix()),
@@ -74,16 +86,34 @@ pub async fn run(
     );
     let shutdown = shutdown.shared();
     let limits = config.client_limits();
+    let tls = gateway_tls(&config)?;
+    let tls_watch = tls.as_ref().map(GatewayTls::watch);
     let rest = http::serve(
+        "http",
         listeners.http,
         http::router(Arc::clone(&app)),
         limits,
+        tls.clone(),
         shutdown.clone(),
     )
     .map(|served| served.map_err(anyhow::Error::from));
-    let grpc = grpc::serve(listeners.grpc, app, limits.max_connections, shutdown)
+    // The admin port stays plain HTTP: Prometheus and kubelet probes scrape it in-cluster, and
+    // it is bound where only they reach it (docs/security.md).
+    let admin = http::serve(
+        "admin",
+        listeners.admin,
+        http::admin_router(Arc::clone(&app)),
+        limits,
+        None,
+        shutdown.clone(),
+    )
+    .map(|served| served.map_err(anyhow::Error::from));
+    let grpc = grpc::serve(listeners.grpc, app, limits, tls, shutdown)
         .map(|served| served.map_err(anyhow::Error::from));
-    let served = tokio::try_join!(rest, grpc);
+    let served = tokio::try_join!(rest, grpc, admin);
+    if let Some(watch) = tls_watch {
+        watch.abort();
+    }
     sources.stop();
     served?;
     info!("coordinator stopped");
@@ -99,7 +129,36 @@ const FIRST_VIEW_TIMEOUT: Duration = Duration::from_secs(5);
 /// before it binds and announces anything.
 pub fn check(config: &CoordinatorConfig) -> anyhow::Result<()> {
     let etcd = config.etcd_endpoints()?;
+    config.access()?;
+    gateway_tls(config)?;
+    config.rpc_tls.connector()?;
     load_specs(config, etcd.is_some()).map(drop)
+}
+
+/// The gateway's certificates, if `--tls-cert` and `--tls-key` are given.
+fn gateway_tls(config: &CoordinatorConfig) -> anyhow::Result<Option<Arc<GatewayTls>>> {
+    Ok(match config.tls.files()? {
+        Some(files) => Some(GatewayTls::load(files)?),
+        None => None,
+    })
+}
+
+/// Running without keys is fine on loopback (a laptop, `chorus up`), and a mistake anywhere
+/// else unless something in front authenticates: say so once, at start-up.
+fn warn_if_open(access: &crate::access::Access, listeners: &Listeners) -> anyhow::Result<()> {
+    let public = [&listeners.http, &listeners.grpc];
+    if access.is_open() {
+        for listener in public {
+            let addr = listener.local_addr()?;
+            if !addr.ip().is_loopback() {
+                warn!(
+                    addr = %addr,
+                    "no --api-keys: anyone who can reach this address may call every model (docs/security.md)"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The spec file's ensembles. Without etcd the file is required; with etcd it is optional, since
@@ -152,7 +211,7 @@ impl Sources {
                 etcd: Vec::new(),
             };
         };
-        let settings = config.etcd_settings();
+        let settings = config.etcd_settings().with_connect(&config.etcd_connect);
         let (workers, workers_source) =
             membership::etcd::watch(endpoints.clone(), settings.clone());
         let (specs, specs_source) = membership::etcd::watch_ensembles(endpoints, settings);

@@ -1,5 +1,6 @@
 //! Ensemble specs: the TOML file format, parsed and validated once, with errors that name the field.
 
+use crate::admission::{EnsembleLimits, RateLimit};
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::Path;
@@ -15,6 +16,9 @@ const MAX_LABELS: usize = 1 << 20;
 /// (`chorus_common::transport::MAX_RPC_DEADLINE`). Beyond it the number is a mistake: the member
 /// calls would carry the clamped hour anyway.
 const MAX_DEADLINE_MS: u64 = 3_600_000;
+
+/// Largest `max_inflight` a spec may set: more requests than a coordinator has connections.
+const MAX_INFLIGHT: usize = 1_000_000;
 
 /// How an ensemble turns its members' answers into one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -74,6 +78,9 @@ struct RawEnsemble {
     meta_model: Option<String>,
     meta_version: Option<String>,
     labels: Option<Vec<String>>,
+    max_inflight: Option<usize>,
+    rate_limit: Option<f64>,
+    burst: Option<u32>,
     #[serde(default)]
     member: Vec<RawMember>,
 }
@@ -116,6 +123,8 @@ pub struct EnsembleSpec {
     /// Class names by index for the classification extension; `None` takes them from the
     /// members (the meta-model for fusion).
     pub labels: Option<Vec<String>>,
+    /// Admission limits of its own (`max_inflight`, `rate_limit`, `burst`); none by default.
+    pub limits: EnsembleLimits,
 }
 
 /// Why a spec file was refused; each message names the file position or field to fix.
@@ -265,7 +274,26 @@ fn validate(raw: RawEnsemble) -> Result<EnsembleSpec, String> {
             at("labels")
         ));
     }
+    if raw.max_inflight.is_some_and(|n| n == 0 || n > MAX_INFLIGHT) {
+        return Err(format!(
+            "{} is {}, but it must be between 1 and {MAX_INFLIGHT} (leave it out for no limit)",
+            at("max_inflight"),
+            raw.max_inflight.unwrap_or_default()
+        ));
+    }
+    match (raw.rate_limit, raw.burst) {
+        (None, Some(_)) => return Err(format!("{} needs a `rate_limit`", at("burst"))),
+        (Some(rate), burst) => {
+            RateLimit::new(rate, burst).map_err(|e| format!("ensemble '{name}': {e}"))?;
+        }
+        (None, None) => {}
+    }
     Ok(EnsembleSpec {
+        limits: EnsembleLimits {
+            max_inflight: raw.max_inflight,
+            rate_limit: raw.rate_limit,
+            burst: raw.burst,
+        },
         labels: raw.labels,
         description: raw.description,
         combiner: raw.combiner,
@@ -360,6 +388,25 @@ model = "a"
             error_of(&GOOD.replace("model = \"b\"\nversion = \"2\"\n", "model = \"a\"\n"))
                 .contains("listed twice")
         );
+    }
+
+    #[test]
+    fn admission_limits_are_read_and_checked() {
+        let limited = GOOD.replace(
+            "deadline_ms = 500",
+            "deadline_ms = 500\nmax_inflight = 32\nrate_limit = 100.0\nburst = 20",
+        );
+        let spec = &parse(&limited, "t").unwrap()[0];
+        assert_eq!(spec.limits.max_inflight, Some(32));
+        assert_eq!(spec.limits.rate_limit, Some(100.0));
+        assert_eq!(spec.limits.burst, Some(20));
+        assert!(parse(GOOD, "t").unwrap()[0].limits.is_none());
+        let e = error_of(&GOOD.replace("deadline_ms = 500", "deadline_ms = 500\nmax_inflight = 0"));
+        assert!(e.contains("`max_inflight`"), "{e}");
+        let e = error_of(&GOOD.replace("deadline_ms = 500", "deadline_ms = 500\nrate_limit = 0.0"));
+        assert!(e.contains("rate_limit"), "{e}");
+        let e = error_of(&GOOD.replace("deadline_ms = 500", "deadline_ms = 500\nburst = 3"));
+        assert!(e.contains("`burst` needs a `rate_limit`"), "{e}");
     }
 
     #[test]

@@ -267,7 +267,19 @@ impl Harness {
         let catalog = Catalog::new(specs, pool);
         let limits = Limits::new(1 << 20, 1 << 20, Duration::from_secs(2));
         Harness {
-            infer: Infer::new(catalog, router, limits),
+            infer: Infer::new(
+                catalog,
+                router,
+                limits,
+                crate::access::Access::open(),
+                crate::admission::AdmissionSettings {
+                    max_inflight: 0,
+                    max_queue: 0,
+                    max_queue_wait: Duration::ZERO,
+                    adaptive: None,
+                    max_inflight_bytes: 1 << 30,
+                },
+            ),
         }
     }
 
@@ -288,5 +300,6 @@ pub fn one_row() -> InferRequest {
         inputs: vec![Tensor::from_values("input", vec![1, 2], &[0.5f32, 0.5])],
         outputs: Vec::new(),
         timeout: None,
+        priority: 0,
     }
 }

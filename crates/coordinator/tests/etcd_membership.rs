@@ -12,7 +12,7 @@ use chorus_coordinator::membership::etcd::{self, EtcdSettings, SourceState};
 use chorus_coordinator::metrics::Metrics;
 use chorus_coordinator::pool::{Pool, PoolSettings};
 use chorus_coordinator::spec;
-use etcd_client::Client;
+use etcd_client::{Client, PutOptions};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -29,6 +29,7 @@ fn settings() -> EtcdSettings {
         connect_timeout: Duration::from_millis(500),
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(500),
+        ..EtcdSettings::default()
     }
 }
 
@@ -100,7 +101,19 @@ async fn put_worker(client: &mut Client, id: &str, port: u16) {
 }
 
 async fn put(client: &mut Client, key: &str, value: impl Into<Vec<u8>>) {
-    client.put(key, value, None).await.expect("put");
+    try_put(client, key, value).await.expect("put");
+}
+
+/// Puts `value` under a lease of its own, as a worker registers (the coordinator ignores worker
+/// records written without one); the lease outlives the test.
+async fn try_put(
+    client: &mut Client,
+    key: &str,
+    value: impl Into<Vec<u8>>,
+) -> Result<(), etcd_client::Error> {
+    let lease = client.lease_grant(600, None).await?.id();
+    let options = PutOptions::new().with_lease(lease);
+    client.put(key, value, Some(options)).await.map(drop)
 }
 
 fn joined(id: &str, port: u16, state: WorkerState) -> MembershipChange {
@@ -237,14 +250,13 @@ async fn an_etcd_outage_keeps_the_view_and_a_relist_catches_up() {
     let resumed = Instant::now();
     // The old client reconnects by itself; retry until etcd takes writes again.
     let give_up = Instant::now() + Duration::from_secs(10);
-    while client
-        .put(
-            worker_key("w3"),
-            record("w3", 2003, WorkerState::Serving),
-            None,
-        )
-        .await
-        .is_err()
+    while try_put(
+        &mut client,
+        &worker_key("w3"),
+        record("w3", 2003, WorkerState::Serving),
+    )
+    .await
+    .is_err()
     {
         assert!(Instant::now() < give_up, "etcd takes writes after resume");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -412,6 +424,44 @@ async fn malformed_values_are_ignored_and_good_ones_beside_them_join() {
     assert!(logged("ignoring a malformed worker record"));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_records_without_a_lease_get_no_traffic() {
+    let etcd = start_etcd();
+    let mut client = connect(&etcd).await;
+    // Written by anything with access to etcd, not by a worker keeping a lease alive.
+    let forged = record("forged", 3100, WorkerState::Serving);
+    client
+        .put(worker_key("forged"), forged.clone(), None)
+        .await
+        .unwrap();
+    put_worker(&mut client, "real", 3101).await;
+    let (mut changes, _source) = etcd::watch(vec![etcd.endpoint.clone()], settings());
+    assert_eq!(
+        next(&mut changes, Duration::from_secs(5)).await,
+        joined("real", 3101, WorkerState::Serving)
+    );
+
+    // Through the watch too, and overwriting a live worker's record without a lease unbinds
+    // it from its lease: it leaves rather than keep traffic going to the new address.
+    let forged_again = record("forged2", 3102, WorkerState::Serving);
+    client
+        .put(worker_key("forged2"), forged_again, None)
+        .await
+        .unwrap();
+    let hijack = record("real", 3199, WorkerState::Serving);
+    client.put(worker_key("real"), hijack, None).await.unwrap();
+    assert_eq!(
+        next(&mut changes, Duration::from_secs(1)).await,
+        left("real")
+    );
+    match timeout(Duration::from_millis(300), changes.recv()).await {
+        Err(_) => {}
+        Ok(change) => panic!("a lease-less record reached the pool: {change:?}"),
+    }
+    assert!(logged("ignoring a worker record written without a lease"));
+    assert!(logged("/chorus/v1/workers/forged"));
+}
+
 const FILE_SPECS: &str = r#"
 version = 1
 [[ensemble]]
@@ -445,6 +495,7 @@ async fn ensemble_specs_in_etcd_update_the_catalog() {
             connect_timeout: Duration::from_secs(1),
         },
         Arc::new(Metrics::new()),
+        None,
     );
     let catalog = Catalog::new(spec::parse(FILE_SPECS, "file").unwrap(), pool);
     let (specs, _source) = etcd::watch_ensembles(vec![etcd.endpoint.clone()], settings());

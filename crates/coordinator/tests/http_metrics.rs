@@ -151,6 +151,8 @@ model = "b"
 struct Client {
     http: reqwest::Client,
     base: String,
+    /// The admin listener, where `/metrics` is served.
+    admin: String,
 }
 
 impl Client {
@@ -170,7 +172,7 @@ impl Client {
     async fn metrics(&self) -> String {
         let response = self
             .http
-            .get(format!("{}/metrics", self.base))
+            .get(format!("{}/metrics", self.admin))
             .send()
             .await
             .unwrap();
@@ -243,10 +245,12 @@ async fn metrics_count_requests_by_status_and_degraded_answers() {
     let listeners = Listeners {
         http: TcpListener::bind("127.0.0.1:0").await.unwrap(),
         grpc: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        admin: TcpListener::bind("127.0.0.1:0").await.unwrap(),
     };
     let client = Client {
         http: reqwest::Client::new(),
         base: format!("http://{}", listeners.http.local_addr().unwrap()),
+        admin: format!("http://{}", listeners.admin.local_addr().unwrap()),
     };
     let grpc_url = format!("http://{}", listeners.grpc.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -280,6 +284,16 @@ async fn metrics_count_requests_by_status_and_degraded_answers() {
         "a request without an id gets a generated one: {grpc_id:?}"
     );
     let text = client.metrics().await;
+    // Operator endpoints live on the admin port only.
+    for path in ["/metrics", "/chorus/workers"] {
+        let public = client
+            .http
+            .get(format!("{}{path}", client.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(public.status().as_u16(), 404, "{path} on the public port");
+    }
     assert_has(
         &text,
         &[

@@ -3,6 +3,8 @@
 use crate::batch::{MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US};
 use crate::error::LoadError;
 use crate::registration::RegistrationConfig;
+use crate::rpc_tls::RpcTlsArgs;
+use chorus_common::etcd_connect::EtcdConnectArgs;
 use chorus_common::membership::is_valid_worker_id;
 use chorus_common::transport::DEFAULT_MAX_FRAME_BYTES;
 use clap::{Args, ValueEnum};
@@ -143,6 +145,16 @@ pub struct WorkerConfig {
     /// `0.0.0.0:8002`, Triton's metrics port; port 0 for any port). None by default.
     #[arg(long, env = "CHORUS_WORKER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// Mutual TLS on the RPC listener (`--rpc-tls-cert`, `--rpc-tls-key`, `--rpc-tls-ca`).
+    #[command(flatten)]
+    pub rpc_tls: RpcTlsArgs,
+
+    /// TLS and authentication towards etcd (`--etcd-ca`, `--etcd-cert`, `--etcd-key`,
+    /// `--etcd-user`, `--etcd-password-file`). Their environment variables are the
+    /// coordinator's, `CHORUS_ETCD_*`, not `CHORUS_WORKER_ETCD_*`: one struct serves both.
+    #[command(flatten)]
+    pub etcd_connect: EtcdConnectArgs,
 }
 
 impl Default for WorkerConfig {
@@ -167,6 +179,8 @@ impl Default for WorkerConfig {
             max_batch_size: 0,
             max_queue_delay_us: 0,
             metrics_addr: None,
+            rpc_tls: RpcTlsArgs::default(),
+            etcd_connect: EtcdConnectArgs::default(),
         }
     }
 }
@@ -215,6 +229,14 @@ impl WorkerConfig {
                 );
             }
         }
+        self.rpc_tls.files()?;
+        if let Some(registration) = self.registration() {
+            // Reads the CA, certificate, key and password now: a bad one stops the worker
+            // before it loads models.
+            self.etcd_connect
+                .connect_options(&registration.endpoints)
+                .map_err(|e| LoadError::Config(e.to_string()))?;
+        }
         let id = self.resolved_worker_id();
         if self.registration().is_some() && !is_valid_worker_id(&id) {
             return Err(LoadError::Config(format!(
@@ -241,6 +263,7 @@ impl WorkerConfig {
             endpoints,
             lease_ttl: Duration::from_secs(self.lease_ttl_secs),
             give_up_ttls: self.etcd_give_up_ttls,
+            connect: self.etcd_connect.clone(),
         })
     }
 
@@ -431,10 +454,42 @@ mod tests {
                 endpoints: vec!["http://etcd-0:2379".into(), "etcd-1:2379".into()],
                 lease_ttl: Duration::from_secs(2),
                 give_up_ttls: 5,
+                connect: EtcdConnectArgs::default(),
             })
         );
         let local = SocketAddr::from(([127, 0, 0, 1], 4000));
         assert_eq!(c.advertised_addr(local), "worker-3.example:9000");
+    }
+
+    #[test]
+    fn etcd_tls_and_auth_flags_parse_and_are_checked_against_the_endpoints() {
+        let c = parse(&[
+            "--etcd=http://127.0.0.1:2379",
+            "--etcd-ca=/etc/chorus/etcd-ca.pem",
+            "--etcd-user=chorus-worker",
+            "--etcd-password-file=/run/secrets/etcd",
+        ])
+        .unwrap();
+        assert_eq!(c.etcd_connect.etcd_user.as_deref(), Some("chorus-worker"));
+        assert_eq!(c.registration().unwrap().connect, c.etcd_connect);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("write it as https://127.0.0.1:2379"), "{e}");
+        let https = parse(&[
+            "--etcd=https://127.0.0.1:2379",
+            "--etcd-ca=/nonexistent/etcd-ca.pem",
+        ])
+        .unwrap();
+        let e = https.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("cannot read") && e.contains("etcd-ca.pem"),
+            "{e}"
+        );
+        // Without --etcd they are not used, so not checked.
+        let unused = WorkerConfig {
+            etcd: Vec::new(),
+            ..https
+        };
+        unused.validate().unwrap();
     }
 
     #[test]

@@ -14,6 +14,10 @@ pub enum LoadError {
     #[error(transparent)]
     OrtLibrary(#[from] OrtLibraryError),
 
+    /// A `--rpc-tls-*` file cannot be read or does not fit (the error names the file).
+    #[error("worker RPC TLS (--rpc-tls-cert/--rpc-tls-key/--rpc-tls-ca): {0}")]
+    RpcTls(#[from] chorus_common::tls::TlsError),
+
     /// The repository directory itself is missing, unreadable or empty.
     #[error("model repository {}: {message}", path.display())]
     Repository { path: PathBuf, message: String },

@@ -22,6 +22,7 @@ pub mod registration;
 pub mod registry;
 pub mod repository;
 pub mod rows;
+pub mod rpc_tls;
 pub mod server;
 pub mod service;
 pub mod session;
@@ -35,6 +36,7 @@ use chorus_common::ModelInfo;
 use metrics::Metrics;
 use registration::Registration;
 use registry::Registry;
+use server::LinkSettings;
 use service::Shared;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,7 +50,7 @@ pub struct LoadedWorker {
     worker_id: String,
     registry: Registry,
     metrics: Arc<Metrics>,
-    max_frame_bytes: usize,
+    links: LinkSettings,
     drain_timeout: Duration,
     advertise_addr: Option<String>,
     registration: Option<RegistrationConfig>,
@@ -58,13 +60,18 @@ impl LoadedWorker {
     /// Finds the ONNX Runtime library, loads the configured models and warms them up. Blocking:
     /// call it before starting to serve, or inside `spawn_blocking`.
     pub fn load(config: &WorkerConfig) -> Result<LoadedWorker, LoadError> {
+        // TLS files first: a bad certificate should not wait for every model to load.
+        let tls = config.rpc_tls.acceptor()?;
         let metrics = Arc::new(Metrics::new());
         let registry = loader::load_registry(config, &metrics)?;
         Ok(LoadedWorker {
             worker_id: config.resolved_worker_id(),
             registry,
             metrics,
-            max_frame_bytes: config.max_frame_bytes,
+            links: LinkSettings {
+                max_frame_bytes: config.max_frame_bytes,
+                tls,
+            },
             drain_timeout: config.drain_timeout(),
             advertise_addr: config.advertise_addr.clone(),
             registration: config.registration(),
@@ -113,7 +120,7 @@ impl LoadedWorker {
             shared,
             listener,
             metrics_listener: None,
-            max_frame_bytes: self.max_frame_bytes,
+            links: self.links,
             drain_timeout: self.drain_timeout,
             registration,
         })
@@ -135,7 +142,7 @@ pub struct ReadyWorker {
     shared: Arc<Shared>,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
-    max_frame_bytes: usize,
+    links: LinkSettings,
     drain_timeout: Duration,
     registration: Option<RegistrationHandle>,
 }
@@ -194,7 +201,7 @@ impl ReadyWorker {
         let result = server::run_registered(
             self.shared,
             self.listener,
-            self.max_frame_bytes,
+            self.links,
             self.drain_timeout,
             self.registration,
             shutdown,

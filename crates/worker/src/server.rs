@@ -1,20 +1,24 @@
-//! The RPC server: accept loop, one tarpc channel per connection, graceful drain on shutdown,
-//! and the etcd registration's part in it (refuse work while unregistered, draining, revoke).
+//! The RPC server: accept loop, one tarpc channel per connection (behind a mutual-TLS handshake
+//! when `--rpc-tls-*` is given), graceful drain on shutdown, and the etcd registration's part in
+//! it (refuse work while unregistered, draining, revoke).
 
 use crate::closable::UntilClosed;
 use crate::registration::{Membership, RegistrationHandle};
 use crate::service::{Shared, WorkerServer};
 use chorus_common::WorkerService;
-use chorus_common::transport::{clamp_request_deadline, framed};
+use chorus_common::rpc_tls;
+use chorus_common::transport::{clamp_request_deadline, framed_over, tune};
 use futures::{StreamExt, TryStreamExt};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tarpc::server::{BaseChannel, Channel};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
 /// Pause after a failed accept (e.g. out of file descriptors) so the loop does not spin.
@@ -22,6 +26,34 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// How long closing connections may take to write the answers they still owe.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// How every RPC connection is set up.
+#[derive(Clone)]
+pub struct LinkSettings {
+    /// Largest frame read or written.
+    pub max_frame_bytes: usize,
+    /// Mutual TLS: `None` serves plaintext.
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl LinkSettings {
+    /// Plaintext links with frames up to `max_frame_bytes`.
+    pub fn plaintext(max_frame_bytes: usize) -> Self {
+        LinkSettings {
+            max_frame_bytes,
+            tls: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for LinkSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkSettings")
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
 
 /// Serves until `shutdown` resolves, then drains: new inference is refused with `Draining` while
 /// calls already in flight finish (for up to `drain_timeout`); then every connection stops
@@ -36,7 +68,7 @@ pub async fn run(
     run_registered(
         shared,
         listener,
-        max_frame_bytes,
+        LinkSettings::plaintext(max_frame_bytes),
         drain_timeout,
         None,
         shutdown,
@@ -52,7 +84,7 @@ pub async fn run(
 pub async fn run_registered(
     shared: Arc<Shared>,
     listener: TcpListener,
-    max_frame_bytes: usize,
+    links: LinkSettings,
     drain_timeout: Duration,
     mut registration: Option<RegistrationHandle>,
     shutdown: impl Future<Output = ()> + Send,
@@ -66,6 +98,7 @@ pub async fn run_registered(
         worker_id = %shared.worker_id,
         addr = %shared.rpc_addr,
         capacity = shared.registry.capacity(),
+        mtls = links.tls.is_some(),
         "worker serving"
     );
     let gave_up = async {
@@ -79,7 +112,7 @@ pub async fn run_registered(
         &listener,
         &mut connections,
         &closing_rx,
-        max_frame_bytes,
+        &links,
         async {
             tokio::select! {
                 () = shutdown => None,
@@ -129,7 +162,7 @@ async fn accept_until<T>(
     listener: &TcpListener,
     connections: &mut JoinSet<()>,
     closing: &watch::Receiver<bool>,
-    max_frame_bytes: usize,
+    links: &LinkSettings,
     stop: impl Future<Output = T>,
 ) -> T {
     tokio::pin!(stop);
@@ -138,11 +171,13 @@ async fn accept_until<T>(
             output = &mut stop => return output,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // The TLS handshake runs on the connection's task: a slow peer must not
+                    // hold up the accept loop.
                     connections.spawn(serve_connection(
                         Arc::clone(shared),
                         stream,
                         peer,
-                        max_frame_bytes,
+                        links.clone(),
                         closing.clone(),
                     ));
                 }
@@ -203,22 +238,45 @@ async fn follow_membership(shared: Arc<Shared>, mut membership: watch::Receiver<
     }
 }
 
+/// Sets up one connection (socket options, then the TLS handshake when on) and serves it.
 async fn serve_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    max_frame_bytes: usize,
+    links: LinkSettings,
     closing: watch::Receiver<bool>,
 ) {
-    let transport = match framed(stream, max_frame_bytes) {
-        // Every request's deadline clamped before tarpc's timer wheel sees it: a peer's absurd
-        // deadline must not panic this connection's task.
-        Ok(transport) => UntilClosed::new(transport.map_ok(clamp_request_deadline), closing),
-        Err(e) => {
-            warn!(peer = %peer, error = %e, "cannot set up connection");
-            return;
-        }
+    if let Err(e) = tune(&stream) {
+        warn!(peer = %peer, error = %e, "cannot set up connection");
+        return;
+    }
+    let Some(acceptor) = &links.tls else {
+        return serve_stream(shared, stream, peer, links.max_frame_bytes, closing).await;
     };
+    match rpc_tls::accept(acceptor, stream).await {
+        Ok(stream) => serve_stream(shared, stream, peer, links.max_frame_bytes, closing).await,
+        // A refused certificate is a misconfigured or unwelcome coordinator: worth an operator's
+        // attention. A peer that closed or went quiet (a port scan, a TCP health probe) is not.
+        Err(e) if rpc_tls::is_refusal(&e) => {
+            warn!(peer = %peer, error = %e, "rpc tls handshake refused");
+        }
+        Err(e) => debug!(peer = %peer, error = %e, "rpc tls handshake not completed"),
+    }
+}
+
+async fn serve_stream<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    peer: SocketAddr,
+    max_frame_bytes: usize,
+    closing: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // Every request's deadline clamped before tarpc's timer wheel sees it: a peer's absurd
+    // deadline must not panic this connection's task.
+    let transport = framed_over(stream, max_frame_bytes).map_ok(clamp_request_deadline);
+    let transport = UntilClosed::new(transport, closing);
     debug!(peer = %peer, "connection opened");
     BaseChannel::with_defaults(transport)
         .execute(WorkerServer(shared).serve())

@@ -26,7 +26,7 @@ import threading
 import time
 
 from chaoslib import WORKERS, Cluster, routing_delta, tally, wait_until
-from loadgen import LoadGenerator, measure_capacity, now
+from loadgen import Client, LoadGenerator, measure_capacity, now
 
 PRE_S = 2.0  # steady load before each fault
 HOLD_S = 4.0  # load with the fault in place, after it was detected
@@ -161,7 +161,7 @@ def etcd_leader_kill(c, load, cfg):
 
 
 def coordinator_kill(c, load, cfg):
-    port = cfg.ports[0]
+    port = cfg.admin_ports[0]  # coordinator-1's readiness, on its admin port
     cid = c.container("coordinator-1")
     t_fault = now()
     c.docker("kill", cid)
@@ -265,7 +265,7 @@ def run_load(c, cfg, chosen, name, rate, body):
         "ensembles digits_soft/hard/fusion")
     if wait_until(c.steady, 90) is None:
         raise RuntimeError("cluster not steady before the load started")
-    load = LoadGenerator(cfg.ports, rate, body)
+    load = LoadGenerator(cfg.ports, rate, body, client=cfg.client)
     load.start()
     results = []
     try:
@@ -312,7 +312,7 @@ def table(results):
 
 def probe(cfg, rate, body):
     """Open-loop load at `rate` for 1 s of warm-up and PROBE_S measured: (counts, p99 s)."""
-    load = LoadGenerator(cfg.ports, rate, body)
+    load = LoadGenerator(cfg.ports, rate, body, client=cfg.client)
     load.start()
     try:
         t0 = now() + 1.0
@@ -356,7 +356,7 @@ def rates(cfg, c, body):
     capacity = {}
     if any(n in ("real", "near") for n in names):
         log("measuring throughput: 128 requests always outstanding over both coordinators for 8 s")
-        throughput, errors = measure_capacity(cfg.ports, body)
+        throughput, errors = measure_capacity(cfg.ports, body, client=cfg.client)
         capacity["throughput_rps"] = throughput
         log(f"throughput: {throughput:.0f} requests/s ({errors} errors while measuring)")
     if "near" in names:
@@ -375,8 +375,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--compose", default=os.environ.get("COMPOSE", "docker-compose"))
     ap.add_argument("--project", default=os.environ.get("COMPOSE_PROJECT_NAME", "chorus-chaos"))
-    ap.add_argument("--compose-file", default=os.path.join(os.path.dirname(__file__), "..", "docker-compose.yml"))
-    ap.add_argument("--ports", default="18000,18010", help="the coordinators' published ports")
+    ap.add_argument("--compose-file", action="append", default=[],
+                    help="a compose file of the project, in order (repeat; default ../docker-compose.yml)")
+    ap.add_argument("--ports", default="18000,18010", help="the coordinators' published REST ports")
+    ap.add_argument("--admin-ports", default="18002,18012",
+                    help="the coordinators' published admin ports (readiness, /chorus/workers)")
+    ap.add_argument("--cafile", default="",
+                    help="speak https to the REST ports, trusting this CA (the secure overlay)")
+    ap.add_argument("--api-key-file", default="",
+                    help="send the secret in this file as `Authorization: Bearer` on every request")
     ap.add_argument("--loads", default="light,real",
                     help="comma-separated loads to run every scenario at: light, real, near")
     ap.add_argument("--rate", type=float, default=0.0,
@@ -387,12 +394,16 @@ def main():
     ap.add_argument("--body", default="fixtures/digits/sample-request.json")
     cfg = ap.parse_args()
     cfg.ports = [int(p) for p in cfg.ports.split(",")]
+    cfg.admin_ports = [int(p) for p in cfg.admin_ports.split(",")]
+    cfg.compose_file = cfg.compose_file or [os.path.join(os.path.dirname(__file__), "..", "docker-compose.yml")]
+    cfg.client = Client.from_files(cfg.cafile, cfg.api_key_file)
     chosen = [s for s in SCENARIOS if not cfg.only or s[0] in cfg.only.split(",")]
 
-    c = Cluster(cfg.compose, cfg.project, cfg.compose_file, cfg.ports)
+    c = Cluster(cfg.compose, cfg.project, cfg.compose_file, cfg.admin_ports)
     with open(cfg.body, "rb") as f:
         body = f.read()
-    log(f"waiting for a steady cluster on 127.0.0.1:{cfg.ports[0]} and :{cfg.ports[1]}")
+    log(f"waiting for a steady cluster: {cfg.client.scheme} on 127.0.0.1:{cfg.ports[0]} and :{cfg.ports[1]}"
+        f"{' with an API key' if cfg.client.api_key else ''}, admin on :{cfg.admin_ports[0]} and :{cfg.admin_ports[1]}")
     if wait_until(c.steady, 180) is None:
         print("chaos: the cluster never became steady", file=sys.stderr)
         return 1

@@ -1,8 +1,10 @@
 """The chaos suite's tools: a handle on the compose cluster and the counting helpers (the load
 generator is loadgen.py).
 
-Standard library only. Every address it sends to is 127.0.0.1 (the coordinators' published
-ports); the cluster itself is reached through the docker CLI.
+Standard library only. Every address it sends to is 127.0.0.1: the coordinators' published
+admin ports (/v2/health/ready, /chorus/workers; plain HTTP without a key, also when the secure
+overlay puts TLS and API keys on the public ports); the cluster itself is reached through the
+docker CLI.
 """
 
 import http.client
@@ -62,10 +64,14 @@ def tally(recs):
 class Cluster:
     """The compose project under test, driven through the docker and compose CLIs."""
 
-    def __init__(self, compose_cmd, project, compose_file, ports):
-        self.compose_cmd = shlex.split(compose_cmd) + ["--project-name", project, "--file", compose_file]
+    def __init__(self, compose_cmd, project, compose_files, admin_ports):
+        """`admin_ports`: the coordinators' published admin ports, coordinator-1's first; every
+        method below that takes a `port` means one of them."""
+        self.compose_cmd = shlex.split(compose_cmd) + ["--project-name", project]
+        for f in compose_files:
+            self.compose_cmd += ["--file", f]
         self.project = project
-        self.ports = ports
+        self.ports = admin_ports
         self._ids = {}
 
     def run(self, args, timeout_s=60, check=True):

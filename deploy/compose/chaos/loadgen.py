@@ -9,11 +9,25 @@ reset, closed before the answer) moves a request, once, to the other coordinator
 keep-alive connection that turns out closed is first redialled to the same coordinator, since
 that is the client's housekeeping, not a fault. Timeouts and HTTP errors are not retried.
 
+With a `Client` made from a CA file and an API key file (the secure compose overlay), every
+connection is TLS, verified against that CA (the coordinators' certificate names 127.0.0.1), and
+every request carries `Authorization: Bearer <secret>`. A TLS handshake costs this one Python
+thread far more than a TCP connect, so with TLS the pools behave like a real client's (aiohttp's
+connector, say): they open WARM_CONNECTIONS per coordinator before the load starts; a request
+with no idle connection waits for the next one that comes free, from a finished request or a
+finished handshake; at most OPEN_AT_ONCE handshakes per coordinator run at a time; and a
+handshake whose request timed out meanwhile still completes, for the next request. Without that,
+a burst of slow answers made the generator open thousands of connections, abandon their
+handshakes at the timeout and open more, until it sent nothing at all while the coordinators sat
+idle (a client-side spiral, not the cluster's).
+
 Standard library only; every address is 127.0.0.1.
 """
 
 import asyncio
+import collections
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -24,6 +38,10 @@ ENSEMBLES = ("digits_soft", "digits_hard", "digits_fusion")
 # wait counts against its timeout), so that an overloaded cluster cannot make the client open
 # sockets without bound.
 MAX_CONNECTIONS = 2048
+# With TLS only (see the module doc): connections opened per coordinator before the load starts,
+# and handshakes in progress per coordinator at most.
+WARM_CONNECTIONS = 32
+OPEN_AT_ONCE = 32
 
 
 def now():
@@ -45,6 +63,32 @@ class Record:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Client:
+    """How to reach the coordinators' REST ports: plain, or TLS trusting a CA, with or without
+    an API key."""
+
+    ssl_context: ssl.SSLContext | None = None
+    api_key: str | None = None
+
+    @classmethod
+    def from_files(cls, cafile="", api_key_file=""):
+        ctx = ssl.create_default_context(cafile=cafile) if cafile else None
+        key = None
+        if api_key_file:
+            with open(api_key_file) as f:
+                key = f.read().strip()
+        return cls(ctx, key)
+
+    @property
+    def scheme(self):
+        return "https" if self.ssl_context else "http"
+
+    def headers(self):
+        """Extra request header lines, each ending in CRLF."""
+        return f"Authorization: Bearer {self.api_key}\r\n" if self.api_key else ""
+
+
 class ConnectionLost(Exception):
     """The connection failed before a whole answer arrived."""
 
@@ -55,13 +99,15 @@ class Connection:
     def __init__(self, reader, writer):
         self.reader = reader
         self.writer = writer
-        self.used = False  # has carried a request before (so it may have gone stale)
+        # Has sat idle in a pool (after a request, or opened ahead of one), so it may have gone
+        # stale: the coordinators close keep-alive connections idle for 10 s.
+        self.used = False
 
     @classmethod
-    async def open(cls, port):
+    async def open(cls, port, client):
         try:
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError as e:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client.ssl_context)
+        except OSError as e:  # ssl.SSLError is one too: a failed handshake is a failed connection
             raise ConnectionLost(f"connect: {e}") from e
         return cls(reader, writer)
 
@@ -94,25 +140,102 @@ class Connection:
 
 
 class Pool:
-    """Idle keep-alive connections to one coordinator."""
+    """Idle keep-alive connections to one coordinator.
 
-    def __init__(self, port):
+    Plain HTTP: a request without an idle connection dials its own. TLS (see the module doc): it
+    waits for the next connection that comes free, whether a request finished with it or a
+    handshake completed, and handshakes are started for waiters, at most OPEN_AT_ONCE at a time;
+    one that fails (the coordinator is down) fails the longest waiter, which then moves to the
+    other coordinator as a failed connection does."""
+
+    def __init__(self, port, client):
         self.port = port
+        self.client = client
         self.idle = []
         self.slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self.tls = client.ssl_context is not None
+        self.waiters = collections.deque()  # futures of requests waiting for a connection
+        self.handshakes = 0  # in progress
+        self.closed = False
+
+    def _release(self, conn):
+        """A connection fit for a request: to the longest waiter, else to the idle ones."""
+        if self.closed:
+            conn.close()
+            return
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(conn)
+                return
+        self.idle.append(conn)
+
+    def _handshake(self):
+        self.handshakes += 1
+        task = asyncio.ensure_future(Connection.open(self.port, self.client))
+        task.add_done_callback(self._handshake_done)
+
+    def _handshake_done(self, task):
+        self.handshakes -= 1
+        error = task.exception() if not task.cancelled() else ConnectionLost("handshake cancelled")
+        if error is None:
+            conn = task.result()
+            conn.used = True  # it may wait in the idle list long enough to go stale
+            self._release(conn)
+        else:
+            while self.waiters:
+                waiter = self.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(error)
+                    break
+        self._top_up()
+
+    def _top_up(self):
+        pending = sum(1 for w in self.waiters if not w.done())
+        while not self.closed and self.handshakes < min(OPEN_AT_ONCE, pending):
+            self._handshake()
+
+    async def _acquire(self):
+        if self.idle:
+            return self.idle.pop()
+        if not self.tls:
+            return await Connection.open(self.port, self.client)
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        self._top_up()
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            # Timed out while waiting; a connection handed over meanwhile goes to the next.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release(waiter.result())
+            raise
+
+    async def warm(self):
+        """With TLS: WARM_CONNECTIONS idle connections before the load starts (those that
+        fail are simply not there; the load dials again)."""
+        if not self.tls:
+            return
+        results = await asyncio.gather(
+            *(Connection.open(self.port, self.client) for _ in range(WARM_CONNECTIONS)),
+            return_exceptions=True)
+        for conn in results:
+            if isinstance(conn, Connection):
+                conn.used = True
+                self.idle.append(conn)
 
     async def post(self, head, body):
         """One request on an idle connection (or a new one); a reused connection that fails is
         redialled once. Returns (status, body); raises ConnectionLost."""
         async with self.slots:
-            conn = self.idle.pop() if self.idle else await Connection.open(self.port)
+            conn = await self._acquire()
             try:
                 status, answer, keep_alive = await conn.post(head, body)
             except ConnectionLost:
                 conn.close()
                 if not conn.used:
                     raise
-                conn = await Connection.open(self.port)
+                conn = await Connection.open(self.port, self.client)
                 try:
                     status, answer, keep_alive = await conn.post(head, body)
                 except ConnectionLost:
@@ -122,12 +245,13 @@ class Pool:
                 conn.close()
                 raise
             if keep_alive:
-                self.idle.append(conn)
+                self._release(conn)
             else:
                 conn.close()
             return status, answer
 
     def close(self):
+        self.closed = True
         for conn in self.idle:
             conn.close()
         self.idle.clear()
@@ -139,7 +263,8 @@ class RequestTemplate:
 
     SLOT = "\u0000id\u0000"
 
-    def __init__(self, body):
+    def __init__(self, body, client):
+        self.extra = client.headers()
         request = json.loads(body)
         encoded = json.dumps({**request, "id": self.SLOT}).encode()
         marker = json.dumps(self.SLOT).encode()
@@ -149,17 +274,18 @@ class RequestTemplate:
         """(head, body) of one POST; `rid` must be plain ASCII with no quotes."""
         body = b"%s\"%s\"%s" % (self.prefix, rid.encode(), self.suffix)
         head = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+                f"Content-Type: application/json\r\n{self.extra}Content-Length: {len(body)}\r\n\r\n").encode()
         return head, body
 
 
 class LoadGenerator:
     """Open-loop load on its own thread and event loop; see the module doc."""
 
-    def __init__(self, ports, rate, body, timeout_s=5.0):
+    def __init__(self, ports, rate, body, timeout_s=5.0, client=Client()):
         self.ports = ports
+        self.client = client
         self.rate = rate
-        self.template = RequestTemplate(body)
+        self.template = RequestTemplate(body, client)
         self.timeout_s = timeout_s
         self.records = []
         self.lock = threading.Lock()
@@ -187,7 +313,8 @@ class LoadGenerator:
 
     async def _main(self):
         self.stopping = asyncio.Event()
-        pools = [Pool(p) for p in self.ports]
+        pools = [Pool(p, self.client) for p in self.ports]
+        await asyncio.gather(*(pool.warm() for pool in pools))
         tasks = set()
         self.started.set()
         start = now()
@@ -253,19 +380,19 @@ class LoadGenerator:
             return sum(1 for r in self.records if r.t_sched <= t and (r.t_done is None or r.t_done > t))
 
 
-def measure_capacity(ports, body, seconds=8.0, concurrency=128):
+def measure_capacity(ports, body, seconds=8.0, concurrency=128, client=Client()):
     """Closed loop through both coordinators with `concurrency` requests always outstanding:
     answers per second over `seconds` (after a 2 s warm-up), and the error count. What the
     cluster (plus this client) can sustain on this machine."""
-    template = RequestTemplate(body)
+    template = RequestTemplate(body, client)
 
     async def run():
-        pools = [Pool(p) for p in ports]
+        pools = [Pool(p, client) for p in ports]
         counts = {"ok": 0, "errors": 0}
         measuring = False
         stop_at = now() + 2.0 + seconds
 
-        async def client(k):
+        async def caller(k):
             i = k
             while now() < stop_at:
                 pool = pools[i % 2]
@@ -287,7 +414,7 @@ def measure_capacity(ports, body, seconds=8.0, concurrency=128):
             await asyncio.sleep(seconds)
             measuring = False
 
-        await asyncio.gather(clock(), *(client(k) for k in range(concurrency)))
+        await asyncio.gather(clock(), *(caller(k) for k in range(concurrency)))
         for pool in pools:
             pool.close()
         return counts["ok"] / seconds, counts["errors"]

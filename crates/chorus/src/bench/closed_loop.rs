@@ -89,7 +89,7 @@ async fn client_loop(run: HttpRun, mut client: Client, first: usize, window: Win
         if sent >= window.from {
             match judge(answer, payload.expected.as_deref()) {
                 Ok(()) => recorder.answered(latency, payload.rows),
-                Err(failure) => recorder.failed(failure),
+                Err(failure) => recorder.failed_after(failure, latency),
             }
         }
     }

@@ -28,6 +28,7 @@ impl SpawnedCluster {
         let mut cluster = ClusterConfig::load(&args.config)?;
         cluster.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         cluster.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        cluster.admin_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         cluster.workers = args.workers.unwrap_or(cluster.workers);
         cluster.validate()?;
         let models = chorus_worker::repository::model_names(&cluster.model_repository)?;

@@ -186,7 +186,7 @@ async fn connection_loop(
             let latency = request.at.elapsed();
             match judge(answer, payload.expected.as_deref()) {
                 Ok(()) => recorder.answered(latency, payload.rows),
-                Err(failure) => recorder.failed(failure),
+                Err(failure) => recorder.failed_after(failure, latency),
             }
         }
         if free.send(slot).is_err() {

@@ -126,6 +126,9 @@ impl RunReport {
             ms(l.max),
             self.errors.describe(),
         );
+        if let Some(r) = &s.refused_latency_us {
+            line.push_str(&format!(" (429 p50 {} p99 {} ms)", ms(r.p50), ms(r.p99)));
+        }
         if let Some(p) = &self.pacing {
             line.push_str(&format!(
                 "  sent {}/{} (lag p99 {} ms)",
@@ -184,6 +187,9 @@ pub fn markdown(runs: &[RunReport]) -> String {
         let s = &r.results;
         let l = &s.latency_us;
         let mut errors = r.errors.describe();
+        if let Some(refused) = &s.refused_latency_us {
+            errors.push_str(&format!(" (429 p99 {} ms)", ms(refused.p99)));
+        }
         if let Some(p) = &r.pacing {
             errors.push_str(&format!(" (sent {}/{})", p.sent, p.scheduled));
         }

@@ -95,6 +95,8 @@ impl Errors {
 #[derive(Debug, Clone)]
 pub struct Recorder {
     latency_us: Histogram<u64>,
+    /// How fast refusals (429: admission or a full worker queue) came back.
+    refused_us: Histogram<u64>,
     rows: u64,
     errors: Errors,
 }
@@ -109,6 +111,8 @@ impl Recorder {
     pub fn new() -> Self {
         Recorder {
             latency_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+                .expect("static histogram bounds are valid"),
+            refused_us: Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
                 .expect("static histogram bounds are valid"),
             rows: 0,
             errors: Errors::default(),
@@ -126,9 +130,21 @@ impl Recorder {
         self.errors.add(failure);
     }
 
+    /// A failed request that took `latency`: refusals (429) also record how fast they came.
+    pub fn failed_after(&mut self, failure: Failure, latency: Duration) {
+        if failure == Failure::Status(429) {
+            let us = (latency.as_micros() as u64).clamp(1, MAX_LATENCY_US);
+            self.refused_us.saturating_record(us);
+        }
+        self.failed(failure);
+    }
+
     pub fn merge(&mut self, other: &Recorder) {
         self.latency_us
             .add(&other.latency_us)
+            .expect("histograms with the same bounds merge");
+        self.refused_us
+            .add(&other.refused_us)
             .expect("histograms with the same bounds merge");
         self.rows += other.rows;
         self.errors.merge(&other.errors);
@@ -136,32 +152,34 @@ impl Recorder {
 
     /// The run's figures over `window` (the measured time).
     pub fn summary(&self, window: Duration) -> (Summary, Errors) {
-        let h = &self.latency_us;
-        let requests = h.len();
+        let requests = self.latency_us.len();
         let seconds = window.as_secs_f64().max(f64::MIN_POSITIVE);
-        let pct = |q: f64| {
-            if requests == 0 {
-                0
-            } else {
-                h.value_at_quantile(q)
-            }
-        };
         let summary = Summary {
             requests,
             rows: self.rows,
             measured_s: window.as_secs_f64(),
             requests_per_s: requests as f64 / seconds,
             rows_per_s: self.rows as f64 / seconds,
-            latency_us: Percentiles {
-                p50: pct(0.50),
-                p90: pct(0.90),
-                p99: pct(0.99),
-                p999: pct(0.999),
-                max: if requests == 0 { 0 } else { h.max() },
-                mean: if requests == 0 { 0.0 } else { h.mean() },
-            },
+            latency_us: Percentiles::of(&self.latency_us),
+            refused_latency_us: (!self.refused_us.is_empty())
+                .then(|| Percentiles::of(&self.refused_us)),
         };
         (summary, self.errors.clone())
+    }
+}
+
+impl Percentiles {
+    fn of(h: &Histogram<u64>) -> Self {
+        let empty = h.is_empty();
+        let pct = |q: f64| if empty { 0 } else { h.value_at_quantile(q) };
+        Percentiles {
+            p50: pct(0.50),
+            p90: pct(0.90),
+            p99: pct(0.99),
+            p999: pct(0.999),
+            max: if empty { 0 } else { h.max() },
+            mean: if empty { 0.0 } else { h.mean() },
+        }
     }
 }
 
@@ -186,6 +204,8 @@ pub struct Summary {
     pub requests_per_s: f64,
     pub rows_per_s: f64,
     pub latency_us: Percentiles,
+    /// How fast 429s came back, when there were any.
+    pub refused_latency_us: Option<Percentiles>,
 }
 
 #[cfg(test)]
@@ -263,5 +283,20 @@ mod tests {
         assert_eq!(json["by_status"]["500"], 1);
         assert_eq!(json["transport"], 0);
         assert_eq!(json["dropped"], 0);
+    }
+
+    #[test]
+    fn refusals_record_how_fast_they_came_and_other_failures_do_not() {
+        let mut r = Recorder::new();
+        r.answered(Duration::from_millis(5), 1);
+        r.failed_after(Failure::Status(503), Duration::from_millis(900));
+        let (summary, _) = r.summary(Duration::from_secs(1));
+        assert_eq!(summary.refused_latency_us, None);
+        r.failed_after(Failure::Status(429), Duration::from_micros(300));
+        let (summary, errors) = r.summary(Duration::from_secs(1));
+        let refused = summary.refused_latency_us.expect("a 429 was recorded");
+        assert!((299..=301).contains(&refused.p99), "{refused:?}");
+        assert_eq!(errors.by_status[&429], 1);
+        assert_eq!(summary.requests, 1);
     }
 }

@@ -28,6 +28,10 @@ pub fn request(
             Some(deadline_timeout.map_or(micros, |d| d.min(micros)))
         }
     };
+    let priority = match message.parameters.get("priority") {
+        None => 0,
+        Some(p) => priority_level(p)?,
+    };
     let raw = message.raw_input_contents;
     if !raw.is_empty() && raw.len() != message.inputs.len() {
         return Err(bad(format!(
@@ -84,6 +88,7 @@ pub fn request(
         inputs,
         outputs,
         timeout,
+        priority,
     })
 }
 
@@ -102,6 +107,16 @@ fn classification_count(output: &str, parameter: &InferParameter) -> Result<usiz
         _ => None,
     };
     decode::classification_count(output, count, format!("{:?}", parameter.parameter_choice))
+}
+
+/// The `priority` parameter (int64 or uint64, 0 to `u32::MAX`).
+fn priority_level(parameter: &InferParameter) -> Result<u32, InferError> {
+    let level = match &parameter.parameter_choice {
+        Some(ParameterChoice::Uint64Param(n)) => u32::try_from(*n).ok(),
+        Some(ParameterChoice::Int64Param(n)) => u32::try_from(*n).ok(),
+        _ => None,
+    };
+    level.ok_or_else(|| decode::bad_priority(format!("{:?}", parameter.parameter_choice)))
 }
 
 /// The `timeout` parameter in microseconds (int64 or uint64, never negative).

@@ -4,6 +4,8 @@
 
 pub mod codec;
 mod decode;
+#[cfg(test)]
+mod decode_properties;
 mod encode;
 mod service;
 mod status;
@@ -18,8 +20,10 @@ pub mod proto {
     tonic::include_proto!("inference");
 }
 
+use crate::http::ClientLimits;
 use crate::infer::Infer;
-use crate::listen;
+use crate::listen::{self, ListenTls};
+use crate::tls::{Alpn, GatewayTls};
 use hyper::server::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use hyper_util::service::TowerToHyperService;
@@ -42,7 +46,8 @@ use tracing::debug;
 pub async fn serve(
     listener: TcpListener,
     app: Arc<Infer>,
-    max_connections: usize,
+    limits: ClientLimits,
+    tls: Option<Arc<GatewayTls>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let limit = app.limits().max_request_bytes;
@@ -61,12 +66,18 @@ pub async fn serve(
     });
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2.timer(TokioTimer::new());
+    let tls = tls.map(|tls| ListenTls {
+        tls,
+        alpn: Alpn::H2,
+        handshake_timeout: limits.timeout,
+    });
     listen::accept_loop(
         "grpc",
         listener,
-        max_connections,
+        limits.max_connections,
+        tls,
         shutdown,
-        |io, watcher| {
+        Arc::new(move |io, watcher| {
             let connection = watcher
                 .watch(http2.serve_connection(io, TowerToHyperService::new(service.clone())));
             Box::pin(async move {
@@ -74,7 +85,7 @@ pub async fn serve(
                     debug!(error = %error, "gRPC connection ended with an error");
                 }
             })
-        },
+        }),
     )
     .await
 }

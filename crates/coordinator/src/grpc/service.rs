@@ -4,9 +4,11 @@
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::{self, ModelInferRequest, ModelInferResponse};
 use super::{decode, encode, status, stream};
+use crate::access::{Caller, PresentedCredentials};
 use crate::infer::{Infer, InferError, Protocol, SERVER_EXTENSIONS, SERVER_NAME};
 use std::sync::Arc;
 use std::time::Duration;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
 /// The service: a handle on the core, and the message limit to name in errors.
@@ -31,17 +33,48 @@ fn optional(text: &str) -> Option<&str> {
 /// header was refused (the refusal is counted like any other).
 pub async fn infer(
     app: &Infer,
+    credentials: &PresentedCredentials,
     message: ModelInferRequest,
     deadline: Result<Option<Duration>, InferError>,
 ) -> Result<crate::infer::InferAnswer, InferError> {
     let model = message.model_name.clone();
-    let work = async {
+    let name = model.as_str();
+    let work = |caller| async move {
         let deadline = deadline?;
-        let target = app.resolve(&model, optional(&message.model_version))?;
+        // The decoded message counts against the in-flight byte budget until answered.
+        let mut reserved = crate::admission::Reserved::default();
+        app.reserve_bytes(&mut reserved, prost::Message::encoded_len(&message))
+            .await?;
+        let target = app.resolve_admissible(&caller, name, optional(&message.model_version))?;
         let request = decode::request(message, deadline)?;
         app.infer(&target, request).await
     };
-    app.observed(Protocol::Grpc, &model, work).await
+    app.observed(Protocol::Grpc, &model, credentials.borrowed(), work)
+        .await
+}
+
+/// The API key a call presented, in the same metadata names REST uses as headers
+/// (`authorization: Bearer <key>`, `x-api-key`).
+pub fn credentials(metadata: &MetadataMap) -> PresentedCredentials {
+    let text = |name: &str| {
+        metadata
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    PresentedCredentials {
+        authorization: text("authorization"),
+        api_key: text("x-api-key"),
+    }
+}
+
+/// The caller of a call other than inference, which may see `model` (when it names one).
+fn authorized<T>(app: &Infer, request: &Request<T>, model: Option<&str>) -> Result<Caller, Status> {
+    let caller = app.authenticate(credentials(request.metadata()).borrowed())?;
+    if let Some(model) = model {
+        caller.authorize(model)?;
+    }
+    Ok(caller)
 }
 
 /// The core's time for a request: what the `grpc-timeout` header allows, less the reserve.
@@ -78,8 +111,9 @@ impl GrpcInferenceService for Service {
 
     async fn server_metadata(
         &self,
-        _: Request<proto::ServerMetadataRequest>,
+        request: Request<proto::ServerMetadataRequest>,
     ) -> Result<Response<proto::ServerMetadataResponse>, Status> {
+        authorized(&self.app, &request, None)?;
         Ok(Response::new(proto::ServerMetadataResponse {
             name: SERVER_NAME.to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -91,6 +125,7 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<proto::ModelMetadataRequest>,
     ) -> Result<Response<proto::ModelMetadataResponse>, Status> {
+        authorized(&self.app, &request, Some(&request.get_ref().name))?;
         let r = request.into_inner();
         let metadata = self.app.model_metadata(&r.name, optional(&r.version))?;
         Ok(Response::new(encode::metadata(metadata)))
@@ -101,7 +136,8 @@ impl GrpcInferenceService for Service {
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
         let deadline = deadline_of(&request);
-        let answer = infer(&self.app, request.into_inner(), deadline).await?;
+        let credentials = credentials(request.metadata());
+        let answer = infer(&self.app, &credentials, request.into_inner(), deadline).await?;
         Ok(Response::new(encode::answer(answer)))
     }
 
@@ -112,9 +148,14 @@ impl GrpcInferenceService for Service {
         request: Request<Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let deadline = deadline_of(&request)?;
+        // A stream without a valid key is refused as it opens; each request on it is still
+        // checked against its model (and counted) as a unary call is.
+        authorized(&self.app, &request, None)?;
+        let credentials = credentials(request.metadata());
         let limit = self.app.limits().max_request_bytes;
         Ok(Response::new(stream::serve(
             Arc::clone(&self.app),
+            credentials,
             request.into_inner(),
             deadline,
             limit,
@@ -125,6 +166,7 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<proto::ModelConfigRequest>,
     ) -> Result<Response<proto::ModelConfigResponse>, Status> {
+        authorized(&self.app, &request, Some(&request.get_ref().name))?;
         let r = request.into_inner();
         let config = self.app.model_config(&r.name, optional(&r.version))?;
         Ok(Response::new(encode::config(config)))
@@ -134,10 +176,13 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<proto::ModelStatisticsRequest>,
     ) -> Result<Response<proto::ModelStatisticsResponse>, Status> {
+        let name = optional(&request.get_ref().name).map(str::to_string);
+        let caller = authorized(&self.app, &request, name.as_deref())?;
         let r = request.into_inner();
-        let stats = self
+        let mut stats = self
             .app
             .statistics(optional(&r.name), optional(&r.version))?;
+        stats.retain(|s| caller.may_use(&s.name));
         Ok(Response::new(encode::statistics(stats)))
     }
 
@@ -145,9 +190,10 @@ impl GrpcInferenceService for Service {
         &self,
         request: Request<proto::RepositoryIndexRequest>,
     ) -> Result<Response<proto::RepositoryIndexResponse>, Status> {
+        let caller = authorized(&self.app, &request, None)?;
         let r = request.into_inner();
-        Ok(Response::new(encode::index(
-            self.app.repository_index(r.ready),
-        )))
+        let mut index = self.app.repository_index(r.ready);
+        index.retain(|entry| caller.may_use(&entry.name));
+        Ok(Response::new(encode::index(index)))
     }
 }

@@ -16,6 +16,8 @@ pub fn code(kind: ErrorKind) -> Code {
         ErrorKind::TooLarge | ErrorKind::Overloaded => Code::ResourceExhausted,
         ErrorKind::UnsupportedEncoding => Code::Unimplemented,
         ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
+        ErrorKind::PermissionDenied => Code::PermissionDenied,
         ErrorKind::DeadlineExceeded | ErrorKind::ClientTimeout => Code::DeadlineExceeded,
         ErrorKind::Cancelled => Code::Cancelled,
         ErrorKind::Internal => Code::Internal,
@@ -24,7 +26,16 @@ pub fn code(kind: ErrorKind) -> Code {
 
 impl From<InferError> for Status {
     fn from(e: InferError) -> Self {
-        Status::new(code(e.kind()), e.to_string())
+        let mut status = Status::new(code(e.kind()), e.to_string());
+        // The REST answer's Retry-After, in milliseconds: gRPC has no standard header for it,
+        // and a client that backs off on RESOURCE_EXHAUSTED can read this one.
+        if let Some(wait) = e.retry_after() {
+            let millis = wait.as_millis().max(1).to_string();
+            if let Ok(value) = millis.parse() {
+                status.metadata_mut().insert("retry-after-ms", value);
+            }
+        }
+        status
     }
 }
 

@@ -6,6 +6,7 @@
 
 use super::proto::{ModelInferRequest, ModelStreamInferResponse};
 use super::{encode, service, status};
+use crate::access::PresentedCredentials;
 use crate::infer::Infer;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -32,18 +33,27 @@ pub type AnswerStream =
 /// shared by every request on it; `limit` is the message limit, named in size errors.
 pub fn serve(
     app: Arc<Infer>,
+    credentials: PresentedCredentials,
     requests: Streaming<ModelInferRequest>,
     deadline: Option<Duration>,
     limit: usize,
 ) -> AnswerStream {
     let (answers, outbound) = mpsc::channel(ANSWER_BUFFER);
     let ends = deadline.map(|d| Instant::now() + d);
-    tokio::spawn(drive(app, requests, answers, ends, limit));
+    tokio::spawn(drive(
+        app,
+        Arc::new(credentials),
+        requests,
+        answers,
+        ends,
+        limit,
+    ));
     Box::pin(ReceiverStream::new(outbound))
 }
 
 async fn drive(
     app: Arc<Infer>,
+    credentials: Arc<PresentedCredentials>,
     mut requests: Streaming<ModelInferRequest>,
     answers: mpsc::Sender<Result<ModelStreamInferResponse, Status>>,
     ends: Option<Instant>,
@@ -71,7 +81,7 @@ async fn drive(
             next = requests.message(), if reading && running.len() < MAX_IN_FLIGHT => match next {
                 Ok(Some(message)) => {
                     let left = ends.map(|ends| ends.saturating_duration_since(Instant::now()));
-                    running.push(answer_one(Arc::clone(&app), message, left));
+                    running.push(answer_one(Arc::clone(&app), Arc::clone(&credentials), message, left));
                 }
                 Ok(None) => reading = false,
                 Err(error) => {
@@ -85,6 +95,7 @@ async fn drive(
 
 async fn answer_one(
     app: Arc<Infer>,
+    credentials: Arc<PresentedCredentials>,
     message: ModelInferRequest,
     deadline: Option<Duration>,
 ) -> ModelStreamInferResponse {
@@ -93,6 +104,6 @@ async fn answer_one(
         message.model_version.clone(),
         message.id.clone(),
     );
-    let result = service::infer(&app, message, Ok(deadline)).await;
+    let result = service::infer(&app, &credentials, message, Ok(deadline)).await;
     encode::stream_answer(result, model, version, id)
 }

@@ -59,6 +59,17 @@ impl Coding {
 
 /// Reads a body up to `limit` bytes and decodes it; larger bodies (declared, streamed or
 /// decompressed) are refused with 413.
+/// What a body is expected to hold before it is read: its `Content-Length`, or, for a chunked
+/// body, a guess that is topped up once its real size is known.
+pub fn expected_size(headers: &HeaderMap) -> usize {
+    const CHUNKED_GUESS: usize = 64 * 1024;
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(CHUNKED_GUESS)
+}
+
 pub async fn read(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, InferError> {
     let coding = Coding::of(headers)?;
     let declared = headers

@@ -39,21 +39,6 @@ pub fn nested_shape(value: &Value) -> Result<Vec<usize>, String> {
     Ok(shape)
 }
 
-/// Checks that nested `data` is rectangular, and that, when it is nested as deep as `shape` is
-/// long, it has exactly that shape (flat data only needs the element count).
-pub fn check_nesting(name: &str, data: &Value, shape: &[i64]) -> Result<(), String> {
-    let nested = nested_shape(data).map_err(|e| format!("input '{name}': `data` {e}"))?;
-    if nested.len() > 1 && nested.len() == shape.len() {
-        let declared: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
-        if nested != declared {
-            return Err(format!(
-                "input '{name}': nested `data` has shape {nested:?} but the input's shape is {shape:?}"
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// Encodes a JSON `data` value as the raw bytes of `datatype`; `expected` is the element count
 /// the shape calls for.
 pub fn encode(
@@ -220,17 +205,6 @@ mod tests {
         assert_eq!(nested_shape(&json!(7)).unwrap(), Vec::<usize>::new());
         let e = nested_shape(&json!([[1, 2], [3]])).unwrap_err();
         assert!(e.contains("ragged") && e.contains("element 1"), "{e}");
-        let rows = |widths: &[usize]| {
-            Value::Array(widths.iter().map(|&w| Value::from(vec![0; w])).collect())
-        };
-        assert!(check_nesting("x", &rows(&[63, 65]), &[2, 64]).is_err());
-        assert!(check_nesting("x", &rows(&[64, 64]), &[2, 64]).is_ok());
-        assert!(
-            check_nesting("x", &Value::from(vec![0; 128]), &[2, 64]).is_ok(),
-            "flat data"
-        );
-        let e = check_nesting("x", &rows(&[32, 32]), &[1, 64]).unwrap_err();
-        assert!(e.contains("nested `data` has shape [2, 32]"), "{e}");
     }
 
     #[test]

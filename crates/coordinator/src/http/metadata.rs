@@ -119,9 +119,11 @@ struct IndexRequest {
 /// Triton's repository index, read-only: every ensemble and model version with its state.
 pub async fn repository_index(
     State(app): State<App>,
+    caller: Option<axum::Extension<crate::access::Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, InferError> {
+    let caller = super::auth::caller_of(caller);
     let body = read_body(&headers, body, app.limits().max_request_bytes).await?;
     let request: IndexRequest = if body.iter().all(u8::is_ascii_whitespace) {
         IndexRequest::default()
@@ -135,6 +137,7 @@ pub async fn repository_index(
     let index = app
         .repository_index(request.ready == Some(true))
         .into_iter()
+        .filter(|entry| caller.may_use(&entry.name))
         .map(|entry| {
             json!({
                 "name": entry.name,

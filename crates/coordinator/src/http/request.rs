@@ -2,15 +2,23 @@
 //! binary tensor extension (`Inference-Header-Content-Length`, `binary_data_size`) and raw
 //! single-input bodies, plus how the client wants each output encoded.
 
-use super::json_data;
+use super::json_stream;
+use super::parameters::Parameters;
 use crate::infer::{InferError, InferRequest, RequestedOutput, decode};
 use axum::http::HeaderMap;
 use bytes::Bytes;
 use chorus_common::tensor::element_count;
 use chorus_common::{DataType, Tensor, TensorSpec};
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 use std::time::Duration;
+
+/// Most inputs (or outputs) one request may name; far more than any model has, and a bound on
+/// what a body of small entries can make the coordinator allocate.
+pub const MAX_TENSORS: usize = 1024;
+
+/// Most dimensions a shape may have (ONNX Runtime itself stops well below).
+pub const MAX_RANK: usize = 64;
 
 /// Header that splits a binary-extension body into its JSON part and its tensor bytes.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -33,31 +41,79 @@ impl OutputEncoding {
     }
 }
 
+/// The JSON part of a request, borrowing from the body: `data` and `parameters` stay raw JSON
+/// until they are decoded into their types (json_stream.rs, parameters.rs).
 #[derive(Deserialize)]
-struct RequestJson {
+struct RequestJson<'a> {
     id: Option<String>,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-    inputs: Vec<InputJson>,
-    #[serde(default)]
-    outputs: Vec<OutputJson>,
+    #[serde(default, borrow)]
+    parameters: Parameters<'a>,
+    #[serde(borrow, deserialize_with = "at_most_tensors")]
+    inputs: Vec<InputJson<'a>>,
+    #[serde(default, borrow, deserialize_with = "at_most_tensors")]
+    outputs: Vec<OutputJson<'a>>,
 }
 
 #[derive(Deserialize)]
-struct InputJson {
+struct InputJson<'a> {
     name: String,
+    #[serde(deserialize_with = "bounded_shape")]
     shape: Vec<i64>,
     datatype: String,
-    #[serde(default)]
-    parameters: Map<String, Value>,
-    data: Option<Value>,
+    #[serde(default, borrow)]
+    parameters: Parameters<'a>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
-struct OutputJson {
+struct OutputJson<'a> {
     name: String,
-    #[serde(default)]
-    parameters: Map<String, Value>,
+    #[serde(default, borrow)]
+    parameters: Parameters<'a>,
+}
+
+/// A list of at most `N` items, refused at the first one over (before it is even read).
+struct Bounded<T, const N: usize>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>, const N: usize> Deserialize<'de> for Bounded<T, N> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Items<T, const N: usize>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const N: usize> serde::de::Visitor<'de> for Items<T, N> {
+            type Value = Vec<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "an array of at most {N} items")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Vec<T>, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    if items.len() == N {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {N} items where at most {N} are accepted"
+                        )));
+                    }
+                    items.push(item);
+                }
+                Ok(items)
+            }
+        }
+        deserializer
+            .deserialize_seq(Items::<T, N>(std::marker::PhantomData))
+            .map(Bounded)
+    }
+}
+
+fn at_most_tensors<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Vec<T>, D::Error> {
+    Bounded::<T, MAX_TENSORS>::deserialize(deserializer).map(|b| b.0)
+}
+
+fn bounded_shape<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<i64>, D::Error> {
+    Bounded::<i64, MAX_RANK>::deserialize(deserializer).map(|b| b.0)
 }
 
 /// Parses a request body. `single_input` is the model's input when it has exactly one; raw
@@ -106,28 +162,23 @@ fn bad(message: impl Into<String>) -> InferError {
 fn parse_json(json: &[u8], binary: Bytes) -> Result<(InferRequest, OutputEncoding), InferError> {
     let request: RequestJson = serde_json::from_slice(json)
         .map_err(|e| bad(format!("request body is not a valid infer request: {e}")))?;
-    reject_unsupported(&request.parameters, "the request")?;
+    request.parameters.reject_unsupported("the request")?;
     let mut offset = 0usize;
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in &request.inputs {
-        reject_unsupported(&input.parameters, &format!("input '{}'", input.name))?;
+        input
+            .parameters
+            .reject_unsupported(&format!("input '{}'", input.name))?;
         let datatype: DataType = input
             .datatype
             .parse()
             .map_err(|e| bad(format!("input '{}': {e}", input.name)))?;
-        let binary_size = match input.parameters.get("binary_data_size") {
-            None => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .and_then(|n| usize::try_from(n).ok())
-                    .ok_or_else(|| {
-                        bad(format!(
-                            "input '{}': binary_data_size must be a non-negative integer, got {v}",
-                            input.name
-                        ))
-                    })?,
-            ),
-        };
+        let binary_size: Option<usize> = input.parameters.get("binary_data_size", |got| {
+            bad(format!(
+                "input '{}': binary_data_size must be a non-negative integer, got {got}",
+                input.name
+            ))
+        })?;
         let data = match (binary_size, &input.data) {
             (Some(_), Some(_)) => {
                 return Err(bad(format!(
@@ -150,8 +201,8 @@ fn parse_json(json: &[u8], binary: Bytes) -> Result<(InferRequest, OutputEncodin
             (None, Some(data)) => {
                 let count =
                     element_count(&input.name, &input.shape).map_err(|e| bad(e.to_string()))?;
-                json_data::check_nesting(&input.name, data, &input.shape).map_err(bad)?;
-                json_data::encode(&input.name, datatype, data, count).map_err(bad)?
+                json_stream::decode(&input.name, datatype, data.get(), &input.shape, count)
+                    .map_err(bad)?
             }
             (None, None) => {
                 return Err(bad(format!(
@@ -174,21 +225,26 @@ fn parse_json(json: &[u8], binary: Bytes) -> Result<(InferRequest, OutputEncodin
         )));
     }
     let mut encoding = OutputEncoding {
-        binary_default: bool_parameter(&request.parameters, "binary_data_output")?.unwrap_or(false),
+        binary_default: request
+            .parameters
+            .flag("binary_data_output")?
+            .unwrap_or(false),
         stated: Vec::new(),
     };
     let mut outputs = Vec::with_capacity(request.outputs.len());
     for output in request.outputs {
-        reject_unsupported(&output.parameters, &format!("output '{}'", output.name))?;
-        if let Some(binary) = bool_parameter(&output.parameters, "binary_data")? {
+        output
+            .parameters
+            .reject_unsupported(&format!("output '{}'", output.name))?;
+        if let Some(binary) = output.parameters.flag("binary_data")? {
             encoding.stated.push((output.name.clone(), binary));
         }
-        let classification = match output.parameters.get(decode::CLASSIFICATION) {
+        let classification = match output.parameters.raw(decode::CLASSIFICATION) {
             None => None,
-            Some(v) => Some(decode::classification_count(
+            Some(text) => Some(decode::classification_count(
                 &output.name,
-                v.as_i64().map(i128::from).or(v.as_u64().map(i128::from)),
-                v,
+                serde_json::from_str::<i128>(text).ok(),
+                super::parameters::quote(text),
             )?),
         };
         outputs.push(RequestedOutput {
@@ -196,33 +252,22 @@ fn parse_json(json: &[u8], binary: Bytes) -> Result<(InferRequest, OutputEncodin
             classification,
         });
     }
-    let timeout = match request.parameters.get("timeout") {
-        None => None,
-        Some(v) => Some(Duration::from_micros(
-            v.as_u64().ok_or_else(|| decode::bad_timeout(v))?,
-        )),
-    };
+    let timeout = request
+        .parameters
+        .get::<u64>("timeout", |got| decode::bad_timeout(got))?
+        .map(Duration::from_micros);
+    let priority = request
+        .parameters
+        .get::<u32>("priority", |got| decode::bad_priority(got))?
+        .unwrap_or(0);
     let request = InferRequest {
         id: request.id,
         inputs,
         outputs,
         timeout,
+        priority,
     };
     Ok((request, encoding))
-}
-
-fn bool_parameter(parameters: &Map<String, Value>, key: &str) -> Result<Option<bool>, InferError> {
-    match parameters.get(key) {
-        None => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(*b)),
-        Some(other) => Err(bad(format!(
-            "parameter `{key}` must be true or false, got {other}"
-        ))),
-    }
-}
-
-fn reject_unsupported(parameters: &Map<String, Value>, whose: &str) -> Result<(), InferError> {
-    decode::reject_unsupported_parameters(parameters.keys().map(String::as_str), whose)
 }
 
 /// A raw body: one input, batch of one, exactly the model's single input's bytes.
@@ -249,6 +294,7 @@ fn raw_request(
         }],
         outputs: Vec::new(),
         timeout: None,
+        priority: 0,
     };
     let encoding = OutputEncoding {
         binary_default: true,

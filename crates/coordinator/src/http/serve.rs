@@ -7,12 +7,14 @@
 //! first byte with no timeout, so a client that connects and sends nothing would hold its
 //! connection for ever.
 
-use crate::listen;
+use crate::listen::{self, ListenTls};
+use crate::tls::{Alpn, GatewayTls};
 use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tower_http::timeout::RequestBodyTimeoutLayer;
@@ -30,9 +32,11 @@ pub struct ClientLimits {
 
 /// Serves `router` on `listener` until `shutdown` completes, then drains.
 pub async fn serve(
+    front: &'static str,
     listener: TcpListener,
     router: Router,
     limits: ClientLimits,
+    tls: Option<Arc<GatewayTls>>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
     let router = router.layer(RequestBodyTimeoutLayer::new(limits.timeout));
@@ -40,12 +44,18 @@ pub async fn serve(
     http1
         .timer(TokioTimer::new())
         .header_read_timeout(limits.timeout);
+    let tls = tls.map(|tls| ListenTls {
+        tls,
+        alpn: Alpn::Http1,
+        handshake_timeout: limits.timeout,
+    });
     listen::accept_loop(
-        "http",
+        front,
         listener,
         limits.max_connections,
+        tls,
         shutdown,
-        |io, watcher| {
+        Arc::new(move |io, watcher| {
             let connection =
                 watcher.watch(http1.serve_connection(io, TowerToHyperService::new(router.clone())));
             Box::pin(async move {
@@ -53,7 +63,7 @@ pub async fn serve(
                     debug!(error = %error, "HTTP connection ended with an error");
                 }
             })
-        },
+        }),
     )
     .await
 }

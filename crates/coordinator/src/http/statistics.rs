@@ -2,14 +2,22 @@
 //! Triton's field names.
 
 use super::App;
+use crate::access::Caller;
 use crate::infer::InferError;
 use crate::stats::{ModelStatistics, StatDuration};
-use axum::Json;
 use axum::extract::{Path, State};
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 
-pub async fn all(State(app): State<App>) -> Result<Json<Value>, InferError> {
-    app.statistics(None, None).map(to_json)
+/// Every model's statistics, less those the caller's key may not use.
+pub async fn all(
+    State(app): State<App>,
+    caller: Option<Extension<Caller>>,
+) -> Result<Json<Value>, InferError> {
+    let caller = super::auth::caller_of(caller);
+    let mut stats = app.statistics(None, None)?;
+    stats.retain(|s| caller.may_use(&s.name));
+    Ok(to_json(stats))
 }
 
 pub async fn model(

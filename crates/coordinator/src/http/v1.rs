@@ -26,11 +26,16 @@ use serde_json::{Map, Value, json};
 /// The only V1 verb served; `:explain` and others answer 404.
 const PREDICT: &str = ":predict";
 
-pub async fn models(State(app): State<App>) -> Json<Value> {
+pub async fn models(
+    State(app): State<App>,
+    caller: Option<axum::Extension<crate::access::Caller>>,
+) -> Json<Value> {
+    let caller = super::auth::caller_of(caller);
     let mut names: Vec<String> = app
         .repository_index(false)
         .into_iter()
         .map(|e| e.name)
+        .filter(|name| caller.may_use(name))
         .collect();
     names.dedup();
     Json(json!({ "models": names }))
@@ -44,6 +49,12 @@ pub async fn model(
     Ok(Json(json!({ "name": model, "ready": ready })))
 }
 
+/// Largest KServe V1 body. V1's row-shaped `instances` are read as a JSON tree (about 32 bytes
+/// per number, against 2 in the body), so its bodies get a limit of their own to keep that tree
+/// to a bounded size; OIP v2 bodies are decoded straight into tensors and take the full
+/// `--max-body-bytes`.
+pub const MAX_V1_BODY_BYTES: usize = 4 * 1024 * 1024;
+
 pub async fn predict(
     State(app): State<App>,
     Path(target): Path<String>,
@@ -56,14 +67,22 @@ pub async fn predict(
         ))
         .into_response();
     };
-    let work = async {
-        let body = read_body(&headers, body, app.limits().max_request_bytes).await?;
-        let target = app.resolve(model, None)?;
+    let credentials = super::credentials(&headers);
+    let headers = &headers;
+    let app = &app;
+    let work = |caller| async move {
+        let target = app.resolve_admissible(&caller, model, None)?;
+        let limit = app.limits().max_request_bytes.min(MAX_V1_BODY_BYTES);
+        let mut reserved = crate::admission::Reserved::default();
+        app.reserve_bytes(&mut reserved, super::body::expected_size(headers))
+            .await?;
+        let body = read_body(headers, body, limit).await?;
+        app.reserve_bytes(&mut reserved, body.len()).await?;
         let (request, outputs) = decode(&body, &target)?;
         let answer = app.infer(&target, request).await?;
         encode(&answer.outputs, &outputs)
     };
-    app.observed(Protocol::Http, model, work)
+    app.observed(Protocol::Http, model, credentials, work)
         .await
         .map(|predictions| {
             ([(header::CONTENT_TYPE, "application/json")], predictions).into_response()
@@ -139,6 +158,7 @@ fn decode(body: &[u8], target: &Target) -> Result<(InferRequest, Vec<String>), I
         inputs: tensors,
         outputs: requested,
         timeout: None,
+        priority: 0,
     };
     Ok((request, outputs))
 }

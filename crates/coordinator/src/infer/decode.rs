@@ -57,6 +57,14 @@ pub fn bad_timeout(got: impl std::fmt::Display) -> InferError {
     ))
 }
 
+/// A `priority` parameter that is not a priority level.
+pub fn bad_priority(got: impl std::fmt::Display) -> InferError {
+    InferError::bad_request(format!(
+        "parameter `priority` must be an integer from 0 (the default level) to {} (1 is the most urgent), got {got}",
+        u32::MAX
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

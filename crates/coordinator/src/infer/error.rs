@@ -39,6 +39,19 @@ pub enum InferError {
     /// Workers are shedding load; retrying later may work.
     #[error("{0}")]
     Overloaded(String),
+    /// Admission turned the request away (a rate or concurrency limit); retry after the time
+    /// given.
+    #[error("{message}")]
+    Throttled {
+        message: String,
+        retry_after: std::time::Duration,
+    },
+    /// No API key, or one the server does not know.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid API key that may not use this model.
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("{0}")]
     DeadlineExceeded(String),
     /// The client stopped sending its request part-way (REST: a body that stalls).
@@ -59,6 +72,8 @@ pub enum ErrorKind {
     UnsupportedEncoding,
     Unavailable,
     Overloaded,
+    Unauthenticated,
+    PermissionDenied,
     DeadlineExceeded,
     /// The client took too long to send its request.
     ClientTimeout,
@@ -78,6 +93,8 @@ impl ErrorKind {
             ErrorKind::UnsupportedEncoding => "unsupported_encoding",
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Overloaded => "overloaded",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::PermissionDenied => "permission_denied",
             ErrorKind::DeadlineExceeded => "deadline_exceeded",
             ErrorKind::ClientTimeout => "client_timeout",
             ErrorKind::Cancelled => "cancelled",
@@ -97,10 +114,21 @@ impl InferError {
             }
             InferError::UnsupportedEncoding(_) => ErrorKind::UnsupportedEncoding,
             InferError::Unavailable(_) => ErrorKind::Unavailable,
-            InferError::Overloaded(_) => ErrorKind::Overloaded,
+            InferError::Overloaded(_) | InferError::Throttled { .. } => ErrorKind::Overloaded,
+            InferError::Unauthenticated(_) => ErrorKind::Unauthenticated,
+            InferError::PermissionDenied(_) => ErrorKind::PermissionDenied,
             InferError::DeadlineExceeded(_) => ErrorKind::DeadlineExceeded,
             InferError::ClientTooSlow(_) => ErrorKind::ClientTimeout,
             InferError::Internal(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// How long the client should wait before retrying, where the core knows better than a
+    /// front end's default.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            InferError::Throttled { retry_after, .. } => Some(*retry_after),
+            _ => None,
         }
     }
 

@@ -24,6 +24,8 @@ pub use ids::RequestIds;
 pub use repository::{EnsembleFacts, IndexEntry, ModelMetadata, SERVER_EXTENSIONS, SERVER_NAME};
 pub use request::{InferAnswer, InferRequest, ParameterValue, Protocol, RequestedOutput};
 
+use crate::access::{Access, Caller, Credentials};
+use crate::admission::Admission;
 use crate::catalog::{Catalog, ENSEMBLE_VERSION, Signature};
 use crate::ensemble;
 use crate::metrics::Metrics;
@@ -126,6 +128,8 @@ pub const MAX_REQUEST_ID_BYTES: usize = 256;
 /// The core: catalog, router, limits, request ids and statistics, shared by both front ends.
 pub struct Infer {
     catalog: Catalog,
+    access: Access,
+    admission: Admission,
     router: Arc<Router>,
     limits: Limits,
     ids: RequestIds,
@@ -134,11 +138,20 @@ pub struct Infer {
 }
 
 impl Infer {
-    pub fn new(catalog: Catalog, router: Arc<Router>, limits: Limits) -> Self {
+    pub fn new(
+        catalog: Catalog,
+        router: Arc<Router>,
+        limits: Limits,
+        access: Access,
+        admission: crate::admission::AdmissionSettings,
+    ) -> Self {
+        let metrics = Arc::clone(router.metrics());
         Infer {
-            metrics: Arc::clone(router.metrics()),
+            admission: Admission::new(admission, metrics.admission().clone()),
+            metrics,
             stats: Arc::clone(router.inference_stats()),
             catalog,
+            access,
             router,
             limits,
             ids: RequestIds::new(),
@@ -157,6 +170,26 @@ impl Infer {
         &self.limits
     }
 
+    /// Grows `reserved` to cover `bytes` of request data (a body about to be read, a decoded
+    /// message), within `--max-inflight-body-bytes`.
+    pub async fn reserve_bytes(
+        &self,
+        reserved: &mut crate::admission::Reserved,
+        bytes: usize,
+    ) -> Result<(), InferError> {
+        self.admission.reserve_bytes(reserved, bytes).await
+    }
+
+    pub fn access(&self) -> &Access {
+        &self.access
+    }
+
+    /// The caller `credentials` identify, for requests other than inference (metadata,
+    /// statistics, the index), which are not counted as infer requests.
+    pub fn authenticate(&self, credentials: Credentials<'_>) -> Result<Caller, InferError> {
+        self.access.authenticate(credentials)
+    }
+
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
@@ -166,27 +199,48 @@ impl Infer {
     }
 
     /// Runs `work` (decoding, inference, encoding: whatever the front end does for one infer
-    /// request) inside the request's span, counting it in flight and recording its protocol,
-    /// outcome and latency, rejected requests included. Names the catalog does not know share
-    /// one metrics label.
+    /// request) for the caller `credentials` identify, inside the request's span, counting it in
+    /// flight and recording its protocol, outcome and latency, rejected requests (401, 403)
+    /// included. Names the catalog does not know share one metrics label.
     ///
     /// The span is at debug level under its own target, [`REQUEST_SPAN_TARGET`]: an enabled span
     /// costs about 1.3 µs of formatting per request, so it is off by default, and
     /// `RUST_LOG=info,chorus_request=debug` turns on just the span, so every warning logged while
     /// serving a request names it. Member-call logs carry `request_id` as a field either way.
-    pub async fn observed<T>(
+    pub async fn observed<T, Work>(
         &self,
         protocol: Protocol,
         model: &str,
-        work: impl Future<Output = Result<T, InferError>>,
-    ) -> Result<T, InferError> {
+        credentials: Credentials<'_>,
+        work: impl FnOnce(Caller) -> Work,
+    ) -> Result<T, InferError>
+    where
+        Work: Future<Output = Result<T, InferError>>,
+    {
         let label = self
             .metrics
             .model_label(model, || self.catalog.knows(model));
         let timer = self.metrics.request_started(label, protocol);
-        let span = tracing::debug_span!(target: REQUEST_SPAN_TARGET, "infer", model = %model, protocol = %protocol.as_str(), request_id = field::Empty);
-        let result = work.instrument(span).await;
-        timer.finish(result.as_ref().err().map(InferError::kind));
+        let span = tracing::debug_span!(target: REQUEST_SPAN_TARGET, "infer", model = %model, protocol = %protocol.as_str(), key = field::Empty, request_id = field::Empty);
+        let caller = self.access.authenticate(credentials);
+        let key = caller.as_ref().map_or("", Caller::id).to_string();
+        let result = async {
+            let caller = caller?;
+            if caller.key().is_some() {
+                tracing::Span::current().record("key", field::display(caller.id()));
+            }
+            caller.authorize(model)?;
+            work(caller).await
+        }
+        .instrument(span)
+        .await;
+        let error = result.as_ref().err().map(InferError::kind);
+        if !self.access.is_open() {
+            // Only with a key file: the label is a key id from that file (or empty for a
+            // request that presented none), so the series stay bounded.
+            self.metrics.admission().key_request(&key, error);
+        }
+        timer.finish(error);
         result
     }
 
@@ -212,6 +266,27 @@ impl Infer {
         })
     }
 
+    /// What `model` names, for an infer request from `caller`: resolved as [`resolve`] does,
+    /// and within the caller's and the ensemble's rate limits. Front ends call it before they
+    /// read or decode the request, so that a refusal costs little; [`infer`](Self::infer) then
+    /// admits the request under the concurrency limits.
+    ///
+    /// [`resolve`]: Self::resolve
+    pub fn resolve_admissible(
+        &self,
+        caller: &Caller,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<Target, InferError> {
+        let target = self.resolve(model, version)?;
+        let limits = match &target {
+            Target::Ensemble { spec, .. } => Some(&spec.limits),
+            Target::Model { .. } => None,
+        };
+        self.admission.check_rates(caller, target.name(), limits)?;
+        Ok(target)
+    }
+
     /// Checks `request` against `target` and answers it: fans an ensemble out to its members
     /// and combines them, or calls the one model, under the request's deadline.
     pub async fn infer(
@@ -220,6 +295,18 @@ impl Infer {
         request: InferRequest,
     ) -> Result<InferAnswer, InferError> {
         self.validate(target, &request)?;
+        let (server_deadline, limits) = match target {
+            Target::Ensemble { spec, .. } => (spec.deadline, Some(&spec.limits)),
+            Target::Model { .. } => (self.limits.model_deadline, None),
+        };
+        let time_left = request
+            .timeout
+            .map_or(server_deadline, |c| c.min(server_deadline));
+        // Held until the answer is encoded and this function returns.
+        let _admitted = self
+            .admission
+            .admit(target.name(), limits, request.priority, time_left)
+            .await?;
         let id = request.id.unwrap_or_else(|| self.ids.next());
         tracing::Span::current().record("request_id", field::display(&id));
         match target {

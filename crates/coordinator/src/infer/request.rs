@@ -36,6 +36,9 @@ pub struct InferRequest {
     /// The client's time limit (the OIP `timeout` parameter, a gRPC deadline), which may only
     /// shorten the server's deadline.
     pub timeout: Option<Duration>,
+    /// The OIP `priority` parameter: 1 is the most urgent, 0 (or absent) the default level
+    /// (`admission::DEFAULT_PRIORITY`). It orders requests waiting for admission.
+    pub priority: u32,
 }
 
 /// An output the client asked for.

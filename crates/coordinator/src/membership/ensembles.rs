@@ -29,6 +29,8 @@ impl Kind for EnsembleSpecs {
     type Change = SpecChange;
     const PREFIX: &'static str = ENSEMBLES_PREFIX;
     const NOUN: &'static str = "ensemble spec";
+    // Specs are configuration, written by operators to stay.
+    const LEASED: bool = false;
 
     fn id_of(key: &[u8]) -> Option<&str> {
         std::str::from_utf8(key)
@@ -89,7 +91,7 @@ mod tests {
     fn a_valid_spec_is_set_and_a_delete_removes_it() {
         let mut view = EnsembleView::new();
         let change = view
-            .put(KEY.as_bytes(), text("e1", 100).as_bytes(), 5)
+            .put(KEY.as_bytes(), text("e1", 100).as_bytes(), 5, 0)
             .unwrap();
         assert!(matches!(&change, SpecChange::Set { key, .. } if key == KEY));
         assert_eq!(names(&change), vec!["e1"]);
@@ -102,23 +104,23 @@ mod tests {
     #[test]
     fn an_invalid_change_keeps_the_previous_specs() {
         let mut view = EnsembleView::new();
-        view.put(KEY.as_bytes(), text("e1", 100).as_bytes(), 5)
+        view.put(KEY.as_bytes(), text("e1", 100).as_bytes(), 5, 0)
             .unwrap();
-        assert_eq!(view.put(KEY.as_bytes(), b"version = [", 6), None);
+        assert_eq!(view.put(KEY.as_bytes(), b"version = [", 6, 0), None);
         assert_eq!(
-            view.put(KEY.as_bytes(), text("e1", 0).as_bytes(), 7),
+            view.put(KEY.as_bytes(), text("e1", 0).as_bytes(), 7, 0),
             None,
             "fails validation"
         );
         assert_eq!(
-            view.put(KEY.as_bytes(), &[0xff, 0xfe], 8),
+            view.put(KEY.as_bytes(), &[0xff, 0xfe], 8, 0),
             None,
             "not UTF-8"
         );
         assert_eq!(view.get("fraud").unwrap()[0].deadline.as_millis(), 100);
         // A valid change after that applies.
         let change = view
-            .put(KEY.as_bytes(), text("e1", 200).as_bytes(), 9)
+            .put(KEY.as_bytes(), text("e1", 200).as_bytes(), 9, 0)
             .unwrap();
         assert!(
             matches!(change, SpecChange::Set { specs, .. } if specs[0].deadline.as_millis() == 200)
@@ -128,10 +130,10 @@ mod tests {
     #[test]
     fn an_unchanged_spec_is_silent() {
         let mut view = EnsembleView::new();
-        view.put(KEY.as_bytes(), text("e1", 100).as_bytes(), 5)
+        view.put(KEY.as_bytes(), text("e1", 100).as_bytes(), 5, 0)
             .unwrap();
         assert_eq!(
-            view.put(KEY.as_bytes(), text("e1", 100).as_bytes(), 6),
+            view.put(KEY.as_bytes(), text("e1", 100).as_bytes(), 6, 0),
             None
         );
     }
@@ -140,7 +142,7 @@ mod tests {
     fn the_prefix_itself_names_no_spec() {
         let mut view = EnsembleView::new();
         assert_eq!(
-            view.put(ENSEMBLES_PREFIX.as_bytes(), text("e1", 1).as_bytes(), 5),
+            view.put(ENSEMBLES_PREFIX.as_bytes(), text("e1", 1).as_bytes(), 5, 0),
             None
         );
         assert_eq!(

@@ -9,9 +9,8 @@
 use super::MembershipChange;
 use super::ensembles::{EnsembleSpecs, SpecChange};
 use super::view::{Kind, View, Workers};
-use etcd_client::{
-    Client, ConnectOptions, EventType, GetOptions, WatchOptions, WatchResponse, WatchStream,
-};
+use chorus_common::etcd_connect::EtcdConnectArgs;
+use etcd_client::{Client, EventType, GetOptions, WatchOptions, WatchResponse, WatchStream};
 use std::future::Future;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -31,6 +30,19 @@ pub struct EtcdSettings {
     /// First delay before listing again after a failure; doubles up to `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// TLS and authentication (`--etcd-ca`, `--etcd-user`, ...); plain and anonymous by
+    /// default. Read again at each connection, so a file that became unusable is reported there.
+    pub connect: EtcdConnectArgs,
+}
+
+impl EtcdSettings {
+    /// These settings, connecting with `connect`'s TLS and user.
+    pub fn with_connect(self, connect: &EtcdConnectArgs) -> Self {
+        EtcdSettings {
+            connect: connect.clone(),
+            ..self
+        }
+    }
 }
 
 impl Default for EtcdSettings {
@@ -41,6 +53,7 @@ impl Default for EtcdSettings {
             connect_timeout: Duration::from_secs(3),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            connect: EtcdConnectArgs::default(),
         }
     }
 }
@@ -258,7 +271,13 @@ impl<K: Kind> Follower<K> {
     }
 
     async fn connect(&self, endpoint: &str) -> Result<Client, Interrupt> {
-        let options = ConnectOptions::new()
+        // Checked at start-up (`chorus coordinator` refuses bad files and refused credentials),
+        // so this fails only if a file changed since; the outage warning then says why.
+        let options = self
+            .settings
+            .connect
+            .connect_options(&[endpoint.to_string()])
+            .map_err(|e| Interrupt::Unreachable(e.to_string()))?
             .with_connect_timeout(self.settings.connect_timeout)
             // Finds a dead connection under an open watch; etcd refuses pings more often than
             // every 5 s (--grpc-keepalive-min-time).
@@ -280,7 +299,7 @@ impl<K: Kind> Follower<K> {
         let rows = response
             .kvs()
             .iter()
-            .map(|kv| (kv.key(), kv.value(), kv.mod_revision()));
+            .map(|kv| (kv.key(), kv.value(), kv.mod_revision(), kv.lease()));
         let changes = self.view.relist(revision, rows);
         let count = changes.len();
         // Live before sending, so that whoever sees the changes sees the state they came with.
@@ -316,7 +335,10 @@ impl<K: Kind> Follower<K> {
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
             let change = match event.event_type() {
-                EventType::Put => self.view.put(kv.key(), kv.value(), kv.mod_revision()),
+                EventType::Put => {
+                    self.view
+                        .put(kv.key(), kv.value(), kv.mod_revision(), kv.lease())
+                }
                 EventType::Delete => self.view.delete(kv.key(), kv.mod_revision()),
             };
             changes.extend(change);

@@ -11,6 +11,10 @@
 //!   keeps it when a malformed value replaces it: the key still exists (for a worker, its lease is
 //!   alive), so dropping it would turn a bad write into an outage; health is the data plane's
 //!   call. Deleting the key still removes the item.
+//! - **A worker record must be bound to a lease.** etcd deletes a leased key when its lease
+//!   expires, so a leased record is a live worker's; a record written without a lease (lease 0)
+//!   would never expire and could be written by anything with access to etcd, so it is ignored
+//!   with a warning naming the key, and it replaces (removes) the item its key held.
 
 use super::MembershipChange;
 use chorus_common::WorkerInfo;
@@ -31,6 +35,8 @@ pub trait Kind: 'static {
     const PREFIX: &'static str;
     /// What an item is called in logs.
     const NOUN: &'static str;
+    /// Whether an item counts only while its key is bound to a lease (lease id not 0).
+    const LEASED: bool;
     /// The id a key under [`Kind::PREFIX`] names, or `None` for a key that names no item.
     fn id_of(key: &[u8]) -> Option<&str>;
     /// Decodes the value of the item `id`; the error says what is wrong with it.
@@ -114,13 +120,20 @@ impl<K: Kind> View<K> {
         true
     }
 
-    /// Applies a put event (`revision` is the key's mod_revision).
-    pub fn put(&mut self, key: &[u8], value: &[u8], revision: i64) -> Option<K::Change> {
+    /// Applies a put event (`revision` is the key's mod_revision, `lease` its lease id, 0 for
+    /// none).
+    pub fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        revision: i64,
+        lease: i64,
+    ) -> Option<K::Change> {
         let id = id_of::<K>(key)?;
         if !self.accept(id, revision, "put") {
             return None;
         }
-        self.store(id, value, revision)
+        self.store(id, value, revision, lease)
     }
 
     /// Applies a delete event (`revision` is the revision of the deletion).
@@ -134,11 +147,12 @@ impl<K: Kind> View<K> {
     }
 
     /// Replaces the view by a full listing taken at `revision`, returning the difference:
-    /// removals for items no longer listed, sets for new or changed ones.
+    /// removals for items no longer listed, sets for new or changed ones. Rows are (key, value,
+    /// mod_revision, lease).
     pub fn relist<'a>(
         &mut self,
         revision: i64,
-        kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8], i64)>,
+        kvs: impl IntoIterator<Item = (&'a [u8], &'a [u8], i64, i64)>,
     ) -> Vec<K::Change> {
         if revision < self.applied {
             warn!(
@@ -151,7 +165,7 @@ impl<K: Kind> View<K> {
         }
         let mut changes = Vec::new();
         let mut listed = HashSet::new();
-        for (key, value, mod_revision) in kvs {
+        for (key, value, mod_revision, lease) in kvs {
             let Some(id) = id_of::<K>(key) else { continue };
             listed.insert(id.to_string());
             if self
@@ -161,7 +175,7 @@ impl<K: Kind> View<K> {
             {
                 continue;
             }
-            changes.extend(self.store(id, value, mod_revision));
+            changes.extend(self.store(id, value, mod_revision, lease));
         }
         let gone: Vec<String> = self
             .entries
@@ -187,14 +201,25 @@ impl<K: Kind> View<K> {
                 .is_some_and(|e| revision <= e.mod_revision)
     }
 
-    /// Records the value of `id` at `revision`; a malformed value keeps the last good item.
-    fn store(&mut self, id: &str, value: &[u8], revision: i64) -> Option<K::Change> {
+    /// Records the value of `id` at `revision`; a malformed value keeps the last good item, a
+    /// value not bound to a lease (where one is needed) removes it.
+    fn store(&mut self, id: &str, value: &[u8], revision: i64, lease: i64) -> Option<K::Change> {
         let decoded = K::decode(id, value);
         let entry = self.entries.entry(id.to_string()).or_insert(Entry {
             mod_revision: revision,
             item: None,
         });
         entry.mod_revision = revision;
+        if K::LEASED && lease == 0 {
+            warn!(
+                key = %format_args!("{}{id}", K::PREFIX),
+                revision,
+                "ignoring a {} written without a lease: it would never expire, so no live \
+                 process vouches for it",
+                K::NOUN
+            );
+            return entry.item.take().map(|item| K::removed(id, &item));
+        }
         match decoded {
             Err(error) => {
                 warn!(
@@ -237,6 +262,7 @@ impl Kind for Workers {
     type Change = MembershipChange;
     const PREFIX: &'static str = WORKERS_PREFIX;
     const NOUN: &'static str = "worker record";
+    const LEASED: bool = true;
 
     fn id_of(key: &[u8]) -> Option<&str> {
         worker_id_of_key(key).filter(|id| is_valid_worker_id(id))
@@ -307,6 +333,9 @@ mod tests {
         }
     }
 
+    /// The lease every test record is bound to, unless a test says otherwise.
+    const LEASE: i64 = 7;
+
     /// Owned (key, value, mod_revision) rows, as a listing returns them.
     struct Listing(Vec<(Vec<u8>, Vec<u8>, i64)>);
 
@@ -319,10 +348,10 @@ mod tests {
             )
         }
 
-        fn rows(&self) -> impl Iterator<Item = (&[u8], &[u8], i64)> {
+        fn rows(&self) -> impl Iterator<Item = (&[u8], &[u8], i64, i64)> {
             self.0
                 .iter()
-                .map(|(k, v, r)| (k.as_slice(), v.as_slice(), *r))
+                .map(|(k, v, r)| (k.as_slice(), v.as_slice(), *r, LEASE))
         }
     }
 
@@ -332,7 +361,7 @@ mod tests {
         value: &[u8],
         rev: i64,
     ) -> Option<MembershipChange> {
-        view.put(worker_key(id).as_bytes(), value, rev)
+        view.put(worker_key(id).as_bytes(), value, rev, LEASE)
     }
 
     fn delete(view: &mut MembershipView, id: &str, rev: i64) -> Option<MembershipChange> {
@@ -587,18 +616,56 @@ mod tests {
     fn keys_that_name_no_worker_are_ignored() {
         let mut view = listed();
         assert_eq!(
-            view.put(b"/chorus/v1/workers/a/b", &serving("a/b", "x:1"), 11),
+            view.put(b"/chorus/v1/workers/a/b", &serving("a/b", "x:1"), 11, LEASE),
             None
         );
         assert_eq!(
-            view.put(b"/chorus/v1/workers/", &serving("", "x:1"), 12),
+            view.put(b"/chorus/v1/workers/", &serving("", "x:1"), 12, LEASE),
             None
         );
         assert_eq!(
-            view.put(b"/chorus/v1/workers/a b", &serving("a b", "x:1"), 13),
+            view.put(b"/chorus/v1/workers/a b", &serving("a b", "x:1"), 13, LEASE),
             None
         );
         assert_eq!(view.delete(b"/chorus/v1/workers/a/b", 14), None);
         assert_eq!(view.len(), 2);
+    }
+
+    #[test]
+    fn worker_records_without_a_lease_are_ignored() {
+        let mut view = listed();
+        let key = worker_key("w9");
+        assert_eq!(view.put(key.as_bytes(), &serving("w9", "x:9"), 11, 0), None);
+        assert_eq!(view.get("w9"), None);
+        // Overwriting a leased record without a lease unbinds it: the worker is no longer
+        // vouched for, so it leaves.
+        let key = worker_key("w1");
+        assert_eq!(
+            view.put(key.as_bytes(), &serving("w1", "evil:1"), 12, 0),
+            Some(left("w1"))
+        );
+        assert_eq!(view.get("w1"), None);
+        // Bound to a lease again, it is back.
+        assert_eq!(
+            view.put(key.as_bytes(), &serving("w1", "a:1"), 13, LEASE),
+            Some(joined("w1", "a:1", WorkerState::Serving))
+        );
+        // A listing skips lease-less rows the same way.
+        let mut fresh = MembershipView::new();
+        let rows = [
+            (
+                worker_key("w1").into_bytes(),
+                serving("w1", "a:1"),
+                3,
+                LEASE,
+            ),
+            (worker_key("w2").into_bytes(), serving("w2", "b:1"), 4, 0),
+        ];
+        let changes = fresh.relist(
+            10,
+            rows.iter()
+                .map(|(k, v, r, l)| (k.as_slice(), v.as_slice(), *r, *l)),
+        );
+        assert_eq!(changes, vec![joined("w1", "a:1", WorkerState::Serving)]);
     }
 }

@@ -7,8 +7,10 @@
 //! membership, execution providers) is read from the pool when scraped, so it is never stale and
 //! the pool needs no bookkeeping for it.
 
+mod access;
 mod cluster;
 
+pub use access::{AdmissionCounters, RejectReason};
 pub use cluster::ClusterView;
 
 use crate::infer::{ErrorKind, Protocol};
@@ -99,7 +101,7 @@ struct ModelLabels {
 
 /// How a request ended: `ok`, or the kind of error (`cancelled` when the client went away).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RequestOutcome(Option<ErrorKind>);
+pub struct RequestOutcome(pub Option<ErrorKind>);
 
 impl EncodeLabelValue for RequestOutcome {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> fmt::Result {
@@ -175,6 +177,7 @@ pub struct Metrics {
     ejections: Family<WorkerLabels, Counter>,
     inflight: Gauge,
     routing: RoutingCounters,
+    admission: AdmissionCounters,
     cluster: Arc<ClusterCollector>,
 }
 
@@ -198,6 +201,7 @@ impl Metrics {
             ejections: Family::default(),
             inflight: Gauge::default(),
             routing: RoutingCounters::default(),
+            admission: AdmissionCounters::default(),
             cluster: Arc::default(),
         };
         metrics.register()
@@ -271,6 +275,7 @@ impl Metrics {
             "Infer requests being served, both protocols",
             self.inflight.clone(),
         );
+        self.admission.register(r);
         r.register_collector(Box::new(Arc::clone(&self.cluster)));
         self
     }
@@ -347,6 +352,10 @@ impl Metrics {
         self.ejections.get_or_create_owned(&WorkerLabels {
             worker: worker.to_string(),
         })
+    }
+
+    pub fn admission(&self) -> &AdmissionCounters {
+        &self.admission
     }
 
     pub fn routing(&self) -> &RoutingCounters {

@@ -1,10 +1,15 @@
 //! The seam between the pool and the network: how a worker's address becomes an RPC client.
-//! The coordinator dials TCP; the core's in-process tests hand in tarpc's in-memory transport.
+//! The coordinator dials TCP (inside mutual TLS with `--rpc-tls-*`); the core's in-process tests
+//! hand in tarpc's in-memory transport.
 
 use chorus_common::WorkerServiceClient;
+use chorus_common::rpc_tls;
+use chorus_common::transport::{connect_worker, connect_worker_tls};
 use futures::future::BoxFuture;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tokio_rustls::TlsConnector;
+use tracing::warn;
 
 /// Opens RPC links to workers.
 pub trait Connector: Send + Sync + 'static {
@@ -13,10 +18,23 @@ pub trait Connector: Send + Sync + 'static {
 }
 
 /// Chorus's TCP transport (see `chorus_common::transport`).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TcpConnector {
     pub max_frame_bytes: usize,
+    /// Bounds the TCP connect and, with TLS, the handshake too.
     pub connect_timeout: Duration,
+    /// Mutual TLS: the worker's certificate must name the host part of `addr`.
+    pub tls: Option<TlsConnector>,
+}
+
+impl std::fmt::Debug for TcpConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TcpConnector")
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
 }
 
 impl Connector for TcpConnector {
@@ -27,13 +45,29 @@ impl Connector for TcpConnector {
                 .map_err(|e| format!("cannot resolve {addr}: {e}"))?
                 .next()
                 .ok_or_else(|| format!("{addr} resolves to no address"))?;
-            chorus_common::transport::connect_worker(
+            let Some(tls) = &self.tls else {
+                return connect_worker(resolved, self.max_frame_bytes, self.connect_timeout)
+                    .await
+                    .map_err(|e| e.to_string());
+            };
+            let name = rpc_tls::server_name(addr)?;
+            connect_worker_tls(
                 resolved,
+                name,
+                tls,
                 self.max_frame_bytes,
                 self.connect_timeout,
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| {
+                // The pool logs failed connects at debug (a worker restarting is routine); a
+                // certificate that does not match is not routine: a misconfiguration, or an
+                // etcd record pointing at something that is not our worker.
+                if rpc_tls::is_refusal(&e) {
+                    warn!(addr, error = %e, "worker refused: its TLS certificate is not trusted for this address");
+                }
+                format!("TLS link to {addr}: {e}")
+            })
         })
     }
 }

@@ -62,11 +62,16 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// A pool that dials workers over TCP.
-    pub fn new(settings: PoolSettings, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// A pool that dials workers over TCP, inside mutual TLS when `tls` is given.
+    pub fn new(
+        settings: PoolSettings,
+        metrics: Arc<Metrics>,
+        tls: Option<tokio_rustls::TlsConnector>,
+    ) -> Arc<Self> {
         let connector = TcpConnector {
             max_frame_bytes: settings.max_frame_bytes,
             connect_timeout: settings.connect_timeout,
+            tls,
         };
         Pool::with_connector(settings, metrics, Arc::new(connector))
     }

@@ -4,9 +4,12 @@
 //! for a long time; every call here gives up after `request_timeout` so that the keeper's loop
 //! always gets to check its deadlines.
 
+use chorus_common::etcd_connect::{
+    EtcdConnectArgs, EtcdConnectError, is_refused_credentials, refusal_message,
+};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn,
-    TxnOp, TxnOpResponse,
+    Client, Compare, CompareOp, LeaseKeepAliveStream, LeaseKeeper, PutOptions, Txn, TxnOp,
+    TxnOpResponse,
 };
 use std::future::Future;
 use std::time::Duration;
@@ -24,6 +27,24 @@ pub enum EtcdError {
     LeaseNotFound,
     #[error(transparent)]
     Client(#[from] etcd_client::Error),
+    /// The TLS files or the password cannot be used, or etcd turned the user down.
+    #[error(transparent)]
+    Connect(#[from] EtcdConnectError),
+}
+
+impl EtcdError {
+    /// The error as a refusal naming `user`, when etcd turned down the credentials or what
+    /// they may do (no retry helps: someone must fix the user, password or role).
+    pub fn refusal(&self, endpoints: &[String], user: Option<&str>) -> Option<EtcdConnectError> {
+        match self {
+            EtcdError::Client(e) if is_refused_credentials(e) => Some(EtcdConnectError::Refused {
+                endpoints: endpoints.to_vec(),
+                user: user.unwrap_or("(none: no --etcd-user)").to_string(),
+                message: refusal_message(e),
+            }),
+            _ => None,
+        }
+    }
 }
 
 /// etcd's answer to a keep-alive for a lease that has expired or was revoked.
@@ -56,10 +77,12 @@ pub struct Etcd {
 }
 
 impl Etcd {
-    /// Builds a client. etcd-client connects lazily, so this fails only for malformed
-    /// endpoints; an unreachable etcd shows up on the first request.
+    /// Builds a client. etcd-client connects lazily, so without a user this fails only for
+    /// malformed endpoints or unusable TLS files, and an unreachable etcd shows up on the first
+    /// request; with a user it authenticates at once, so etcd must answer.
     pub async fn connect(
         endpoints: &[String],
+        connect: &EtcdConnectArgs,
         key: String,
         request_timeout: Duration,
     ) -> Result<Etcd, EtcdError> {
@@ -68,7 +91,8 @@ impl Etcd {
         // --grpc-keepalive-min-time (5 s by default), or ping with no stream open, with
         // GOAWAY "too_many_pings": never more often than that, and only while the lease's
         // keep-alive stream is open. Each request is also bounded by `request_timeout`.
-        let options = ConnectOptions::new()
+        let options = connect
+            .connect_options(endpoints)?
             .with_connect_timeout(request_timeout)
             .with_keep_alive(request_timeout.max(ETCD_MIN_PING_INTERVAL), request_timeout)
             .with_keep_alive_while_idle(false);

@@ -149,23 +149,64 @@ impl Keeper {
     ) -> Result<Keeper, RegistrationError> {
         let start = Instant::now();
         let key = chorus_common::membership::worker_key(&info.worker_id);
-        let etcd = Etcd::connect(&config.endpoints, key, config.request_timeout())
+        let mut schedule = LeaseSchedule::new(config.lease_ttl, config.give_up_ttls, start);
+        let user = config.connect.etcd_user.clone();
+        let mut failed_connects = 0;
+        let etcd = loop {
+            let error = match Etcd::connect(
+                &config.endpoints,
+                &config.connect,
+                key.clone(),
+                config.request_timeout(),
+            )
             .await
-            .map_err(|e| RegistrationError::InvalidEndpoints {
-                endpoints: config.endpoints.clone(),
-                message: e.to_string(),
-            })?;
+            {
+                Ok(etcd) => break etcd,
+                Err(e) => e,
+            };
+            failed_connects += 1;
+            if let Some(refused) = error.refusal(&config.endpoints, user.as_deref()) {
+                return Err(refused.into());
+            }
+            // With a user, connecting asks etcd for a token: an etcd that does not answer (yet)
+            // is retried like a failed registration. Anything else is a setting to fix.
+            let unanswered = matches!(
+                &error,
+                EtcdError::Timeout(_) | EtcdError::Client(etcd_client::Error::GRpcStatus(_))
+            );
+            if !unanswered {
+                return Err(match error {
+                    EtcdError::Connect(e) => e.into(),
+                    other => RegistrationError::InvalidEndpoints {
+                        endpoints: config.endpoints.clone(),
+                        message: other.to_string(),
+                    },
+                });
+            }
+            let now = Instant::now();
+            if schedule.should_give_up(now) {
+                return Err(RegistrationError::Unreachable {
+                    endpoints: config.endpoints.clone(),
+                    attempts: failed_connects,
+                    waited: now.duration_since(start),
+                    last_error: error.to_string(),
+                });
+            }
+            let delay = schedule.retry_delay(now, jitter());
+            warn!(endpoints = ?config.endpoints, attempt = failed_connects, error = %error, retry_in_ms = delay.as_millis() as u64, "etcd unreachable, retrying");
+            tokio::time::sleep(delay).await;
+        };
         let mut keeper = Keeper {
             etcd,
             info,
             endpoints: config.endpoints,
-            schedule: LeaseSchedule::new(config.lease_ttl, config.give_up_ttls, start),
+            schedule,
             keep_alive: None,
             granted_ttl: config.lease_ttl,
             stale: Vec::new(),
             next_attempt: start,
             draining: false,
-            attempts: 0,
+            attempts: failed_connects,
             overdue_reported: false,
             last_error: String::new(),
             membership,
@@ -194,6 +235,10 @@ impl Keeper {
                     });
                 }
                 Err(e) => {
+                    // A user without write access to its key will not get it by waiting.
+                    if let Some(refused) = e.refusal(&keeper.endpoints, user.as_deref()) {
+                        return Err(refused.into());
+                    }
                     let now = Instant::now();
                     if keeper.schedule.should_give_up(now) {
                         return Err(RegistrationError::Unreachable {

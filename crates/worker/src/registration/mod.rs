@@ -19,6 +19,7 @@ mod keeper;
 pub mod schedule;
 
 use chorus_common::WorkerInfo;
+use chorus_common::etcd_connect::EtcdConnectArgs;
 use chorus_common::membership::worker_key;
 use keeper::Command;
 use std::future::pending;
@@ -35,6 +36,8 @@ pub struct RegistrationConfig {
     /// TTLs to go on trying to register, at start-up or after etcd said the lease is gone,
     /// before giving up. An unreachable etcd while registered never counts.
     pub give_up_ttls: u32,
+    /// TLS and authentication towards etcd (plain, no user by default).
+    pub connect: EtcdConnectArgs,
 }
 
 impl RegistrationConfig {
@@ -62,6 +65,10 @@ pub enum RegistrationError {
         endpoints: Vec<String>,
         message: String,
     },
+
+    /// etcd turned down the TLS files or the user and password: retrying cannot help.
+    #[error("cannot register in etcd: {0}")]
+    Connect(#[from] chorus_common::etcd_connect::EtcdConnectError),
 
     #[error(
         "worker id '{worker_id}' is already registered in etcd (key {key}); choose another --worker-id or stop the other worker"
