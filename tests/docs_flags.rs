@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use support::{chorus_bin, repo_root};
 
 /// Subcommands documented in docs/configuration.md, each in a `## \`chorus <sub>\`` section.
-const CONFIGURED: [&str; 3] = ["up", "worker", "coordinator"];
+const CONFIGURED: [&str; 5] = ["up", "worker", "coordinator", "status", "models"];
 
 /// clap's own flags, documented by clap.
 const BUILT_IN: [&str; 2] = ["--help", "--version"];
@@ -69,7 +69,7 @@ fn documented_flags(doc: &str, sub: &str) -> BTreeSet<String> {
 }
 
 #[test]
-fn every_flag_of_up_worker_and_coordinator_is_documented_and_exists() {
+fn every_flag_of_the_configured_subcommands_is_documented_and_exists() {
     let doc = read_doc("configuration.md");
     let mut problems = Vec::new();
     for sub in CONFIGURED {

@@ -1,6 +1,7 @@
 //! The `chorus` command: `up` starts a local cluster, `worker` and `coordinator` run one process
 //! each for real deployments, `bench` measures a cluster against the in-process floor.
 
+mod admin;
 mod bench;
 mod child;
 mod cluster_config;
@@ -41,6 +42,11 @@ enum Command {
     /// Benchmark a coordinator over HTTP (closed or open loop, JSON or binary tensors) and/or the
     /// in-process floor (the same ensemble on ONNX Runtime, no network); see docs/benchmarks.md.
     Bench(Box<bench::BenchArgs>),
+    /// Show the cluster as a coordinator sees it: readiness, workers, ensembles (members,
+    /// weights, quorum), from its admin port.
+    Status(admin::AdminArgs),
+    /// List the models the cluster serves, their versions and replicas in rotation.
+    Models(admin::AdminArgs),
 }
 
 /// Line a worker prints on stdout once its models are warm and its RPC port is open;
@@ -67,6 +73,8 @@ fn main() -> anyhow::Result<()> {
             Command::Up(args) => up::run(args, cli.log_json).await,
             Command::Worker(config) => run_worker(config).await,
             Command::Coordinator(config) => run_coordinator(config).await,
+            Command::Status(args) => admin::status(args).await,
+            Command::Models(args) => admin::models(args).await,
             Command::Bench(_) => unreachable!("handled before the runtime starts"),
         }
     })

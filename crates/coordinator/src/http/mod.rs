@@ -3,6 +3,7 @@
 
 mod auth;
 mod body;
+mod cluster;
 mod error;
 mod infer;
 mod json_data;
@@ -101,12 +102,13 @@ pub fn router(app: App) -> Router {
 }
 
 /// The admin port (`--admin-addr`, Triton's metrics port 8002): Prometheus metrics, the
-/// coordinator's view of its workers, and health, for operators and scrapers only. It has no
+/// coordinator's view of its workers and ensembles (what `chorus status` reads), and health, for operators and scrapers only. It has no
 /// keys: bind it where only they can reach it (loopback by default; docs/security.md).
 pub fn admin_router(app: App) -> Router {
     Router::new()
         .route("/metrics", get(metadata::metrics))
         .route("/chorus/workers", get(metadata::workers))
+        .route("/chorus/ensembles", get(cluster::ensembles))
         .route("/v2/health/live", get(metadata::live))
         .route("/v2/health/ready", get(metadata::ready))
         .fallback(metadata::not_found)
