@@ -19,7 +19,8 @@ pub struct ByteBudget {
 /// Bytes reserved by one request, given back when dropped.
 #[derive(Debug, Default)]
 pub struct Reserved {
-    permits: Vec<OwnedSemaphorePermit>,
+    /// One permit, grown by merging: no allocation per request.
+    permit: Option<OwnedSemaphorePermit>,
     units: u32,
 }
 
@@ -66,7 +67,10 @@ impl ByteBudget {
                 }
             }
         };
-        reserved.permits.push(permit);
+        match &mut reserved.permit {
+            Some(held) => held.merge(permit),
+            None => reserved.permit = Some(permit),
+        }
         reserved.units = wanted;
         Ok(())
     }

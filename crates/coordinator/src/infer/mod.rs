@@ -223,7 +223,8 @@ impl Infer {
         let timer = self.metrics.request_started(label, protocol);
         let span = tracing::debug_span!(target: REQUEST_SPAN_TARGET, "infer", model = %model, protocol = %protocol.as_str(), key = field::Empty, request_id = field::Empty);
         let caller = self.access.authenticate(credentials);
-        let key = caller.as_ref().map_or("", Caller::id).to_string();
+        // For the per-key count after the work: an `Arc` clone, not a copy of the id.
+        let counted = caller.as_ref().ok().cloned();
         let result = async {
             let caller = caller?;
             if caller.key().is_some() {
@@ -238,7 +239,8 @@ impl Infer {
         if !self.access.is_open() {
             // Only with a key file: the label is a key id from that file (or empty for a
             // request that presented none), so the series stay bounded.
-            self.metrics.admission().key_request(&key, error);
+            let key = counted.as_ref().map_or("", Caller::id);
+            self.metrics.admission().key_request(key, error);
         }
         timer.finish(error);
         result
