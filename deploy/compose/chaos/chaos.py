@@ -21,6 +21,8 @@ whether the pass criteria held.
 import argparse
 import json
 import os
+import re
+import subprocess
 import sys
 import threading
 import time
@@ -86,17 +88,18 @@ def worker_pause(c, load, cfg):
     cid = c.container(w)
     lease_before = c.worker_lease(w)
     t_fault = now()
-    c.docker("pause", cid)
+    how = c.freeze(cid)
     in_flight = load.in_flight_at(t_fault)
     detect = wait_until(lambda: c.out_of_rotation(w), pause_s, since=t_fault)
     lease_gone = wait_until(lambda: c.worker_lease(w) is None, max(0.5, t_fault + pause_s - now()),
                             since=t_fault)
     time.sleep(max(0.0, t_fault + pause_s - now()))
     t_heal = now()
-    c.docker("unpause", cid)
+    c.thaw(cid, how)
     recover = c.serving_again(w, 60, since=t_heal)
     lease_after = c.worker_lease(w)
-    return {"fault": f"docker pause {w} for {pause_s} s (lease TTL {cfg.ttl} s)", "detect": detect,
+    return {"fault": f"docker {'pause' if how == 'pause' else 'kill --signal SIGSTOP'} {w} for {pause_s} s "
+                     f"(lease TTL {cfg.ttl} s)", "detect": detect,
             "t_fault": t_fault, "t_heal": t_heal, "recover": recover, "in_flight_at_fault": in_flight,
             "lease_expired_after": lease_gone,
             "re_registered": lease_after is not None and lease_after != lease_before}
@@ -239,8 +242,36 @@ def run_scenario(c, load, cfg, key, title, body, judge):
     for r in recs:
         if r.outcome in ("failed", "lost"):
             log(f"  {r.outcome} at fault{r.t_sched - t_ref:+.2f} s: {r.model} {r.rid} via coordinator-{r.coord + 1}: {r.detail}")
+    if not passed:
+        print_cluster_warnings(c, now() - t0 + 1.0)
     return {"scenario": key, "title": title, **counts, **{k: v for k, v in m.items() if not k.startswith("t_")},
             "passed": passed, "criteria": criteria}
+
+
+# At most this many warning lines per service are printed for a failed scenario: enough to see
+# what the coordinators and workers said about the failure, in CI output that keeps no logs.
+WARN_LINES = 25
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def print_cluster_warnings(c, window_s):
+    """The coordinators' and workers' WARN/ERROR log lines of the last `window_s` seconds."""
+    since = f"{time.time() - window_s:.0f}"
+    for service in ("coordinator-1", "coordinator-2", *WORKERS):
+        try:
+            proc = subprocess.run(["docker", "logs", "--since", since, c.container(service)],
+                                  capture_output=True, text=True, timeout=30)
+        except Exception as e:  # diagnostics must never turn a result into a crash
+            print(f"  ({service}: no logs: {e})", flush=True)
+            continue
+        plain = ANSI_ESCAPE.sub("", proc.stdout + proc.stderr)
+        lines = [ln for ln in plain.splitlines() if " WARN " in ln or " ERROR " in ln]
+        if not lines:
+            continue
+        print(f"  {service}: {len(lines)} warnings in the scenario, the last {min(len(lines), WARN_LINES)}:")
+        for ln in lines[-WARN_LINES:]:
+            print(f"    {ln[:400]}")
+    sys.stdout.flush()
 
 
 def hedges(res):
@@ -292,6 +323,10 @@ def run_load(c, cfg, chosen, name, rate, body):
         for cid in c.docker("ps", "-q", "--filter", f"label=com.docker.compose.project={cfg.project}",
                             "--filter", "status=paused", check=False).split():
             c.docker("unpause", cid, check=False)
+        # And nothing stopped by SIGSTOP (worker-pause's fallback); SIGCONT is harmless otherwise.
+        for cid in c.docker("ps", "-q", "--filter", f"label=com.docker.compose.project={cfg.project}",
+                            check=False).split():
+            c.docker("kill", "--signal", "SIGCONT", cid, check=False)
     if load.max_lag_s > 0.25:
         log(f"load {name}: the generator fell up to {load.max_lag_s:.2f} s behind its schedule "
             "(this machine could not send the rate on time)")

@@ -86,6 +86,29 @@ class Cluster:
     def docker(self, *args, timeout_s=60, check=True):
         return self.run(["docker", *args], timeout_s=timeout_s, check=check)
 
+    def freeze(self, cid, attempts=3):
+        """Stops every process of a container where it stands, as `docker pause` does; returns how
+        ("pause" or "SIGSTOP"), for `thaw`. The cgroup freezer can refuse ("unable to freeze")
+        while a process sits in an uninterruptible wait, which a loaded machine makes likelier:
+        retried, then the container's only process (the chorus binary is its PID 1, with no
+        handlers for SIGSTOP, which no process can catch) is stopped with a signal instead, which
+        is the same fault to the rest of the cluster."""
+        for attempt in range(attempts):
+            try:
+                self.docker("pause", cid)
+                return "pause"
+            except RuntimeError as e:
+                print(f"chaos: docker pause refused (attempt {attempt + 1} of {attempts}): {e}", flush=True)
+                time.sleep(0.2)
+        self.docker("kill", "--signal", "SIGSTOP", cid)
+        return "SIGSTOP"
+
+    def thaw(self, cid, how):
+        if how == "pause":
+            self.docker("unpause", cid)
+        else:
+            self.docker("kill", "--signal", "SIGCONT", cid)
+
     def container(self, service):
         """The container id of a service (it survives docker stop/start)."""
         if service not in self._ids:
