@@ -2,7 +2,8 @@
 # Installs everything Chorus needs to build, run and test, and nothing that is already there:
 #   - Debian packages: protobuf-compiler (etcd-client compiles etcd's protos at build time),
 #     etcd-server and etcd-client (the failover tests start a real etcd and read it with
-#     etcdctl), python3-venv (if venv is missing);
+#     etcdctl), python3-venv (if venv is missing), chromium (the dashboard's browser test loads
+#     the page headless) and prometheus (its promtool checks deploy/monitoring's alert rules);
 #   - .venv at the repository root with the pinned onnxruntime wheel (the ONNX Runtime library
 #     workers load) and tritonclient for the client-compatibility tests.
 # Safe to run repeatedly; it only prints what it changes.
@@ -22,6 +23,8 @@ command -v protoc >/dev/null || missing+=(protobuf-compiler)
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 command -v python3 >/dev/null || missing+=(python3 python3-venv)
+command -v chromium >/dev/null || missing+=(chromium)
+command -v promtool >/dev/null || missing+=(prometheus)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_install python3-venv
 

@@ -4,22 +4,8 @@
 mod support;
 
 use serde_json::Value;
-use std::process::Command;
 use std::time::Duration;
 use support::*;
-
-fn chorus(args: &[&str]) -> (bool, String, String) {
-    let output = Command::new(chorus_bin())
-        .args(args)
-        .current_dir(repo_root())
-        .output()
-        .expect("chorus runs");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
 
 fn models_json(admin: &str) -> Value {
     let (ok, out, err) = chorus(&["models", "--admin", admin, "--json"]);
@@ -48,8 +34,8 @@ fn status_and_models_show_the_cluster_and_follow_it() {
     assert!(status.starts_with("ready: yes"), "{status}");
     for expected in [
         // Static membership knows workers by address; their models name them here.
-        "logreg@1,svc@1",
-        "mlp@1,stacker@1",
+        "logreg@1,logreg_int8@1,svc@1",
+        "mlp@1,mlp_int8@1,stacker@1",
         "digits_soft",
         "soft_vote",
         "3/3 live, 2 needed",

@@ -214,3 +214,110 @@ fn a_killed_member_degrades_the_answer_until_quorum_is_lost() {
         200
     );
 }
+
+/// The INT8 and FP16 members and digits_soft_int8 (fixtures/digits/expected_compressed.json),
+/// with the base expectations' inputs: one `Expected` over both files.
+fn expected_with_compressed() -> (Expected, Value) {
+    let mut expected = Expected::load();
+    let path = repo_root().join("fixtures/digits/expected_compressed.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let compressed: Value = serde_json::from_str(&text).expect("expected_compressed.json");
+    for section in ["models", "ensembles"] {
+        let into = expected.0[section].as_object_mut().expect(section);
+        for (name, entry) in compressed[section].as_object().expect(section) {
+            into.insert(name.clone(), entry.clone());
+        }
+    }
+    (expected, compressed)
+}
+
+/// Labels and probabilities of the whole test set from `name`, in one JSON request.
+fn answer(http: &Http, name: &str, rows: &[Vec<f32>]) -> (Vec<i64>, Vec<Vec<f64>>) {
+    let reply = http.post_json(&format!("/v2/models/{name}/infer"), &json_request(rows));
+    reply.expect_status(200);
+    let response = reply.json();
+    let labels = json_output(&response, "label")["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    let flat: Vec<f64> = json_output(&response, "probabilities")["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    (labels, flat.chunks(10).map(<[f64]>::to_vec).collect())
+}
+
+fn accuracy(labels: &[i64], truth: &[i64]) -> f64 {
+    let correct = labels.iter().zip(truth).filter(|(a, b)| a == b).count();
+    correct as f64 / truth.len() as f64
+}
+
+/// Static INT8 (QDQ) and FP16 members answer row by row exactly as Python's onnxruntime did;
+/// dynamic INT8 members scale each call's input as a whole, so their answers depend on which rows
+/// share a call: for them, accuracy within two rows of Python's and probabilities within 0.05.
+#[test]
+fn compressed_members_and_the_mixed_ensemble_match_python() {
+    let (expected, compressed) = expected_with_compressed();
+    let mut workers: Vec<Proc> = PLACEMENT
+        .iter()
+        .map(|(id, models)| start_worker(id, models))
+        .collect();
+    let extra = ["logreg_int8_dyn", "logreg_fp16", "mlp_int8_dyn", "mlp_fp16"];
+    workers.push(start_worker("w-compressed", &extra));
+    let refs: Vec<&Proc> = workers.iter().collect();
+    let (_coordinator, http) = start_coordinator(&refs, &[], "/v2/health/ready");
+
+    let rows = expected.rows();
+    let truth: Vec<i64> = expected.truth();
+    let names: Vec<String> = compressed["models"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .chain(compressed["ensembles"].as_object().unwrap().keys())
+        .cloned()
+        .collect();
+    assert_eq!(names.len(), 7, "{names:?}");
+    for name in &names {
+        let want_accuracy = expected.of(name)["accuracy"].as_f64().unwrap();
+        let (labels, probabilities) = answer(&http, name, &rows);
+        let got_accuracy = accuracy(&labels, &truth);
+        let dynamic = name.ends_with("_dyn");
+        // Rows of the test set a batch-dependent answer may flip (1 does in Python at 450 rows).
+        let rows_tolerance = if dynamic { 2.0 } else { 0.0 };
+        assert!(
+            (got_accuracy - want_accuracy).abs() <= rows_tolerance / 450.0 + 1e-9,
+            "{name}: served accuracy {got_accuracy}, Python {want_accuracy}"
+        );
+        if dynamic {
+            // Python measures at most 0.032 between row-by-row and whole-set calls.
+            let want = expected.matrix(name, "probabilities");
+            for (row, (got, want)) in probabilities.iter().zip(&want).enumerate() {
+                for (g, w) in got.iter().zip(want) {
+                    assert!(
+                        (g - w).abs() <= 0.05,
+                        "{name} row {row}: {got:?} vs {want:?}"
+                    );
+                }
+            }
+        } else {
+            check_json(&http, &expected, name);
+            check_binary(&http, &expected, name);
+        }
+    }
+    let reply = http.post_json(
+        "/v2/models/digits_soft_int8/infer",
+        &json_request(&rows[..2]),
+    );
+    let parameters = &reply.json()["parameters"];
+    assert_eq!(parameters["degraded"], false);
+    assert_eq!(
+        parameters["members_used"],
+        "logreg_int8,random_forest,mlp_int8"
+    );
+    let metadata: Value = serde_json::from_str(&http.get("/v2/models/mlp_fp16").1).unwrap();
+    assert_eq!(metadata["inputs"][0]["datatype"], "FP32", "{metadata}");
+}

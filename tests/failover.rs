@@ -23,9 +23,25 @@ const PROXIED: &str = "w-a";
 
 /// Each model on exactly two of the three workers, so losing any one worker leaves a replica.
 const PLACEMENT: [(&str, &[&str]); 3] = [
-    ("w-a", &["logreg", "random_forest", "mlp", "stacker"]),
-    ("w-b", &["random_forest", "mlp", "svc", "gboost"]),
-    ("w-c", &["logreg", "svc", "gboost", "stacker"]),
+    (
+        "w-a",
+        &[
+            "logreg",
+            "random_forest",
+            "mlp",
+            "stacker",
+            "logreg_int8",
+            "mlp_int8",
+        ],
+    ),
+    (
+        "w-b",
+        &["random_forest", "mlp", "svc", "gboost", "mlp_int8"],
+    ),
+    (
+        "w-c",
+        &["logreg", "svc", "gboost", "stacker", "logreg_int8"],
+    ),
 ];
 
 struct Suite {
@@ -80,19 +96,11 @@ impl Suite {
                 start_worker_behind(&etcd, id, models, behind)
             })
             .collect();
-        let coordinator = spawn(
-            "coordinator",
-            &[
-                "coordinator".into(),
-                "--http-addr=127.0.0.1:0".into(),
-                "--grpc-addr=127.0.0.1:0".into(),
-                "--admin-addr=127.0.0.1:0".into(),
-                "--ensembles=config/ensembles.toml".into(),
-                format!("--etcd={}", etcd.endpoint),
-                "--ping-interval-ms=500".into(),
-            ],
-            "chorus-coordinator listening",
-        );
+        let coordinator = spawn_coordinator(&[
+            "--ensembles=config/ensembles.toml".into(),
+            format!("--etcd={}", etcd.endpoint),
+            "--ping-interval-ms=500".into(),
+        ]);
         let http = Http::new(coordinator.field("http_addr").parse().unwrap());
         let admin = Http::new(coordinator.field("admin_addr").parse().unwrap());
         let suite = Suite {

@@ -52,11 +52,21 @@ fn chorus_up_with_etcd_registers_workers_and_revokes_them_on_stop() {
         .filter_map(|l| l.split_whitespace().next())
         .collect();
     assert_eq!(workers, ["worker-0", "worker-1", "worker-2"], "{lines:#?}");
-    // Every model on two workers: each worker line names four of the six models.
-    for line in lines.iter().filter(|l| l.starts_with("worker-")) {
-        let models = line.rsplit(' ').next().unwrap().split(',').count();
-        assert_eq!(models, 4, "{line}");
-    }
+    // Every model of the repository on two workers, spread evenly (within one model).
+    let total = std::fs::read_dir(support::repo_root().join("models"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("1/model.onnx").is_file())
+        .count();
+    let counts: Vec<usize> = lines
+        .iter()
+        .filter(|l| l.starts_with("worker-"))
+        .map(|l| l.rsplit(' ').next().unwrap().split(',').count())
+        .collect();
+    assert_eq!(counts.iter().sum::<usize>(), 2 * total, "{lines:#?}");
+    assert!(
+        counts.iter().all(|&c| c.abs_diff(2 * total / 3) <= 1),
+        "{lines:#?}"
+    );
     // A clean stop drains and revokes each lease: no key waits for its TTL.
     for id in workers {
         assert_eq!(

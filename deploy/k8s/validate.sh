@@ -8,7 +8,8 @@
 # overlays/secure needs its secrets/ (git-ignored): it is rendered from a copy of deploy/k8s
 # with throwaway secrets made by deploy/compose/secure/make-secrets.sh, never from your own
 # files, and the copy is removed afterwards. Its pods are also checked for
-# automountServiceAccountToken: false.
+# automountServiceAccountToken: false. deploy/monitoring (Prometheus Operator objects and the
+# Grafana dashboard) is rendered and its rules checked; see the end of this script.
 #
 # Usage: deploy/k8s/validate.sh [--sync]
 #   --sync   copy config/ensembles.toml to deploy/k8s/base/ensembles.toml first
@@ -70,4 +71,19 @@ PY
         fi
     done
 done
+
+# deploy/monitoring: PodMonitors and a PrometheusRule are Prometheus Operator CRDs, which the
+# Kubernetes schemas do not cover; check that the kustomization renders, that the PrometheusRule
+# matches the plain rules file, and (with promtool) that the rules are valid. tests/monitoring.rs
+# checks their metric names against a real cluster.
+if kubectl kustomize deploy/monitoring >"$out/monitoring.yaml"; then
+    kinds=$(grep '^kind:' "$out/monitoring.yaml" | sort | uniq -c | tr -s ' ' | paste -sd, -)
+    echo "validate: deploy/monitoring renders:$kinds"
+else
+    status=1
+fi
+deploy/monitoring/sync.sh --check || status=1
+if command -v promtool >/dev/null; then
+    promtool check rules deploy/monitoring/prometheus/chorus-rules.yml >/dev/null || status=1
+fi
 exit $status

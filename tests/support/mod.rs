@@ -157,21 +157,30 @@ pub fn start_worker_with(id: &str, models: &[&str], extra: &[String]) -> Proc {
     spawn(id, &args, "chorus-worker ready")
 }
 
+/// Spawns a coordinator with its REST, gRPC and admin listeners on ephemeral loopback ports,
+/// and `args` after them; returns once it announced its addresses.
+pub fn spawn_coordinator(args: &[String]) -> Proc {
+    let mut all = vec![
+        "coordinator".to_string(),
+        "--http-addr=127.0.0.1:0".to_string(),
+        "--grpc-addr=127.0.0.1:0".to_string(),
+        "--admin-addr=127.0.0.1:0".to_string(),
+    ];
+    all.extend_from_slice(args);
+    spawn("coordinator", &all, "chorus-coordinator listening")
+}
+
 /// Starts a coordinator in front of `workers` on an ephemeral port and waits until `ready_path`
 /// answers 200 (the server's readiness, or one model's when not every ensemble can be served).
 pub fn start_coordinator(workers: &[&Proc], extra: &[&str], ready_path: &str) -> (Proc, Http) {
     let addrs: Vec<String> = workers.iter().map(|w| w.field("rpc_addr")).collect();
     let mut args = vec![
-        "coordinator".to_string(),
-        "--http-addr=127.0.0.1:0".to_string(),
-        "--grpc-addr=127.0.0.1:0".to_string(),
-        "--admin-addr=127.0.0.1:0".to_string(),
         "--ensembles=config/ensembles.toml".to_string(),
         format!("--worker={}", addrs.join(",")),
         "--ping-interval-ms=200".to_string(),
     ];
     args.extend(extra.iter().map(|s| s.to_string()));
-    let proc = spawn("coordinator", &args, "chorus-coordinator listening");
+    let proc = spawn_coordinator(&args);
     let http = Http::new(proc.field("http_addr").parse().expect("http addr"));
     wait_until(
         &format!("{ready_path} to answer 200"),
@@ -215,9 +224,9 @@ pub struct Cluster {
 }
 
 pub const PLACEMENT: [(&str, &[&str]); 3] = [
-    ("w-logreg", &["logreg", "svc"]),
+    ("w-logreg", &["logreg", "svc", "logreg_int8"]),
     ("w-forest", &["random_forest", "gboost"]),
-    ("w-mlp", &["mlp", "stacker"]),
+    ("w-mlp", &["mlp", "stacker", "mlp_int8"]),
 ];
 
 impl Cluster {
@@ -354,6 +363,16 @@ impl Expected {
                     .map(|v| v.as_f64().unwrap() as f32)
                     .collect()
             })
+            .collect()
+    }
+
+    /// The true class of every golden row (`y`).
+    pub fn truth(&self) -> Vec<i64> {
+        self.0["y"]
+            .as_array()
+            .expect("y")
+            .iter()
+            .map(|v| v.as_i64().unwrap())
             .collect()
     }
 
@@ -509,4 +528,18 @@ pub fn run_to_exit(args: &[String], timeout: Duration) -> (std::process::ExitSta
         std::thread::sleep(Duration::from_millis(50));
     };
     (status, reader.join().unwrap_or_default())
+}
+
+/// Runs the `chorus` CLI from the repository root to its end: (succeeded, stdout, stderr).
+pub fn chorus(args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(chorus_bin())
+        .args(args)
+        .current_dir(repo_root())
+        .output()
+        .expect("chorus runs");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }

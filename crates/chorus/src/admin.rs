@@ -1,10 +1,13 @@
 //! `chorus status` and `chorus models`: the cluster as one coordinator sees it, read from its
 //! admin port (`/chorus/workers`, `/chorus/ensembles`), as tables or as the JSON it answered.
+//! `chorus drain`: takes one worker out of rotation through the same port
+//! (`POST /chorus/workers/{id}/drain`), and with `--wait` follows it until it has no calls in
+//! flight.
 
 use anyhow::{Context, bail};
 use clap::Args;
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where to ask, and how to print.
 #[derive(Debug, Args)]
@@ -23,24 +26,50 @@ pub struct AdminArgs {
     pub json: bool,
 }
 
+/// `chorus drain`'s arguments.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The worker to drain, as `chorus status` lists it: its `--worker-id` (with a static
+    /// `--worker` list, its address works too).
+    pub worker: String,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
+
+    /// Wait until the worker has no calls in flight (and the coordinator none outstanding to
+    /// it) before returning.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How long `--wait` waits, in seconds; past it, `chorus drain` exits non-zero (the worker
+    /// stays drained).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    pub timeout: u64,
+}
+
 /// How long the coordinator may take to answer.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-async fn get(admin: &str, path: &str) -> anyhow::Result<Value> {
-    let base = if admin.contains("://") {
+/// How long a drain request may take: the worker marks its etcd record before it answers, and
+/// the coordinator gives it 15 s.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How often `--wait` asks.
+const WAIT_POLL: Duration = Duration::from_millis(200);
+
+/// `http://` added to a bare `host:port`.
+fn base_url(admin: &str) -> String {
+    if admin.contains("://") {
         admin.trim_end_matches('/').to_string()
     } else {
         format!("http://{}", admin.trim_end_matches('/'))
-    };
+    }
+}
+
+async fn get(admin: &str, path: &str) -> anyhow::Result<Value> {
+    let base = base_url(admin);
     let url = format!("{base}{path}");
-    let response = reqwest::Client::new()
-        .get(&url)
-        .timeout(TIMEOUT)
-        .send()
-        .await
-        .with_context(|| {
-            format!("cannot reach the coordinator's admin port at {url}: is --admin right?")
-        })?;
+    let response = send(reqwest::Client::new().get(&url).timeout(TIMEOUT), &url).await?;
     let status = response.status();
     if !status.is_success() {
         bail!(
@@ -80,6 +109,143 @@ pub async fn models(args: AdminArgs) -> anyhow::Result<()> {
     }
     print!("{}", models_text(&cluster));
     Ok(())
+}
+
+/// Sends a drain request (`POST` to drain, `GET` for progress) and returns the coordinator's
+/// JSON; a refusal comes back as the coordinator's own message.
+async fn drain_call(
+    method: reqwest::Method,
+    admin: &str,
+    worker: &str,
+    timeout: Duration,
+) -> anyhow::Result<Value> {
+    let base = base_url(admin);
+    // The id is one path segment: escape what would break it.
+    let id: String = worker
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            other => format!("%{other:02X}"),
+        })
+        .collect();
+    let url = format!("{base}/chorus/workers/{id}/drain");
+    let response = send(
+        reqwest::Client::new()
+            .request(method, &url)
+            .timeout(timeout),
+        &url,
+    )
+    .await?;
+    let status = response.status();
+    let body: Option<Value> = response.json().await.ok();
+    if status.is_success() {
+        return body.with_context(|| format!("{url} did not answer JSON"));
+    }
+    match body.as_ref().and_then(|b| b["error"].as_str()) {
+        Some(message) => bail!("cannot drain '{worker}': {message} ({status})"),
+        None => bail!(
+            "{url} answered {status}: is {base} the admin port (--admin-addr) of a Chorus coordinator that knows `chorus drain`?"
+        ),
+    }
+}
+
+/// `chorus drain`: takes the worker out of rotation on every coordinator; with `--wait`, returns
+/// once it has no calls in flight.
+pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
+    let admin = &args.admin.admin;
+    let mut answer = drain_call(reqwest::Method::POST, admin, &args.worker, DRAIN_TIMEOUT).await?;
+    if answer["record"] == "failed" {
+        eprintln!(
+            "warning: the worker could not mark its etcd record draining ({}); coordinators still learn it from its pings. Run `chorus drain` again to retry.",
+            text(&answer["record_error"])
+        );
+    }
+    if !args.admin.json {
+        println!("{}", drain_text(&answer));
+    }
+    if args.wait && answer["drained"] != true {
+        let progress = wait_drained(&args, &answer).await?;
+        for key in ["state", "in_flight", "drained"] {
+            answer[key] = progress[key].clone();
+        }
+        if !args.admin.json {
+            println!("{}", drain_text(&answer));
+        }
+    }
+    if args.admin.json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    }
+    Ok(())
+}
+
+/// Polls until the worker says it is draining with nothing in flight and this coordinator has
+/// nothing outstanding to it, or `--timeout` passes.
+async fn wait_drained(args: &DrainArgs, answer: &Value) -> anyhow::Result<Value> {
+    let admin = &args.admin.admin;
+    let limit = Duration::from_secs(args.timeout);
+    let give_up = Instant::now() + limit;
+    let listed_as = text(&answer["worker_id"]);
+    loop {
+        let last = match drain_call(reqwest::Method::GET, admin, &args.worker, TIMEOUT).await {
+            Ok(progress) if progress["drained"] == true => {
+                // The coordinator's own calls to it, which the worker may not have seen yet.
+                let workers = get(admin, "/chorus/workers").await?;
+                let entry = workers["workers"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|w| w["worker_id"] == listed_as.as_str());
+                let settled = entry
+                    .is_none_or(|w| w["draining"] == true && w["outstanding"].as_u64() == Some(0));
+                if settled {
+                    return Ok(progress);
+                }
+                format!(
+                    "the coordinator still has {} calls outstanding to it",
+                    text(&entry.map_or(Value::Null, |w| w["outstanding"].clone()))
+                )
+            }
+            Ok(progress) => format!(
+                "{} calls in flight, state {}",
+                text(&progress["in_flight"]),
+                text(&progress["state"])
+            ),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= give_up {
+            bail!(
+                "worker '{}' did not finish draining within {} s (--timeout): {last}. It still takes no new work; wait longer, or stop it anyway",
+                args.worker,
+                limit.as_secs()
+            );
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+}
+
+/// One line about the drain, for an operator.
+fn drain_text(answer: &Value) -> String {
+    let worker = text(&answer["worker"]);
+    let addr = text(&answer["addr"]);
+    if answer["drained"] == true {
+        return format!(
+            "worker {worker} ({addr}) is drained: no calls in flight, no new work; it keeps running until you stop it"
+        );
+    }
+    let record = match answer["record"].as_str() {
+        Some("marked") => {
+            "; its etcd record says draining, so every coordinator stops routing to it"
+        }
+        Some("static") => "; coordinators learn it from its pings (no etcd)",
+        _ => "",
+    };
+    format!(
+        "worker {worker} ({addr}) is {}, {} calls in flight{record}",
+        text(&answer["state"]),
+        text(&answer["in_flight"])
+    )
 }
 
 fn text(v: &Value) -> String {
@@ -228,6 +394,13 @@ fn models_text(cluster: &Value) -> String {
     table(&["MODEL", "VERSIONS", "REPLICAS", "READY"], &rows)
 }
 
+/// Sends one request to the admin port; an unreachable port says which flag to check.
+async fn send(request: reqwest::RequestBuilder, url: &str) -> anyhow::Result<reqwest::Response> {
+    request.send().await.with_context(|| {
+        format!("cannot reach the coordinator's admin port at {url}: is --admin right?")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +423,25 @@ mod tests {
         assert!(
             models.contains("logreg  1         1         yes"),
             "{models}"
+        );
+    }
+
+    #[test]
+    fn drain_lines_say_where_the_drain_stands() {
+        let mut answer = json!({"worker": "w-a", "addr": "10.0.0.7:9000", "state": "draining",
+            "in_flight": 4, "drained": false, "record": "marked"});
+        let line = drain_text(&answer);
+        assert!(
+            line.starts_with("worker w-a (10.0.0.7:9000) is draining, 4 calls in flight"),
+            "{line}"
+        );
+        assert!(line.contains("every coordinator stops routing"), "{line}");
+        answer["in_flight"] = json!(0);
+        answer["drained"] = json!(true);
+        let line = drain_text(&answer);
+        assert!(
+            line.contains("is drained") && line.contains("until you stop it"),
+            "{line}"
         );
     }
 }

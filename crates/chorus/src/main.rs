@@ -5,6 +5,7 @@ mod admin;
 mod bench;
 mod child;
 mod cluster_config;
+mod logs;
 mod placement;
 mod restart;
 mod signals;
@@ -47,6 +48,12 @@ enum Command {
     Status(admin::AdminArgs),
     /// List the models the cluster serves, their versions and replicas in rotation.
     Models(admin::AdminArgs),
+    /// Read a prediction log directory (`--prediction-log`): `tail` the newest records,
+    /// `export` them filtered by time and ensemble.
+    Logs(logs::LogsArgs),
+    /// Drain one worker through a coordinator's admin port: every coordinator stops routing to
+    /// it, calls in flight finish, and it keeps running until you stop it.
+    Drain(admin::DrainArgs),
 }
 
 /// Line a worker prints on stdout once its models are warm and its RPC port is open;
@@ -65,6 +72,8 @@ fn main() -> anyhow::Result<()> {
     // The benchmark sizes its own runtime: its load generator must stay small.
     let command = match cli.command {
         Command::Bench(args) => return bench::main(*args, cli.log_json),
+        // Reading files needs no runtime.
+        Command::Logs(args) => return logs::main(args),
         command => command,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -75,7 +84,10 @@ fn main() -> anyhow::Result<()> {
             Command::Coordinator(config) => run_coordinator(config).await,
             Command::Status(args) => admin::status(args).await,
             Command::Models(args) => admin::models(args).await,
-            Command::Bench(_) => unreachable!("handled before the runtime starts"),
+            Command::Drain(args) => admin::drain(args).await,
+            Command::Bench(_) | Command::Logs(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     })
 }

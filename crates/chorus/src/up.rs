@@ -48,6 +48,11 @@ pub struct UpArgs {
     #[command(flatten)]
     pub tls: chorus_coordinator::tls::GatewayTlsArgs,
 
+    /// The coordinator's prediction log (`--prediction-log DIR` and its rotation and queue
+    /// flags), passed through.
+    #[command(flatten)]
+    pub prediction_log: chorus_coordinator::prediction_log::PredictionLogArgs,
+
     /// Do not send the sample request once the cluster is ready.
     #[arg(long)]
     pub no_sample: bool,
@@ -208,7 +213,10 @@ fn gateway_args(args: &UpArgs) -> Vec<String> {
         .api_keys
         .as_ref()
         .map(|p| format!("--api-keys={}", p.display()));
-    keys.into_iter().chain(args.tls.to_flags()).collect()
+    keys.into_iter()
+        .chain(args.tls.to_flags())
+        .chain(args.prediction_log.to_flags())
+        .collect()
 }
 
 /// Why the sample request is not sent, if it is not.
@@ -375,6 +383,10 @@ fn print_banner(addrs: CoordinatorAddrs, args: &UpArgs) {
     println!(
         "  curl -s http://{}/metrics   (admin port: metrics, /chorus/workers)",
         addrs.admin
+    );
+    println!(
+        "  live dashboard: http://{}/dashboard   cluster at a glance: chorus status --admin http://{}",
+        addrs.admin, addrs.admin
     );
     println!("Press Ctrl-C to stop the cluster.");
 }

@@ -23,5 +23,7 @@ pub mod validate;
 
 pub use error::WorkerError;
 pub use model::{ExecutionProvider, ModelInfo, TensorSpec, WorkerInfo, WorkerState};
-pub use rpc::{InferCall, InferReply, Pong, WorkerService, WorkerServiceClient};
+pub use rpc::{
+    DrainRecord, DrainReply, InferCall, InferReply, Pong, WorkerService, WorkerServiceClient,
+};
 pub use tensor::{DataType, Tensor, TensorError};

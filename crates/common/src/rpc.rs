@@ -35,6 +35,32 @@ pub struct Pong {
     pub in_flight: u32,
 }
 
+/// Where an operator's drain left the worker's etcd record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DrainRecord {
+    /// The worker is not registered in etcd (coordinators list it with `--worker`): each
+    /// coordinator learns of the drain from the worker's pongs and `Draining` refusals.
+    Static,
+    /// The record says `draining` (while the lease is lost: it will when the worker
+    /// re-registers), so every coordinator watching etcd stops routing here.
+    Marked,
+    /// etcd did not take the update (why); pongs and refusals still tell every coordinator.
+    Failed(String),
+}
+
+/// A worker's answer to [`WorkerService::drain`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainReply {
+    pub worker_id: String,
+    /// `Draining` from now on (until the process restarts).
+    pub state: WorkerState,
+    /// Inference calls accepted and not yet answered; the drain is complete at 0.
+    pub in_flight: u32,
+    /// False when the worker was draining already (the call changed nothing but the record).
+    pub started: bool,
+    pub record: DrainRecord,
+}
+
 /// The service every worker serves. Each call carries a deadline in its tarpc context; a worker
 /// drops work whose deadline has passed or whose caller has gone.
 #[tarpc::service]
@@ -47,6 +73,11 @@ pub trait WorkerService {
     async fn infer(call: InferCall) -> Result<InferReply, WorkerError>;
     /// Liveness and load probe.
     async fn ping() -> Pong;
+    /// An operator's drain (`chorus drain`): from now on the worker refuses new inference with
+    /// [`WorkerError::Draining`], lets the calls in flight finish and marks its etcd record
+    /// `draining`, so that every coordinator stops routing to it. The process keeps running
+    /// (an operator stops it afterwards); asking again only re-publishes the record.
+    async fn drain() -> DrainReply;
 }
 
 #[cfg(test)]
@@ -100,6 +131,19 @@ mod tests {
                 labels: Vec::new(),
             }],
         });
+        for record in [
+            DrainRecord::Static,
+            DrainRecord::Marked,
+            DrainRecord::Failed("etcd unreachable".into()),
+        ] {
+            round_trip(DrainReply {
+                worker_id: "w0".into(),
+                state: WorkerState::Draining,
+                in_flight: 3,
+                started: true,
+                record,
+            });
+        }
         let r: Result<InferReply, WorkerError> = Err(WorkerError::DeadlineExceeded);
         round_trip(r);
     }

@@ -108,6 +108,11 @@ pub struct CoordinatorConfig {
     #[command(flatten)]
     pub etcd_connect: chorus_common::etcd_connect::EtcdConnectArgs,
 
+    /// Feedback and online member weights (`--feedback-window`, `--feedback-ttl-secs`,
+    /// `--weights-file`; docs/data.md).
+    #[command(flatten)]
+    pub feedback: crate::feedback::FeedbackArgs,
+
     /// Largest request accepted, in bytes: an HTTP body (larger ones get 413) or a gRPC message
     /// (RESOURCE_EXHAUSTED).
     #[arg(long, env = "CHORUS_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
@@ -164,6 +169,11 @@ pub struct CoordinatorConfig {
     /// Mutual TLS on the links to workers (`--rpc-tls-cert`, `--rpc-tls-key`, `--rpc-tls-ca`).
     #[command(flatten)]
     pub rpc_tls: crate::rpc_tls::RpcTlsArgs,
+
+    /// The prediction log (`--prediction-log DIR` and its rotation and queue flags;
+    /// docs/data.md).
+    #[command(flatten)]
+    pub prediction_log: crate::prediction_log::PredictionLogArgs,
 }
 
 impl CoordinatorConfig {

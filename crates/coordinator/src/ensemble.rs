@@ -45,6 +45,10 @@ impl MemberReport {
 pub struct EnsembleAnswer {
     pub outputs: Vec<Tensor>,
     pub report: MemberReport,
+    /// What each member that answered contributed (its `member_output` tensor), by its index
+    /// in the spec: kept for whatever looks at a prediction after it is answered (agreement,
+    /// a prediction log, feedback); moved here, never copied.
+    pub members: Vec<(usize, Tensor)>,
 }
 
 /// Why an ensemble gave no answer.
@@ -187,7 +191,20 @@ pub async fn run(
     if report.degraded() {
         metrics.degraded_response(&spec.name);
     }
-    Ok(EnsembleAnswer { outputs, report })
+    let votes: Vec<(&str, &Tensor)> = answered
+        .iter()
+        .map(|(index, tensor)| (spec.members[*index].model.as_str(), tensor))
+        .collect();
+    metrics.answer_health(
+        &spec.name,
+        combine::agreement(&votes, &outputs),
+        combine::mean_entropy_bits(&outputs),
+    );
+    Ok(EnsembleAnswer {
+        outputs,
+        report,
+        members: answered,
+    })
 }
 
 /// Share of a fusion ensemble's time budget that its members may use; the rest is kept for
@@ -336,6 +353,8 @@ mod tests {
             }],
             labels: None,
             limits: Default::default(),
+            online: None,
+            log: Default::default(),
         }
     }
 

@@ -7,6 +7,7 @@ use crate::infer::{Infer, Limits};
 use crate::membership::{self, etcd::EtcdSource, etcd::SourceState};
 use crate::metrics::{ClusterView, Metrics};
 use crate::pool::{Pool, PoolSettings};
+use crate::prediction_log::PredictionLog;
 use crate::router::Router;
 use crate::spec::{self, EnsembleSpec};
 use crate::tls::GatewayTls;
@@ -58,10 +59,16 @@ pub async fn run(
         Arc::clone(&metrics),
     ));
     let catalog = Catalog::new(specs, Arc::clone(&pool));
+    let weights_backend = config.feedback.backend(etcd.clone().map(|endpoints| {
+        (
+            endpoints,
+            config.etcd_settings().with_connect(&config.etcd_connect),
+        )
+    }));
     let sources = Sources::start(&config, etcd, &pool, &catalog);
     observe_cluster(&metrics, &pool, &sources);
     sources.wait_for_first_view(&pool, FIRST_VIEW_TIMEOUT).await;
-    let app = Arc::new(Infer::new(
+    let mut app = Infer::new(
         catalog,
         router,
         Limits::new(
@@ -71,7 +78,27 @@ pub async fn run(
         ),
         access,
         config.admission(),
+    )
+    .with_feedback(crate::feedback::Feedback::start(
+        &config.feedback,
+        weights_backend,
+        Arc::clone(&metrics),
     ));
+    let log_closer = match config.prediction_log.settings() {
+        Some(settings) => {
+            let args = &config.prediction_log;
+            let (log, closer) = PredictionLog::start(
+                settings,
+                args.prediction_log_queue,
+                args.prediction_log_queue_bytes,
+                metrics.prediction_log().clone(),
+            )?;
+            app = app.with_prediction_log(log);
+            Some(closer)
+        }
+        None => None,
+    };
+    let app = Arc::new(app);
     info!(
         http = %listeners.http.local_addr()?,
         grpc = %listeners.grpc.local_addr()?,
@@ -114,6 +141,10 @@ pub async fn run(
     if let Some(watch) = tls_watch {
         watch.abort();
     }
+    // After the front doors stopped (so the answers they finished are queued), before exit.
+    if let Some(closer) = log_closer {
+        closer.close(PREDICTION_LOG_CLOSE_TIMEOUT).await;
+    }
     sources.stop();
     served?;
     info!("coordinator stopped");
@@ -125,6 +156,9 @@ pub async fn run(
 /// listener's backlog rather than getting a 503 from an empty view.
 const FIRST_VIEW_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long shutdown waits for the prediction log to write what is queued, flush and fsync.
+const PREDICTION_LOG_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Checks the configuration as [`run`] will use it, so that a binary can refuse a bad config
 /// before it binds and announces anything.
 pub fn check(config: &CoordinatorConfig) -> anyhow::Result<()> {
@@ -132,6 +166,7 @@ pub fn check(config: &CoordinatorConfig) -> anyhow::Result<()> {
     config.access()?;
     gateway_tls(config)?;
     config.rpc_tls.connector()?;
+    config.prediction_log.check()?;
     load_specs(config, etcd.is_some()).map(drop)
 }
 

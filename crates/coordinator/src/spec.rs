@@ -1,6 +1,7 @@
 //! Ensemble specs: the TOML file format, parsed and validated once, with errors that name the field.
 
 use crate::admission::{EnsembleLimits, RateLimit};
+use crate::prediction_log::LogPolicy;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::path::Path;
@@ -81,8 +82,38 @@ struct RawEnsemble {
     max_inflight: Option<usize>,
     rate_limit: Option<f64>,
     burst: Option<u32>,
+    log_sample_rate: Option<f64>,
+    log_inputs: Option<bool>,
+    weights: Option<WeightMode>,
+    learning_rate: Option<f64>,
+    weight_floor: Option<f64>,
     #[serde(default)]
     member: Vec<RawMember>,
+}
+
+/// `weights = "static"` (the members' `weight`s, the default) or `"online"` (learnt from
+/// feedback, starting from them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum WeightMode {
+    Static,
+    Online,
+}
+
+/// How feedback moves an ensemble's member weights (`weights = "online"`; docs/data.md).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OnlineWeights {
+    /// η of the multiplicative-weights update `w ← w·exp(−η·loss)`.
+    pub learning_rate: f64,
+    /// Lowest weight a member may fall to, relative to the mean weight (which is 1).
+    pub floor: f64,
+}
+
+impl OnlineWeights {
+    pub const DEFAULT_LEARNING_RATE: f64 = 0.1;
+    pub const DEFAULT_FLOOR: f64 = 0.05;
+    /// Above this one feedback row can all but zero a member: a typo, not a rate.
+    pub const MAX_LEARNING_RATE: f64 = 10.0;
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +156,11 @@ pub struct EnsembleSpec {
     pub labels: Option<Vec<String>>,
     /// Admission limits of its own (`max_inflight`, `rate_limit`, `burst`); none by default.
     pub limits: EnsembleLimits,
+    /// What the prediction log keeps of its answers (`log_sample_rate`, `log_inputs`), when
+    /// `--prediction-log` is on.
+    pub log: LogPolicy,
+    /// Member weights learnt from feedback (`weights = "online"`); `None`: the static weights.
+    pub online: Option<OnlineWeights>,
 }
 
 /// Why a spec file was refused; each message names the file position or field to fix.
@@ -288,7 +324,17 @@ fn validate(raw: RawEnsemble) -> Result<EnsembleSpec, String> {
         }
         (None, None) => {}
     }
+    let online = online_weights(
+        &name,
+        raw.combiner,
+        raw.weights,
+        raw.learning_rate,
+        raw.weight_floor,
+    )?;
+    let log = log_policy(&name, raw.log_sample_rate, raw.log_inputs)?;
     Ok(EnsembleSpec {
+        log,
+        online,
         limits: EnsembleLimits {
             max_inflight: raw.max_inflight,
             rate_limit: raw.rate_limit,
@@ -311,6 +357,68 @@ fn validate(raw: RawEnsemble) -> Result<EnsembleSpec, String> {
             })
             .collect(),
         name,
+    })
+}
+
+/// The `weights`, `learning_rate` and `weight_floor` fields, checked together.
+fn online_weights(
+    name: &str,
+    combiner: CombinerKind,
+    mode: Option<WeightMode>,
+    learning_rate: Option<f64>,
+    floor: Option<f64>,
+) -> Result<Option<OnlineWeights>, String> {
+    if mode != Some(WeightMode::Online) {
+        if learning_rate.is_some() || floor.is_some() {
+            return Err(format!(
+                "ensemble '{name}': `learning_rate` and `weight_floor` only apply with `weights = \"online\"`"
+            ));
+        }
+        return Ok(None);
+    }
+    // Only the voting combiners read weights and name a class each row can be scored on.
+    if !matches!(combiner, CombinerKind::SoftVote | CombinerKind::HardVote) {
+        return Err(format!(
+            "ensemble '{name}': `weights = \"online\"` needs the soft_vote or hard_vote combiner, not {}",
+            combiner.as_str()
+        ));
+    }
+    let learning_rate = learning_rate.unwrap_or(OnlineWeights::DEFAULT_LEARNING_RATE);
+    if !(learning_rate > 0.0 && learning_rate <= OnlineWeights::MAX_LEARNING_RATE) {
+        return Err(format!(
+            "ensemble '{name}': `learning_rate = {learning_rate}` must be greater than 0 and at most {}",
+            OnlineWeights::MAX_LEARNING_RATE
+        ));
+    }
+    let floor = floor.unwrap_or(OnlineWeights::DEFAULT_FLOOR);
+    // Above 0: the combiners refuse a zero weight, and a member at 0 could never recover.
+    if !(floor > 0.0 && floor < 1.0) {
+        return Err(format!(
+            "ensemble '{name}': `weight_floor = {floor}` must be greater than 0 and below 1 (it is relative to the mean weight, 1)"
+        ));
+    }
+    Ok(Some(OnlineWeights {
+        learning_rate,
+        floor,
+    }))
+}
+
+/// The `log_sample_rate` and `log_inputs` fields (defaults: every answer, inputs kept).
+fn log_policy(
+    name: &str,
+    sample_rate: Option<f64>,
+    inputs: Option<bool>,
+) -> Result<LogPolicy, String> {
+    let default = LogPolicy::default();
+    let sample_rate = sample_rate.unwrap_or(default.sample_rate);
+    if !(0.0..=1.0).contains(&sample_rate) {
+        return Err(format!(
+            "ensemble '{name}': `log_sample_rate = {sample_rate}` must be between 0 (log nothing) and 1 (log every answer)"
+        ));
+    }
+    Ok(LogPolicy {
+        sample_rate,
+        inputs: inputs.unwrap_or(default.inputs),
     })
 }
 
@@ -407,6 +515,62 @@ model = "a"
         assert!(e.contains("rate_limit"), "{e}");
         let e = error_of(&GOOD.replace("deadline_ms = 500", "deadline_ms = 500\nburst = 3"));
         assert!(e.contains("`burst` needs a `rate_limit`"), "{e}");
+    }
+
+    #[test]
+    fn online_weights_are_read_and_checked() {
+        let online = GOOD.replace(
+            "deadline_ms = 500",
+            "deadline_ms = 500\nweights = \"online\"\nlearning_rate = 0.5",
+        );
+        let spec = &parse(&online, "t").unwrap()[0];
+        assert_eq!(
+            spec.online,
+            Some(OnlineWeights {
+                learning_rate: 0.5,
+                floor: OnlineWeights::DEFAULT_FLOOR
+            })
+        );
+        assert_eq!(parse(GOOD, "t").unwrap()[0].online, None);
+        let with = |extra: &str| {
+            error_of(&GOOD.replace("deadline_ms = 500", &format!("deadline_ms = 500\n{extra}")))
+        };
+        assert!(with("weights = \"online\"\nlearning_rate = 0.0").contains("`learning_rate = 0`"));
+        assert!(with("weights = \"online\"\nlearning_rate = 11.0").contains("learning_rate"));
+        assert!(with("weights = \"online\"\nweight_floor = 1.0").contains("weight_floor"));
+        assert!(with("weights = \"online\"\nweight_floor = 0.0").contains("weight_floor"));
+        assert!(with("weight_floor = 0.1").contains("only apply with `weights = \"online\"`"));
+        assert!(with("weights = \"learnt\"").contains("learnt"));
+        let fused = GOOD.replace(
+            "deadline_ms = 800",
+            "deadline_ms = 800\nweights = \"online\"",
+        );
+        assert!(error_of(&fused).contains("soft_vote or hard_vote"));
+    }
+
+    #[test]
+    fn logging_fields_default_to_everything_and_are_checked() {
+        let spec = &parse(GOOD, "t").unwrap()[0];
+        assert_eq!(spec.log, LogPolicy::default());
+        assert_eq!(spec.log.sample_rate, 1.0);
+        assert!(spec.log.inputs);
+        let set = GOOD.replace(
+            "deadline_ms = 500",
+            "deadline_ms = 500\nlog_sample_rate = 0.25\nlog_inputs = false",
+        );
+        let spec = &parse(&set, "t").unwrap()[0];
+        assert_eq!(spec.log.sample_rate, 0.25);
+        assert!(!spec.log.inputs);
+        for bad in ["1.5", "-0.1", "nan"] {
+            let e = error_of(&GOOD.replace(
+                "deadline_ms = 500",
+                &format!("deadline_ms = 500\nlog_sample_rate = {bad}"),
+            ));
+            assert!(
+                e.contains("`log_sample_rate") && e.contains("between 0"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

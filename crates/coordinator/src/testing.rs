@@ -11,8 +11,8 @@ use crate::metrics::Metrics;
 use crate::pool::{Connector, Pool, PoolSettings};
 use crate::router::{Router, RouterSettings};
 use chorus_common::{
-    DataType, ExecutionProvider, InferCall, InferReply, ModelInfo, Pong, Tensor, TensorSpec,
-    WorkerError, WorkerInfo, WorkerService, WorkerServiceClient, WorkerState,
+    DataType, DrainRecord, DrainReply, ExecutionProvider, InferCall, InferReply, ModelInfo, Pong,
+    Tensor, TensorSpec, WorkerError, WorkerInfo, WorkerService, WorkerServiceClient, WorkerState,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -25,6 +25,19 @@ use tarpc::server::{BaseChannel, Channel};
 
 /// Columns of every fake model's `probabilities` output.
 pub const CLASSES: i64 = 3;
+
+/// An ensemble spec file with one soft-vote ensemble, `pair`, over the one model `m`: the
+/// smallest catalog a front-end test can route through.
+pub const ONE_MEMBER_ENSEMBLE: &str = r#"
+version = 1
+[[ensemble]]
+name = "pair"
+combiner = "soft_vote"
+deadline_ms = 1000
+min_members = 1
+[[ensemble.member]]
+model = "m"
+"#;
 
 /// How a fake model answers.
 #[derive(Debug, Clone)]
@@ -69,6 +82,8 @@ pub struct FakeWorker {
     /// While set, the worker answers nothing at all (calls, pings, metadata), as a
     /// partitioned or hung process would; calls that arrived meanwhile never answer.
     frozen: Arc<AtomicBool>,
+    /// Drained (the `drain` RPC): refuses calls with `Draining` and says so in pongs.
+    drained: Arc<AtomicBool>,
 }
 
 impl FakeWorker {
@@ -100,6 +115,14 @@ impl FakeWorker {
     async fn stall_if_frozen(&self) {
         if self.frozen.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+    }
+
+    fn state(&self) -> WorkerState {
+        if self.drained.load(Ordering::SeqCst) {
+            WorkerState::Draining
+        } else {
+            WorkerState::Serving
         }
     }
 
@@ -136,7 +159,7 @@ impl WorkerService for FakeWorker {
         WorkerInfo {
             worker_id: self.id.clone(),
             rpc_addr: self.id.clone(),
-            state: WorkerState::Serving,
+            state: self.state(),
             capacity: 8,
             models: self.models(),
         }
@@ -145,6 +168,10 @@ impl WorkerService for FakeWorker {
     async fn infer(self, _: Context, call: InferCall) -> Result<InferReply, WorkerError> {
         self.started.fetch_add(1, Ordering::SeqCst);
         self.stall_if_frozen().await;
+        if self.drained.load(Ordering::SeqCst) {
+            self.finished.fetch_add(1, Ordering::SeqCst);
+            return Err(WorkerError::Draining);
+        }
         let behaviour = self.behaviours.lock().unwrap().get(&call.model).cloned();
         let result = match behaviour {
             None => Err(WorkerError::ModelNotFound {
@@ -178,8 +205,20 @@ impl WorkerService for FakeWorker {
         self.stall_if_frozen().await;
         Pong {
             worker_id: self.id.clone(),
-            state: WorkerState::Serving,
+            state: self.state(),
             in_flight: 0,
+        }
+    }
+
+    async fn drain(self, _: Context) -> DrainReply {
+        self.stall_if_frozen().await;
+        let started = !self.drained.swap(true, Ordering::SeqCst);
+        DrainReply {
+            worker_id: self.id.clone(),
+            state: WorkerState::Draining,
+            in_flight: 0,
+            started,
+            record: DrainRecord::Static,
         }
     }
 }

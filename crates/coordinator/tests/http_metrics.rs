@@ -83,6 +83,10 @@ impl WorkerService for FakeWorker {
             in_flight: 0,
         }
     }
+
+    async fn drain(self, _: Context) -> chorus_common::DrainReply {
+        unimplemented!("these tests never drain")
+    }
 }
 
 async fn start_fake_worker(worker: FakeWorker) -> SocketAddr {

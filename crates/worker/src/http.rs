@@ -39,9 +39,12 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     )
 }
 
-/// 200 while the worker takes work; 503 while it drains or has lost its etcd lease.
+/// 200 while the worker takes work (`serving`) or has been drained by an operator (`drained`:
+/// alive, so a liveness probe must not restart it); 503 while it drains to shut down or has lost
+/// its etcd lease.
 async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
     match shared.health() {
+        Ok(()) if shared.is_drained() => (StatusCode::OK, "drained\n".to_string()),
         Ok(()) => (StatusCode::OK, "serving\n".to_string()),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
     }
@@ -99,6 +102,34 @@ mod tests {
         let (status, body, _) = get(&shared, "/health").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("draining"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn an_operator_drain_refuses_work_but_stays_healthy() {
+        let shared = shared();
+        shared.set_lease_lost(false);
+        let reply = shared.drain().await;
+        assert!(reply.started);
+        assert_eq!(reply.state, chorus_common::WorkerState::Draining);
+        assert_eq!(reply.record, chorus_common::DrainRecord::Static);
+        assert!(!shared.takes_work());
+        // Alive: a liveness probe must not restart it into serving again.
+        let (status, body, _) = get(&shared, "/health").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "drained\n");
+        assert!(
+            !shared.drain().await.started,
+            "a second drain changes nothing"
+        );
+        // A re-registration after a lost lease does not bring it back.
+        shared.set_lease_lost(true);
+        shared.set_lease_lost(false);
+        assert!(!shared.takes_work());
+        shared.start_draining();
+        assert_eq!(
+            get(&shared, "/health").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
     }
 
     #[tokio::test]

@@ -114,6 +114,9 @@ impl LoadedWorker {
             Some(config) => Some(Registration::start(config, shared.info()).await?),
             None => None,
         };
+        if let Some(registration) = &registration {
+            shared.set_drain_publisher(registration.drain_publisher());
+        }
         // Registered in etcd, or listed statically by coordinators.
         shared.set_lease_lost(false);
         Ok(ReadyWorker {

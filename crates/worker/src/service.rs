@@ -1,19 +1,21 @@
-//! The `WorkerService` implementation: validation, queueing with deadlines, drain state, pings,
-//! and each call's span and metrics.
+//! The `WorkerService` implementation: validation, queueing with deadlines, drain state (at
+//! shutdown, or an operator's `chorus drain`), pings, and each call's span and metrics.
 
 use crate::metrics::{Metrics, Outcome};
 use crate::pool::Job;
+use crate::registration::DrainPublisher;
 use crate::registry::{LoadedModel, Registry};
 use chorus_common::validate::{validate_inputs, validate_requested_outputs};
 use chorus_common::{
-    InferCall, InferReply, Pong, WorkerError, WorkerInfo, WorkerService, WorkerState,
+    DrainRecord, DrainReply, InferCall, InferReply, Pong, WorkerError, WorkerInfo, WorkerService,
+    WorkerState,
 };
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tarpc::context::Context;
 use tokio::sync::{Notify, oneshot};
-use tracing::{Instrument, debug, debug_span, warn};
+use tracing::{Instrument, debug, debug_span, info, warn};
 
 /// State shared by every connection and request.
 #[derive(Debug)]
@@ -22,7 +24,14 @@ pub struct Shared {
     pub rpc_addr: String,
     pub registry: Registry,
     pub metrics: Arc<Metrics>,
+    /// Shutting down: no new work, and `/health` fails.
     draining: AtomicBool,
+    /// Drained by an operator (`chorus drain`): no new work, but the process keeps running and
+    /// `/health` passes (`drained`), so that a liveness probe does not restart it: a restarted
+    /// worker would come back serving.
+    drained: AtomicBool,
+    /// Marks an operator's drain in etcd; set once registered, absent without etcd.
+    drain_publisher: OnceLock<DrainPublisher>,
     /// Set while an etcd-registered worker has no live lease: it takes no new work then.
     lease_lost: AtomicBool,
     in_flight: AtomicU32,
@@ -44,6 +53,8 @@ impl Shared {
             registry,
             metrics,
             draining: AtomicBool::new(false),
+            drained: AtomicBool::new(false),
+            drain_publisher: OnceLock::new(),
             lease_lost: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             idle: Notify::new(),
@@ -75,9 +86,54 @@ impl Shared {
         self.in_flight.load(Ordering::SeqCst)
     }
 
-    /// Whether new inference is accepted: not draining, and not without an etcd lease.
+    /// Whether new inference is accepted: not draining or drained, and not without an etcd
+    /// lease.
     pub fn takes_work(&self) -> bool {
-        !self.draining.load(Ordering::SeqCst) && !self.lease_lost.load(Ordering::SeqCst)
+        !self.draining.load(Ordering::SeqCst)
+            && !self.drained.load(Ordering::SeqCst)
+            && !self.lease_lost.load(Ordering::SeqCst)
+    }
+
+    /// Whether an operator has drained the worker.
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::SeqCst)
+    }
+
+    /// Lets [`Shared::drain`] mark the etcd record (called once, after registering).
+    pub fn set_drain_publisher(&self, publisher: DrainPublisher) {
+        let _ = self.drain_publisher.set(publisher);
+    }
+
+    /// An operator's drain: refuses new inference from now on (the calls in flight finish) and
+    /// marks the etcd record `draining`. Idempotent; asking again re-publishes the record, which
+    /// is how an operator retries after etcd refused the update.
+    pub async fn drain(&self) -> DrainReply {
+        let started = !self.drained.swap(true, Ordering::SeqCst);
+        let record = match self.drain_publisher.get() {
+            None => DrainRecord::Static,
+            Some(publisher) => match publisher.publish().await {
+                Ok(()) => DrainRecord::Marked,
+                Err(e) => {
+                    warn!(worker_id = %self.worker_id, error = %e, "cannot mark the drained worker draining in etcd; pings still say so");
+                    DrainRecord::Failed(e.to_string())
+                }
+            },
+        };
+        if started {
+            info!(
+                worker_id = %self.worker_id,
+                in_flight = self.in_flight(),
+                record = ?record,
+                "worker drained by an operator: no new work, calls in flight finish, the process keeps running"
+            );
+        }
+        DrainReply {
+            worker_id: self.worker_id.clone(),
+            state: self.state(),
+            in_flight: self.in_flight(),
+            started,
+            record,
+        }
     }
 
     /// Refuses new inference from now on.
@@ -272,5 +328,9 @@ impl WorkerService for WorkerServer {
             state: self.0.state(),
             in_flight: self.0.in_flight(),
         }
+    }
+
+    async fn drain(self, _: Context) -> DrainReply {
+        self.0.drain().await
     }
 }

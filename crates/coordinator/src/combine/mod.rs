@@ -5,8 +5,10 @@
 //! only the members that answered; each combiner divides by the sum of the weights present, which
 //! renormalises the weights over them. Bad input is an error, never a panic.
 
+mod agreement;
 mod average;
 mod check;
+mod entropy;
 mod error;
 mod fusion;
 mod hard_vote;
@@ -17,7 +19,9 @@ mod testing;
 
 use chorus_common::Tensor;
 
+pub use agreement::{Agreement, agreement};
 pub use average::average;
+pub use entropy::mean_entropy_bits;
 pub use error::CombineError;
 pub use fusion::fusion_input;
 pub use hard_vote::hard_vote;

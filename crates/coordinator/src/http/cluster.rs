@@ -54,6 +54,7 @@ pub async fn ensembles(State(app): State<App>) -> Json<Value> {
                 },
                 "ready": unready.is_none(),
                 "unready_reason": unready,
+                "online_weights": app.feedback().weights(spec).map(|r| super::feedback::weights_json(spec, &r)),
             })
         })
         .collect();

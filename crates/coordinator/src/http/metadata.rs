@@ -84,8 +84,11 @@ pub async fn model(
     State(app): State<App>,
     Path(model): Path<String>,
 ) -> Result<Json<Value>, InferError> {
-    app.model_metadata(&model, None)
-        .map(|m| Json(metadata_json(m)))
+    app.model_metadata(&model, None).map(|m| {
+        let mut metadata = metadata_json(m);
+        super::feedback::annotate(&app, &model, &mut metadata);
+        Json(metadata)
+    })
 }
 
 pub async fn model_version(

@@ -4,7 +4,10 @@
 mod auth;
 mod body;
 mod cluster;
+mod dashboard;
+mod drain;
 mod error;
+mod feedback;
 mod infer;
 mod json_data;
 mod json_stream;
@@ -63,6 +66,7 @@ pub fn router(app: App) -> Router {
             get(metadata::model_version),
         )
         .route("/v2/models/{model}/config", get(model_config::config))
+        .route("/v2/models/{model}/feedback", post(feedback::feedback))
         .route(
             "/v2/models/{model}/versions/{version}/config",
             get(model_config::config_version),
@@ -109,6 +113,15 @@ pub fn admin_router(app: App) -> Router {
         .route("/metrics", get(metadata::metrics))
         .route("/chorus/workers", get(metadata::workers))
         .route("/chorus/ensembles", get(cluster::ensembles))
+        .route(
+            "/chorus/ensembles/{name}/weights/{action}",
+            post(feedback::control),
+        )
+        .route(
+            "/chorus/workers/{id}/drain",
+            post(drain::start).get(drain::progress),
+        )
+        .merge(dashboard::routes(&app))
         .route("/v2/health/live", get(metadata::live))
         .route("/v2/health/ready", get(metadata::ready))
         .fallback(metadata::not_found)

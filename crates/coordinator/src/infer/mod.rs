@@ -29,6 +29,7 @@ use crate::admission::Admission;
 use crate::catalog::{Catalog, ENSEMBLE_VERSION, Signature};
 use crate::ensemble;
 use crate::metrics::Metrics;
+use crate::prediction_log::{self, PredictionLog};
 use crate::router::Router;
 use crate::spec::EnsembleSpec;
 use crate::stats::{self, InferenceStats};
@@ -135,6 +136,17 @@ pub struct Infer {
     ids: RequestIds,
     metrics: Arc<Metrics>,
     stats: Arc<InferenceStats>,
+    /// `--prediction-log`: where sampled ensemble answers are queued; `None` when off.
+    prediction_log: Option<PredictionLog>,
+    /// Feedback and online member weights (docs/data.md).
+    feedback: crate::feedback::Feedback,
+}
+
+tokio::task_local! {
+    /// The front door and caller of the request being served, for the prediction log. Set by
+    /// [`Infer::observed`] only while the log is on, so that [`Infer::infer`] (called by both
+    /// front ends, the benchmark and tests) need not carry them in its signature.
+    static REQUEST_CONTEXT: (Protocol, Caller);
 }
 
 impl Infer {
@@ -148,6 +160,7 @@ impl Infer {
         let metrics = Arc::clone(router.metrics());
         Infer {
             admission: Admission::new(admission, metrics.admission().clone()),
+            feedback: crate::feedback::Feedback::unsaved(Arc::clone(&metrics)),
             metrics,
             stats: Arc::clone(router.inference_stats()),
             catalog,
@@ -155,7 +168,25 @@ impl Infer {
             router,
             limits,
             ids: RequestIds::new(),
+            prediction_log: None,
         }
+    }
+
+    /// This core with `feedback` (online weights kept in etcd or a file) instead of weights
+    /// that live in memory only.
+    pub fn with_feedback(self, feedback: crate::feedback::Feedback) -> Self {
+        Infer { feedback, ..self }
+    }
+
+    /// Feedback and online member weights.
+    pub fn feedback(&self) -> &crate::feedback::Feedback {
+        &self.feedback
+    }
+
+    /// Logs sampled ensemble answers to `log` (docs/data.md).
+    pub fn with_prediction_log(mut self, log: PredictionLog) -> Self {
+        self.prediction_log = Some(log);
+        self
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -231,7 +262,12 @@ impl Infer {
                 tracing::Span::current().record("key", field::display(caller.id()));
             }
             caller.authorize(model)?;
-            work(caller).await
+            if self.prediction_log.is_some() {
+                let context = (protocol, caller.clone());
+                REQUEST_CONTEXT.scope(context, work(caller)).await
+            } else {
+                work(caller).await
+            }
         }
         .instrument(span)
         .await;
@@ -316,11 +352,19 @@ impl Infer {
                 debug!(ensemble = %spec.name, request_id = %id, "ensemble request");
                 let deadline = deadline(spec.deadline, request.timeout);
                 let rows = stats::rows_of(&request.inputs);
+                // The log's sampling decision comes first: an unsampled request pays nothing
+                // more, a sampled one clones handles, never tensor data (prediction_log/mod.rs).
+                let log = self.prediction_log.as_ref().filter(|_| spec.log.sample());
+                let logged_inputs = log
+                    .filter(|_| spec.log.inputs)
+                    .map(|_| request.inputs.clone());
                 let started = Instant::now();
                 // Boxed: the fan-out's state is several KiB, and every future that holds it
                 // inline (the front end's handler, the span, the metrics wrapper) would be
                 // copied whole each time it moves, several times per request.
-                let fan_out = ensemble::run(&self.router, spec, request.inputs, deadline, &id);
+                // Online ensembles run with their current weights.
+                let weighted = self.feedback.weighted(spec);
+                let fan_out = ensemble::run(&self.router, &weighted, request.inputs, deadline, &id);
                 let result = Box::pin(fan_out).await;
                 match &result {
                     Ok(_) => {
@@ -339,11 +383,21 @@ impl Infer {
                     }
                 }
                 let answer = result?;
+                self.feedback.record(spec, &id, &answer);
+                let logged = log.map(|log| {
+                    let entry = log_entry(spec, &id, logged_inputs, &answer, started.elapsed());
+                    (log, entry)
+                });
+                let outputs = shape_outputs(answer.outputs, &request.outputs, target)?;
+                // Only answers that reach the client are logged.
+                if let Some((log, entry)) = logged {
+                    log.offer(entry);
+                }
                 Ok(InferAnswer {
                     model_name: spec.name.clone(),
                     model_version: ENSEMBLE_VERSION.to_string(),
                     parameters: InferAnswer::member_parameters(&answer.report),
-                    outputs: shape_outputs(answer.outputs, &request.outputs, target)?,
+                    outputs,
                     members: Some(answer.report),
                     id,
                 })
@@ -411,6 +465,32 @@ impl Infer {
 /// (so an absurd client value can never lengthen it).
 pub fn deadline(server: Duration, client: Option<Duration>) -> Instant {
     Instant::now() + client.map_or(server, |c| c.min(server))
+}
+
+/// A prediction log entry for `answer`: clones of handles (tensor data is refcounted), the
+/// request's front door and caller from [`REQUEST_CONTEXT`].
+fn log_entry(
+    spec: &Arc<EnsembleSpec>,
+    id: &str,
+    inputs: Option<Vec<Tensor>>,
+    answer: &ensemble::EnsembleAnswer,
+    latency: Duration,
+) -> prediction_log::Entry {
+    let (protocol, caller) = REQUEST_CONTEXT
+        .try_with(|(protocol, caller)| (Some(*protocol), Some(caller.clone())))
+        .unwrap_or_default();
+    prediction_log::Entry {
+        id: id.to_string(),
+        time: std::time::SystemTime::now(),
+        spec: Arc::clone(spec),
+        protocol,
+        caller,
+        inputs,
+        members: answer.members.clone(),
+        outputs: answer.outputs.clone(),
+        report: answer.report.clone(),
+        latency,
+    }
 }
 
 /// Picks and orders outputs (the requested ones in request order, or all of them), and turns

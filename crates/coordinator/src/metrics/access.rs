@@ -93,7 +93,7 @@ impl AdmissionCounters {
         );
         r.register(
             "chorus_api_key_requests",
-            "Infer requests by API key id (`-` when the coordinator runs without keys) and outcome",
+            "Infer requests by API key id and outcome (counted only when the coordinator runs with --api-keys)",
             self.keys.clone(),
         );
     }

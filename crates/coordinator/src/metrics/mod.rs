@@ -9,10 +9,15 @@
 
 mod access;
 mod cluster;
+mod feedback;
+mod prediction_log;
 
 pub use access::{AdmissionCounters, RejectReason};
 pub use cluster::ClusterView;
+pub use feedback::{FeedbackMetrics, FeedbackOutcome};
+pub use prediction_log::PredictionLogCounters;
 
+use crate::combine::Agreement;
 use crate::infer::{ErrorKind, Protocol};
 use cluster::ClusterCollector;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -146,6 +151,28 @@ struct WorkerLabels {
 }
 
 type LatencyFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+type ShareFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// An ensemble answer's agreement: shares of its members' votes. Fine near 1, where a healthy
+/// ensemble sits and where a drift first shows.
+fn agreement_histogram() -> Histogram {
+    Histogram::new([0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0])
+}
+
+/// Entropy in bits: up to log2(1024) = 10 for a thousand classes; fine below 1 bit, where a
+/// confident classifier answers.
+fn entropy_histogram() -> Histogram {
+    Histogram::new([
+        0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 10.0,
+    ])
+}
+
+/// An ensemble and one of its members.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct MemberLabels {
+    model: ModelLabel,
+    member: ModelLabel,
+}
 
 /// Extra calls the router made or refused (the router's only counters: `/chorus/workers` reads
 /// them from here too).
@@ -173,11 +200,17 @@ pub struct Metrics {
     request_duration: LatencyFamily<ModelProtocolLabels>,
     member_calls: LatencyFamily<CallLabels>,
     degraded: Family<ModelLabels, Counter>,
+    member_votes: Family<MemberLabels, Counter>,
+    agreeing_votes: Family<MemberLabels, Counter>,
+    agreement: ShareFamily<ModelLabels>,
+    entropy: ShareFamily<ModelLabels>,
     member_failures: Family<FailureLabels, Counter>,
     ejections: Family<WorkerLabels, Counter>,
     inflight: Gauge,
     routing: RoutingCounters,
     admission: AdmissionCounters,
+    prediction_log: PredictionLogCounters,
+    feedback: FeedbackMetrics,
     cluster: Arc<ClusterCollector>,
 }
 
@@ -197,11 +230,17 @@ impl Metrics {
             request_duration: Family::new_with_constructor(latency_histogram),
             member_calls: Family::new_with_constructor(latency_histogram),
             degraded: Family::default(),
+            member_votes: Family::default(),
+            agreeing_votes: Family::default(),
+            agreement: Family::new_with_constructor(agreement_histogram),
+            entropy: Family::new_with_constructor(entropy_histogram),
             member_failures: Family::default(),
             ejections: Family::default(),
             inflight: Gauge::default(),
             routing: RoutingCounters::default(),
             admission: AdmissionCounters::default(),
+            prediction_log: PredictionLogCounters::default(),
+            feedback: FeedbackMetrics::default(),
             cluster: Arc::default(),
         };
         metrics.register()
@@ -229,6 +268,26 @@ impl Metrics {
             "chorus_degraded_responses",
             "Ensemble answers that some member did not contribute to, by ensemble",
             self.degraded.clone(),
+        );
+        r.register(
+            "chorus_ensemble_member_votes",
+            "Class votes of the members that answered, one per member and row, by ensemble and member (classifying combiners only)",
+            self.member_votes.clone(),
+        );
+        r.register(
+            "chorus_ensemble_agreeing_votes",
+            "Of chorus_ensemble_member_votes, those that named the class the ensemble answered, by ensemble and member",
+            self.agreeing_votes.clone(),
+        );
+        r.register(
+            "chorus_ensemble_agreement",
+            "Per ensemble answer, the share of its members' votes that named the class it answered, by ensemble",
+            self.agreement.clone(),
+        );
+        r.register(
+            "chorus_ensemble_entropy_bits",
+            "Per ensemble answer, the mean entropy of its combined class probabilities in bits (0: certain; log2 of the classes: uniform), by ensemble",
+            self.entropy.clone(),
         );
         r.register(
             "chorus_member_failures",
@@ -276,6 +335,8 @@ impl Metrics {
             self.inflight.clone(),
         );
         self.admission.register(r);
+        self.prediction_log.register(r);
+        self.feedback.register(r);
         r.register_collector(Box::new(Arc::clone(&self.cluster)));
         self
     }
@@ -339,6 +400,37 @@ impl Metrics {
         self.degraded.get_or_create(&ModelLabels { model }).inc();
     }
 
+    /// Records how one ensemble answer's members voted (`tallies`: member name and its votes)
+    /// and how sure the answer was (`entropy_bits`, when it has class probabilities).
+    pub fn answer_health<'a>(
+        &self,
+        ensemble: &str,
+        tallies: impl IntoIterator<Item = (&'a str, Agreement)>,
+        entropy_bits: Option<f64>,
+    ) {
+        let model = self.model_label(ensemble, || true);
+        let mut total = Agreement::default();
+        for (member, tally) in tallies {
+            let labels = MemberLabels {
+                model: model.clone(),
+                member: self.model_label(member, || true),
+            };
+            self.member_votes.get_or_create(&labels).inc_by(tally.votes);
+            self.agreeing_votes
+                .get_or_create(&labels)
+                .inc_by(tally.agreeing);
+            total.votes += tally.votes;
+            total.agreeing += tally.agreeing;
+        }
+        let labels = ModelLabels { model };
+        if let Some(share) = total.share() {
+            self.agreement.get_or_create(&labels).observe(share);
+        }
+        if let Some(bits) = entropy_bits {
+            self.entropy.get_or_create(&labels).observe(bits);
+        }
+    }
+
     /// Counts a member that did not contribute to an ensemble request.
     pub fn member_failed(&self, member: &str, kind: MemberFailure) {
         let model = self.model_label(member, || true);
@@ -356,6 +448,16 @@ impl Metrics {
 
     pub fn admission(&self) -> &AdmissionCounters {
         &self.admission
+    }
+
+    /// Feedback counters and online weight gauges.
+    pub fn feedback(&self) -> &FeedbackMetrics {
+        &self.feedback
+    }
+
+    /// The prediction log's counters (registered whether or not the log is on).
+    pub fn prediction_log(&self) -> &PredictionLogCounters {
+        &self.prediction_log
     }
 
     pub fn routing(&self) -> &RoutingCounters {

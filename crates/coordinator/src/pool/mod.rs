@@ -5,9 +5,11 @@
 //! One job per file: [`error`] (why a call failed), [`connector`] (address → RPC client, the
 //! seam tests use), [`handle`] (one worker and calls on it), [`health`] (ejection and return),
 //! [`load`] (outstanding calls, latency EWMA, stall detection), [`probe`] (pings and
-//! reconnects), [`status`] (the operator view), and here: membership, the model map, choice.
+//! reconnects), [`status`] (the operator view), [`drain`] (an operator's drain), and here:
+//! membership, the model map, choice.
 
 mod connector;
+mod drain;
 mod error;
 mod handle;
 mod health;
@@ -16,6 +18,7 @@ mod probe;
 mod status;
 
 pub use connector::{Connector, TcpConnector};
+pub use drain::DrainError;
 pub use error::CallError;
 pub use handle::WorkerHandle;
 pub use status::WorkerStatus;

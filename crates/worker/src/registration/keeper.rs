@@ -33,7 +33,10 @@ type Reply = oneshot::Sender<Result<(), RegistrationError>>;
 /// What the handle asks of the keeper.
 #[derive(Debug)]
 pub enum Command {
+    /// Shutting down: mark the record `draining` and never re-register.
     SetDraining(Reply),
+    /// An operator's drain: mark the record `draining` and keep it so, re-registration included.
+    Drain(Reply),
     Revoke(Reply),
 }
 
@@ -127,7 +130,8 @@ struct Keeper {
     stale: Vec<i64>,
     /// When to renew or retry next.
     next_attempt: Instant,
-    /// Shutting down: publish nothing new, never re-register.
+    /// Shutting down: publish nothing new, never re-register. (An operator's drain only sets
+    /// `info.state`: that worker keeps running, so it re-registers, as draining, after a loss.)
     draining: bool,
     /// Consecutive failed attempts.
     attempts: u32,
@@ -287,6 +291,10 @@ impl Keeper {
             match command {
                 Some(Some(Command::SetDraining(reply))) => {
                     let _ = reply.send(self.set_draining().await);
+                    continue;
+                }
+                Some(Some(Command::Drain(reply))) => {
+                    let _ = reply.send(self.mark_draining().await);
                     continue;
                 }
                 Some(Some(Command::Revoke(reply))) => {
@@ -511,6 +519,13 @@ impl Keeper {
     /// Marks the record `draining` under the live lease; no re-registration from now on.
     async fn set_draining(&mut self) -> Result<(), RegistrationError> {
         self.draining = true;
+        self.mark_draining().await
+    }
+
+    /// Marks the record `draining` under the live lease. The state stays in `info`, so a record
+    /// created by a later re-registration says `draining` too: a drained worker never comes back
+    /// into rotation by losing its lease.
+    async fn mark_draining(&mut self) -> Result<(), RegistrationError> {
         self.info.state = WorkerState::Draining;
         let Some(lease_id) = self.schedule.lease_id() else {
             // Not in etcd right now, so nobody routes here: nothing to mark.

@@ -12,7 +12,8 @@
 //! it publishes `draining`, and revokes the lease once in-flight work is done.
 //!
 //! [`Registration::start`] returns a [`RegistrationHandle`]: the server reads [`Membership`]
-//! from it, awaits [`RegistrationHandle::failed`], and calls `set_draining` and `revoke`.
+//! from it, awaits [`RegistrationHandle::failed`], and calls `set_draining` and `revoke`; the
+//! service publishes an operator's drain through a [`DrainPublisher`].
 
 mod etcd;
 mod keeper;
@@ -127,8 +128,8 @@ impl Registration {
         let key = worker_key(&info.worker_id);
         let reply_timeout = config.lease_ttl;
         let (membership_tx, membership) = watch::channel(Membership::Lost);
-        // Room for both commands a handle ever sends.
-        let (commands, commands_rx) = mpsc::channel(4);
+        // Room for the commands a handle sends, and a few operator drains asked at once.
+        let (commands, commands_rx) = mpsc::channel(8);
         let (ready_tx, ready) = oneshot::channel();
         let (failure_tx, failure) = oneshot::channel();
         keeper::spawn(
@@ -203,6 +204,14 @@ impl RegistrationHandle {
         self.ask(Command::SetDraining).await
     }
 
+    /// What an operator's drain RPC uses to mark the record, from outside the server loop.
+    pub fn drain_publisher(&self) -> DrainPublisher {
+        DrainPublisher {
+            commands: self.commands.downgrade(),
+            reply_timeout: self.reply_timeout,
+        }
+    }
+
     /// Revokes the lease, deleting the record at once, and stops the keeper.
     pub async fn revoke(self) -> Result<(), RegistrationError> {
         self.ask(Command::Revoke).await
@@ -212,15 +221,44 @@ impl RegistrationHandle {
         &self,
         command: impl FnOnce(oneshot::Sender<Result<(), RegistrationError>>) -> Command,
     ) -> Result<(), RegistrationError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .await
-            .map_err(|_| RegistrationError::Stopped)?;
-        match tokio::time::timeout(self.reply_timeout, answer).await {
-            Err(_elapsed) => Err(RegistrationError::Timeout(self.reply_timeout)),
-            Ok(Err(_dropped)) => Err(RegistrationError::Stopped),
-            Ok(Ok(result)) => result,
-        }
+        ask(&self.commands, self.reply_timeout, command).await
+    }
+}
+
+/// Publishes an operator's drain in etcd (`chorus drain`): cloned into the service, which
+/// answers the drain RPC, while the server loop keeps the [`RegistrationHandle`] itself.
+#[derive(Debug, Clone)]
+pub struct DrainPublisher {
+    /// Weak, so that the keeper still sees the handle go (and revokes the lease) when the
+    /// server drops it without revoking.
+    commands: mpsc::WeakSender<Command>,
+    reply_timeout: Duration,
+}
+
+impl DrainPublisher {
+    /// Marks the record `draining` under the live lease and keeps it so: unlike the shutdown's
+    /// `set_draining`, the worker still re-registers after losing its lease (it keeps running),
+    /// and the new record says `draining` too.
+    pub async fn publish(&self) -> Result<(), RegistrationError> {
+        let commands = self.commands.upgrade().ok_or(RegistrationError::Stopped)?;
+        ask(&commands, self.reply_timeout, Command::Drain).await
+    }
+}
+
+/// Sends `command` to the keeper and waits (up to `reply_timeout`) for its answer.
+async fn ask(
+    commands: &mpsc::Sender<Command>,
+    reply_timeout: Duration,
+    command: impl FnOnce(oneshot::Sender<Result<(), RegistrationError>>) -> Command,
+) -> Result<(), RegistrationError> {
+    let (reply, answer) = oneshot::channel();
+    commands
+        .send(command(reply))
+        .await
+        .map_err(|_| RegistrationError::Stopped)?;
+    match tokio::time::timeout(reply_timeout, answer).await {
+        Err(_elapsed) => Err(RegistrationError::Timeout(reply_timeout)),
+        Ok(Err(_dropped)) => Err(RegistrationError::Stopped),
+        Ok(Ok(result)) => result,
     }
 }

@@ -1,0 +1,235 @@
+//! `chorus logs tail|export`: reads a prediction log directory (`--prediction-log DIR`, plain
+//! `.jsonl` and rotated `.jsonl.zst` files) back as JSON Lines, one record per line
+//! (docs/data.md).
+
+use anyhow::Context;
+use chorus_coordinator::prediction_log::{read, time};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How often `tail --follow` looks for new records.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(subcommand)]
+    command: LogsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum LogsCommand {
+    /// Print the newest records of a prediction log directory, oldest first.
+    Tail(TailArgs),
+    /// Print (or write to a file) the records of a prediction log directory, filtered by time
+    /// and ensemble, in the order they were written.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+struct TailArgs {
+    /// The prediction log directory (`--prediction-log`).
+    dir: PathBuf,
+    /// How many records to print.
+    #[arg(short = 'n', long, default_value_t = 10)]
+    lines: usize,
+    /// Keep printing records as they are written, until interrupted.
+    #[arg(short, long)]
+    follow: bool,
+}
+
+#[derive(Debug, Args)]
+struct ExportArgs {
+    /// The prediction log directory (`--prediction-log`).
+    dir: PathBuf,
+    /// Only records at or after this time (RFC 3339, e.g. 2025-01-31T12:00:00Z).
+    #[arg(long)]
+    since: Option<String>,
+    /// Only records before this time (RFC 3339).
+    #[arg(long)]
+    until: Option<String>,
+    /// Only records of this ensemble.
+    #[arg(long)]
+    ensemble: Option<String>,
+    /// Write to this file instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+pub fn main(args: LogsArgs) -> anyhow::Result<()> {
+    match args.command {
+        LogsCommand::Tail(args) => tail(args),
+        LogsCommand::Export(args) => export(args),
+    }
+}
+
+/// The fields export filters on; the rest of the line is passed through untouched.
+#[derive(Deserialize)]
+struct Filtered {
+    unix_ms: i64,
+    ensemble: String,
+}
+
+/// A file's whole lines (a line still being written is left for later) and their byte count.
+fn complete_lines(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
+    let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let lines = bytes[..end]
+        .split(|&b| b == b'\n')
+        .filter(|line| !line.is_empty())
+        .collect();
+    (lines, end)
+}
+
+fn read_all(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    read::open(path)
+        .and_then(|mut reader| reader.read_to_end(&mut bytes))
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(bytes)
+}
+
+fn log_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    read::files(dir).with_context(|| format!("cannot list the prediction log {}", dir.display()))
+}
+
+/// Writes `line` and a newline; `false` once the reader went away (a closed pipe).
+fn emit(out: &mut impl Write, line: &[u8]) -> bool {
+    out.write_all(line)
+        .and_then(|()| out.write_all(b"\n"))
+        .is_ok()
+}
+
+fn tail(args: TailArgs) -> anyhow::Result<()> {
+    let files = log_files(&args.dir)?;
+    let mut newest: VecDeque<Vec<u8>> = VecDeque::with_capacity(args.lines);
+    // Where --follow resumes in each plain file.
+    let mut offsets: BTreeMap<PathBuf, u64> = BTreeMap::new();
+    for path in files.iter().rev() {
+        let bytes = read_all(path)?;
+        let (lines, end) = complete_lines(&bytes);
+        offsets.insert(path.clone(), end as u64);
+        for line in lines.iter().rev() {
+            if newest.len() == args.lines {
+                break;
+            }
+            newest.push_front(line.to_vec());
+        }
+        if newest.len() == args.lines && !args.follow {
+            break;
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    for line in &newest {
+        if !emit(&mut out, line) {
+            return Ok(());
+        }
+    }
+    out.flush().ok();
+    if args.follow {
+        follow(&args.dir, offsets, &mut out)?;
+    }
+    Ok(())
+}
+
+/// Prints lines appended to the plain files from `offsets` on, and new files, until the
+/// output closes. A file rotated and compressed between two polls is read no further.
+fn follow(
+    dir: &Path,
+    mut offsets: BTreeMap<PathBuf, u64>,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    loop {
+        std::thread::sleep(FOLLOW_POLL);
+        let files = log_files(dir)?;
+        offsets.retain(|path, _| files.contains(path));
+        for path in files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        {
+            let offset = offsets.entry(path.clone()).or_insert(0);
+            let Ok(mut file) = std::fs::File::open(path) else {
+                continue;
+            };
+            let mut bytes = Vec::new();
+            if file.seek(SeekFrom::Start(*offset)).is_err() || file.read_to_end(&mut bytes).is_err()
+            {
+                continue;
+            }
+            let (lines, end) = complete_lines(&bytes);
+            *offset += end as u64;
+            for line in lines {
+                if !emit(out, line) {
+                    return Ok(());
+                }
+            }
+        }
+        if out.flush().is_err() {
+            return Ok(());
+        }
+    }
+}
+
+fn export(args: ExportArgs) -> anyhow::Result<()> {
+    let bound = |flag: &str, value: &Option<String>| -> anyhow::Result<Option<i64>> {
+        value
+            .as_deref()
+            .map(|v| time::parse_rfc3339(v).map_err(|e| anyhow::anyhow!("--{flag}: {e}")))
+            .transpose()
+    };
+    let since = bound("since", &args.since)?;
+    let until = bound("until", &args.until)?;
+    let files = log_files(&args.dir)?;
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create --output {}", path.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let (mut exported, mut unreadable) = (0u64, 0u64);
+    for path in &files {
+        let bytes = read_all(path)?;
+        for line in complete_lines(&bytes).0 {
+            let Ok(record) = serde_json::from_slice::<Filtered>(line) else {
+                unreadable += 1;
+                continue;
+            };
+            let wanted = since.is_none_or(|t| record.unix_ms >= t)
+                && until.is_none_or(|t| record.unix_ms < t)
+                && args.ensemble.as_ref().is_none_or(|e| *e == record.ensemble);
+            if wanted {
+                if !emit(&mut out, line) {
+                    return Ok(());
+                }
+                exported += 1;
+            }
+        }
+    }
+    out.flush().context("cannot write the export")?;
+    eprintln!(
+        "exported {exported} records from {} files{}",
+        files.len(),
+        if unreadable > 0 {
+            format!(" ({unreadable} unreadable lines skipped)")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_still_being_written_is_left_for_later() {
+        let (lines, end) = complete_lines(b"{\"a\":1}\n{\"b\":2}\n{\"c\"");
+        assert_eq!(lines, [&b"{\"a\":1}"[..], &b"{\"b\":2}"[..]]);
+        assert_eq!(end, 16);
+        assert_eq!(complete_lines(b"partial").1, 0);
+    }
+}

@@ -1,0 +1,378 @@
+//! Feedback and online member weights (docs/data.md): ground truth sent after the fact,
+//! joined by request id to a bounded store of recent predictions ([`recent`]), moves the member
+//! weights of `weights = "online"` ensembles by a multiplicative-weights rule ([`rule`]); the
+//! weights ([`weights`]) are shared through etcd or a local file ([`store`]).
+//!
+//! Only online ensembles pay anything: their answers are kept (the members' votes, compactly)
+//! and their specs are served with the current weights; every other request passes through
+//! untouched.
+
+pub mod recent;
+pub mod rule;
+pub mod store;
+pub mod weights;
+
+use crate::ensemble::EnsembleAnswer;
+use crate::metrics::{FeedbackOutcome, Metrics};
+use crate::spec::EnsembleSpec;
+use recent::{Bounds, Miss, Prediction, Recent, Votes};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use store::{Backend, Store};
+pub use weights::Record;
+use weights::{Op, Table};
+
+/// Most member values (probabilities or labels) the recent-prediction store holds, whatever
+/// `--feedback-window` says: 32 Mi values, 128 MiB of f32, so a few huge batches cannot exhaust
+/// memory.
+const MAX_STORED_VALUES: usize = 32 << 20;
+
+/// The feedback flags of `chorus coordinator`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FeedbackArgs {
+    /// Recent predictions of ensembles with `weights = "online"` kept for feedback to join
+    /// against, by request id; the oldest go first. 0 keeps none (feedback then finds nothing).
+    #[arg(
+        long = "feedback-window",
+        env = "CHORUS_FEEDBACK_WINDOW",
+        default_value_t = 100_000
+    )]
+    pub feedback_window: usize,
+
+    /// Seconds a prediction stays open to feedback; later feedback is answered "unknown".
+    #[arg(
+        long = "feedback-ttl-secs",
+        env = "CHORUS_FEEDBACK_TTL_SECS",
+        default_value_t = 600
+    )]
+    pub feedback_ttl_secs: u64,
+
+    /// Without `--etcd`: the file online member weights are saved in (JSON, replaced
+    /// atomically), so that they survive restarts; without it they live in memory only. With
+    /// `--etcd` they are kept in etcd under /chorus/v1/weights/ and this is ignored.
+    #[arg(long = "weights-file", env = "CHORUS_WEIGHTS_FILE")]
+    pub weights_file: Option<PathBuf>,
+}
+
+impl FeedbackArgs {
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            entries: self.feedback_window,
+            ttl: Duration::from_secs(self.feedback_ttl_secs.min(86_400 * 7)),
+            values: MAX_STORED_VALUES,
+        }
+    }
+
+    /// Where the weights live: etcd when the coordinator follows it, else the weights file.
+    pub fn backend(
+        &self,
+        etcd: Option<(Vec<String>, crate::membership::etcd::EtcdSettings)>,
+    ) -> Backend {
+        match (etcd, &self.weights_file) {
+            (Some((endpoints, settings)), _) => Backend::Etcd {
+                endpoints,
+                settings,
+            },
+            (None, Some(path)) => Backend::File(path.clone()),
+            (None, None) => Backend::Memory,
+        }
+    }
+}
+
+/// One item of a feedback request: the request id and the true class of each of its rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Item {
+    pub id: String,
+    pub labels: Vec<i64>,
+}
+
+/// What became of a feedback request's items.
+#[derive(Debug, Default, Clone, PartialEq, Serialize)]
+pub struct Counts {
+    pub accepted: u64,
+    /// Ids never answered by this ensemble, or evicted from the window.
+    pub unknown: u64,
+    /// Ids whose feedback was applied before (not applied again).
+    pub duplicate: u64,
+    /// Labels that do not fit the prediction (row count, class range).
+    pub invalid: u64,
+    /// Whether the weights are frozen (accepted feedback then moves nothing).
+    pub frozen: bool,
+}
+
+/// Why feedback was refused as a whole.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedbackError {
+    #[error("ensemble '{0}' does not learn from feedback: set `weights = \"online\"` in its spec")]
+    NotOnline(String),
+}
+
+/// The feedback core, shared by the front ends and the admin port.
+pub struct Feedback {
+    recent: Mutex<Recent>,
+    table: Arc<Table>,
+    metrics: Arc<Metrics>,
+    _store: Option<Store>,
+}
+
+impl Feedback {
+    /// Feedback with the weights kept in `backend` (spawns its tasks: needs a Tokio runtime).
+    pub fn start(args: &FeedbackArgs, backend: Backend, metrics: Arc<Metrics>) -> Self {
+        let table = Arc::new(Table::new(Arc::clone(&metrics)));
+        let store = Store::start(backend, Arc::clone(&table));
+        Feedback {
+            recent: Mutex::new(Recent::new(args.bounds())),
+            table,
+            metrics,
+            _store: Some(store),
+        }
+    }
+
+    /// Weights in memory with no flushing task, for cores built without a server (tests).
+    pub fn unsaved(metrics: Arc<Metrics>) -> Self {
+        Feedback {
+            recent: Mutex::new(Recent::new(Bounds {
+                entries: 10_000,
+                ttl: Duration::from_secs(600),
+                values: MAX_STORED_VALUES,
+            })),
+            table: Arc::new(Table::new(Arc::clone(&metrics))),
+            metrics,
+            _store: None,
+        }
+    }
+
+    /// The spec to run: for an online ensemble, `spec` with the current weights.
+    pub fn weighted(&self, spec: &Arc<EnsembleSpec>) -> Arc<EnsembleSpec> {
+        if spec.online.is_none() {
+            return Arc::clone(spec);
+        }
+        self.table.weighted(spec)
+    }
+
+    /// Keeps what an online ensemble's members said about request `id`.
+    pub fn record(&self, spec: &EnsembleSpec, id: &str, answer: &EnsembleAnswer) {
+        if spec.online.is_none() {
+            return;
+        }
+        let votes: Vec<(usize, Votes)> = answer
+            .members
+            .iter()
+            .filter_map(|(index, tensor)| Votes::of(tensor).map(|v| (*index, v)))
+            .collect();
+        let Some(rows) = votes.first().map(|(_, v)| v.rows()) else {
+            return;
+        };
+        let prediction = Prediction {
+            ensemble: Arc::from(spec.name.as_str()),
+            rows,
+            votes,
+            members: spec.members.len(),
+        };
+        self.recent
+            .lock()
+            .expect("recent lock")
+            .insert(id.to_string(), prediction, Instant::now());
+    }
+
+    /// Joins `items` to the predictions `spec` answered and updates its weights.
+    pub fn apply(&self, spec: &EnsembleSpec, items: &[Item]) -> Result<Counts, FeedbackError> {
+        let Some(rule) = spec.online else {
+            return Err(FeedbackError::NotOnline(spec.name.clone()));
+        };
+        let now = Instant::now();
+        let mut counts = Counts::default();
+        let mut ops = Vec::new();
+        {
+            let mut recent = self.recent.lock().expect("recent lock");
+            for item in items {
+                match recent.peek(&item.id, &spec.name) {
+                    Err(Miss::Unknown) => counts.unknown += 1,
+                    Err(Miss::Duplicate) => counts.duplicate += 1,
+                    Ok(prediction) if !fits(prediction, &item.labels) => counts.invalid += 1,
+                    Ok(_) => {
+                        let prediction = recent
+                            .answer(&item.id, &spec.name, now)
+                            .expect("peeked just now");
+                        counts.accepted += 1;
+                        // A spec whose members changed since cannot take these votes.
+                        if prediction.members == spec.members.len() {
+                            ops.extend(row_ops(prediction, &item.labels, rule));
+                        }
+                    }
+                }
+            }
+        }
+        self.table.queue(spec, ops);
+        counts.frozen = self.table.current(spec).frozen;
+        let metrics = self.metrics.feedback();
+        metrics.feedback(&spec.name, FeedbackOutcome::Accepted, counts.accepted);
+        metrics.feedback(&spec.name, FeedbackOutcome::Unknown, counts.unknown);
+        metrics.feedback(&spec.name, FeedbackOutcome::Duplicate, counts.duplicate);
+        metrics.feedback(&spec.name, FeedbackOutcome::Invalid, counts.invalid);
+        Ok(counts)
+    }
+
+    /// Counts a feedback request refused as malformed.
+    pub fn malformed(&self, spec: &EnsembleSpec) {
+        self.metrics
+            .feedback()
+            .feedback(&spec.name, FeedbackOutcome::Invalid, 1);
+    }
+
+    /// The weights an online ensemble answers with now; `None` for static weights.
+    pub fn weights(&self, spec: &EnsembleSpec) -> Option<Record> {
+        spec.online?;
+        let record = self.table.current(spec);
+        self.table.refresh_gauges(spec);
+        Some(record)
+    }
+
+    /// Freezes (or unfreezes) an online ensemble's weights, on every coordinator.
+    pub fn freeze(&self, spec: &EnsembleSpec, frozen: bool) -> Result<Record, FeedbackError> {
+        self.operate(spec, Op::Freeze(frozen))
+    }
+
+    /// Puts an online ensemble's weights back to its spec's, on every coordinator.
+    pub fn reset(&self, spec: &EnsembleSpec) -> Result<Record, FeedbackError> {
+        self.operate(spec, Op::Reset(Record::fresh(spec).weights))
+    }
+
+    fn operate(&self, spec: &EnsembleSpec, op: Op) -> Result<Record, FeedbackError> {
+        if spec.online.is_none() {
+            return Err(FeedbackError::NotOnline(spec.name.clone()));
+        }
+        self.table.queue(spec, vec![op]);
+        Ok(self.table.current(spec))
+    }
+}
+
+/// Whether `labels` give one class per row of `prediction`, each one its members can score.
+fn fits(prediction: &Prediction, labels: &[i64]) -> bool {
+    labels.len() == prediction.rows
+        && labels.iter().all(|label| {
+            *label >= 0
+                && prediction.votes.iter().all(|(_, votes)| match votes {
+                    Votes::Probabilities { classes, .. } => (*label as u64) < *classes as u64,
+                    Votes::Labels(_) => true,
+                })
+        })
+}
+
+/// One update per row: each member's loss on it (`None` for members that did not answer).
+fn row_ops(prediction: &Prediction, labels: &[i64], rule: crate::spec::OnlineWeights) -> Vec<Op> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(row, label)| {
+            let mut losses = vec![None; prediction.members];
+            for (index, votes) in &prediction.votes {
+                if let Some(slot) = losses.get_mut(*index) {
+                    *slot = votes.loss(row, *label);
+                }
+            }
+            Op::Row { losses, rule }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ensemble::MemberReport;
+    use chorus_common::Tensor;
+
+    fn spec(online: bool) -> Arc<EnsembleSpec> {
+        let weights = if online { "weights = \"online\"\n" } else { "" };
+        let text = format!(
+            "version = 1\n[[ensemble]]\nname = \"e\"\ncombiner = \"soft_vote\"\ndeadline_ms = 5\n{weights}[[ensemble.member]]\nmodel = \"good\"\n[[ensemble.member]]\nmodel = \"bad\"\n"
+        );
+        Arc::new(crate::spec::parse(&text, "t").unwrap().remove(0))
+    }
+
+    /// Two rows of two classes: `good` is right (class 0 then 1), `bad` wrong.
+    fn answer() -> EnsembleAnswer {
+        let probs = |values: [f32; 4]| Tensor::from_values("probabilities", vec![2, 2], &values);
+        EnsembleAnswer {
+            outputs: vec![],
+            report: MemberReport::default(),
+            members: vec![
+                (0, probs([0.9, 0.1, 0.2, 0.8])),
+                (1, probs([0.1, 0.9, 0.8, 0.2])),
+            ],
+        }
+    }
+
+    fn item(id: &str, labels: &[i64]) -> Item {
+        Item {
+            id: id.into(),
+            labels: labels.to_vec(),
+        }
+    }
+
+    #[test]
+    fn feedback_moves_weight_from_the_wrong_member_once() {
+        let feedback = Feedback::unsaved(Arc::new(Metrics::new()));
+        let spec = spec(true);
+        feedback.record(&spec, "r1", &answer());
+        let counts = feedback
+            .apply(
+                &spec,
+                &[item("r1", &[0, 1]), item("r1", &[0, 1]), item("nope", &[0])],
+            )
+            .unwrap();
+        assert_eq!(
+            (counts.accepted, counts.duplicate, counts.unknown),
+            (1, 1, 1)
+        );
+        let weights = feedback.weights(&spec).unwrap().weights;
+        assert!(weights[0] > 1.0 && weights[1] < 1.0, "{weights:?}");
+        assert_eq!(feedback.weighted(&spec).members[1].weight, weights[1]);
+        // Reset puts them back.
+        assert_eq!(feedback.reset(&spec).unwrap().weights, vec![1.0, 1.0]);
+    }
+
+    #[test]
+    fn labels_that_do_not_fit_are_invalid_and_can_be_corrected() {
+        let feedback = Feedback::unsaved(Arc::new(Metrics::new()));
+        let spec = spec(true);
+        feedback.record(&spec, "r1", &answer());
+        let counts = feedback
+            .apply(&spec, &[item("r1", &[0]), item("r1", &[0, 2])])
+            .unwrap();
+        assert_eq!(counts.invalid, 2);
+        assert_eq!(
+            feedback
+                .apply(&spec, &[item("r1", &[0, 1])])
+                .unwrap()
+                .accepted,
+            1
+        );
+    }
+
+    #[test]
+    fn static_ensembles_keep_nothing_and_refuse_feedback() {
+        let feedback = Feedback::unsaved(Arc::new(Metrics::new()));
+        let spec = spec(false);
+        feedback.record(&spec, "r1", &answer());
+        assert!(matches!(
+            feedback.apply(&spec, &[item("r1", &[0, 1])]),
+            Err(FeedbackError::NotOnline(_))
+        ));
+        assert!(Arc::ptr_eq(&feedback.weighted(&spec), &spec));
+        assert_eq!(feedback.weights(&spec), None);
+    }
+
+    #[test]
+    fn frozen_weights_accept_feedback_but_do_not_move() {
+        let feedback = Feedback::unsaved(Arc::new(Metrics::new()));
+        let spec = spec(true);
+        feedback.freeze(&spec, true).unwrap();
+        feedback.record(&spec, "r1", &answer());
+        let counts = feedback.apply(&spec, &[item("r1", &[0, 1])]).unwrap();
+        assert!(counts.frozen && counts.accepted == 1);
+        assert_eq!(feedback.weights(&spec).unwrap().weights, vec![1.0, 1.0]);
+    }
+}
