@@ -2,6 +2,9 @@
 # CUDA check: the same cluster on CPU and on the execution provider under test, every sample
 # ensemble and model answering the 450 digits test rows on both, answers compared within a
 # per-precision tolerance, then a CPU-vs-provider throughput table from `chorus bench`.
+# Both clusters serve a temporary copy of models/ plus `gpu_mlp`, the GPU-sized model that
+# fixtures/make_gpu_model.py generates (84 MB, untrained, so it is never in models/), alone and
+# in the extra ensemble `gpu_soft` (soft vote of gpu_mlp and mlp).
 #
 #   scripts/gpu-check.sh                           # on a machine with an NVIDIA GPU (CUDA 12)
 #   scripts/gpu-check.sh --execution-provider cpu  # the same flow on CPU only (CI: gpu_check_cpu)
@@ -20,12 +23,13 @@
 # The FP16/INT8 figures are first estimates, not yet measured on a GPU (docs/benchmarks.md).
 #
 # Environment: CHORUS_BIN (default: target/release/chorus, built if missing), PYTHON (default
-# python3; needs only the standard library). Exit status 0 only if every answer is within
+# python3; needs only the standard library), FIXTURE_PYTHON (runs make_gpu_model.py, needs numpy;
+# default .venv/bin/python, else PYTHON). Exit status 0 only if every answer is within
 # tolerance and every benchmark run answered without errors.
 set -euo pipefail
 
 usage() {
-    sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'
     cat <<'EOF'
 Flags:
   --execution-provider cuda|cpu   provider of the worker under test (default cuda)
@@ -34,7 +38,8 @@ Flags:
   --concurrency N                 closed-loop clients per run (default 8)
   --rows LIST                     rows per request, comma-separated (default 1,32)
   --bench-models LIST             models/ensembles to benchmark, comma-separated
-                                  (default digits_soft,digits_soft_int8,mlp,mlp_int8,mlp_fp16)
+                                  (default digits_soft,digits_soft_int8,mlp,mlp_int8,mlp_fp16,
+                                  gpu_mlp,gpu_soft)
 EOF
 }
 
@@ -43,7 +48,7 @@ DURATION=5s
 WARMUP=1s
 CONCURRENCY=8
 ROWS=1,32
-BENCH_MODELS=digits_soft,digits_soft_int8,mlp,mlp_int8,mlp_fp16
+BENCH_MODELS=digits_soft,digits_soft_int8,mlp,mlp_int8,mlp_fp16,gpu_mlp,gpu_soft
 while [ $# -gt 0 ]; do
     case "$1" in
         --execution-provider) EP=$2; shift 2 ;;
@@ -84,6 +89,32 @@ trap 'exit 143' TERM INT
 
 say() { printf 'gpu-check: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
+
+# --- the served repository: models/ plus the GPU-sized model ------------------------------
+FIXTURE_PYTHON=${FIXTURE_PYTHON:-}
+if [ -z "$FIXTURE_PYTHON" ]; then
+    FIXTURE_PYTHON=$PYTHON
+    [ ! -x .venv/bin/python ] || FIXTURE_PYTHON=.venv/bin/python
+fi
+REPO="$WORK/models"
+cp -R models "$REPO"
+"$FIXTURE_PYTHON" fixtures/make_gpu_model.py --out "$REPO" 2>/dev/null \
+    || die "fixtures/make_gpu_model.py failed (FIXTURE_PYTHON=$FIXTURE_PYTHON needs numpy)"
+ENSEMBLES="$WORK/ensembles.toml"
+cat config/ensembles.toml - >"$ENSEMBLES" <<'EOF'
+
+# Added by scripts/gpu-check.sh: the GPU-sized model as an ensemble member.
+[[ensemble]]
+name = "gpu_soft"
+description = "Soft vote of the GPU-sized gpu_mlp (untrained) beside the small mlp"
+combiner = "soft_vote"
+deadline_ms = 10000
+min_members = 2
+[[ensemble.member]]
+model = "gpu_mlp"
+[[ensemble.member]]
+model = "mlp"
+EOF
 
 CHORUS=${CHORUS_BIN:-target/release/chorus}
 if [ ! -x "$CHORUS" ]; then
@@ -138,12 +169,12 @@ start_side() {
     shift
     flags=("$@")
     env "${env[@]}" RUST_LOG=warn "$CHORUS" worker --listen=127.0.0.1:0 --worker-id="w-$name" \
-        --model-repository=models "${flags[@]}" >"$WORK/w-$name.out" 2>"$WORK/w-$name.err" &
+        --model-repository="$REPO" "${flags[@]}" >"$WORK/w-$name.out" 2>"$WORK/w-$name.err" &
     PIDS+=($!)
     local wline
     wline=$(await_line "$WORK/w-$name.out" "chorus-worker ready" $!)
     RUST_LOG=warn "$CHORUS" coordinator --http-addr=127.0.0.1:0 --grpc-addr=127.0.0.1:0 \
-        --admin-addr=127.0.0.1:0 --ensembles=config/ensembles.toml \
+        --admin-addr=127.0.0.1:0 --ensembles="$ENSEMBLES" \
         --worker="$(field "$wline" rpc_addr)" >"$WORK/c-$name.out" 2>"$WORK/c-$name.err" &
     PIDS+=($!)
     local cline
@@ -166,15 +197,15 @@ TEST_HTTP=$SIDE_HTTP
 
 # --- answers -------------------------------------------------------------------------------
 say "comparing every ensemble and model on the 450 test rows ($EP vs cpu)"
-"$PYTHON" - "$CPU_HTTP" "$TEST_HTTP" "$EP" <<'PY'
+"$PYTHON" - "$CPU_HTTP" "$TEST_HTTP" "$EP" "$REPO" "$ENSEMBLES" <<'PY'
 import json, sys, tomllib, urllib.request
 from pathlib import Path
 
-cpu, test, ep = sys.argv[1:4]
+cpu, test, ep, repo, ensembles_file = sys.argv[1:6]
 x = json.loads(Path("fixtures/digits/expected.json").read_text())["x"]
-ensembles = [e["name"] for e in tomllib.loads(Path("config/ensembles.toml").read_text())["ensemble"]]
+ensembles = [e["name"] for e in tomllib.loads(Path(ensembles_file).read_text())["ensemble"]]
 # The meta-model takes member probabilities, not digits rows: it is checked through digits_fusion.
-models = sorted(p.name for p in Path("models").iterdir() if (p / "1" / "model.onnx").exists() and p.name != "stacker")
+models = sorted(p.name for p in Path(repo).iterdir() if (p / "1" / "model.onnx").exists() and p.name != "stacker")
 
 def tolerance(name):
     if "int8" in name:

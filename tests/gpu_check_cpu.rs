@@ -1,6 +1,7 @@
 //! `scripts/gpu-check.sh --execution-provider cpu` end to end, so that the CUDA check cannot rot
 //! on machines without a GPU: the script starts its own reference and under-test clusters from
-//! this build's `chorus`, compares every sample ensemble's and model's answers, and benchmarks.
+//! this build's `chorus`, compares every sample ensemble's and model's answers (with the
+//! generated GPU-sized `gpu_mlp` alone and in `gpu_soft`), and benchmarks.
 
 mod support;
 
@@ -8,7 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
-/// The script's own budget is under 3 minutes on 2 cores; the test waits a little longer.
+/// The script's own budget is under 3 minutes on 2 cores (`gpu_mlp` adds about 15 s: generation,
+/// two loads, 16 comparison requests and a one-second benchmark pair); the test waits longer.
 const LIMIT: Duration = Duration::from_secs(240);
 
 #[test]
@@ -26,7 +28,7 @@ fn gpu_check_runs_green_on_cpu() {
             "--concurrency",
             "2",
             "--bench-models",
-            "digits_soft,digits_soft_int8,mlp_fp16",
+            "digits_soft,digits_soft_int8,mlp_fp16,gpu_mlp",
         ])
         .env("CHORUS_BIN", chorus_bin())
         .current_dir(repo_root())
@@ -60,7 +62,9 @@ fn gpu_check_runs_green_on_cpu() {
         .lines()
         .filter_map(|l| l.strip_prefix("name = \""))
         .map(|n| n.trim_end_matches('"').to_string())
-        .chain(["logreg_int8", "mlp_int8_dyn", "mlp_fp16", "svc"].map(String::from));
+        .chain(["logreg_int8", "mlp_int8_dyn", "mlp_fp16", "svc"].map(String::from))
+        // The GPU-sized model and the ensemble the script adds for it.
+        .chain(["gpu_mlp", "gpu_soft"].map(String::from));
     for name in names {
         let row = stdout
             .lines()
@@ -71,11 +75,15 @@ fn gpu_check_runs_green_on_cpu() {
     assert!(!stdout.contains("FAIL"), "{stdout}");
     // The throughput table: a row per benchmarked target and rows value (1 and 32).
     let table: Vec<&str> = stdout.lines().filter(|l| l.starts_with("| `")).collect();
-    assert_eq!(table.len(), 6, "{stdout}");
+    assert_eq!(table.len(), 8, "{stdout}");
     assert!(
         table
             .iter()
             .any(|l| l.starts_with("| `digits_soft_int8` | 32 |")),
+        "{stdout}"
+    );
+    assert!(
+        table.iter().any(|l| l.starts_with("| `gpu_mlp` | 32 |")),
         "{stdout}"
     );
 }

@@ -24,9 +24,9 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// One ensemble that degrades instead of failing, one with a rate limit that refuses its second
-/// request: so the lazily created series (degraded answers, member failures, admission refusals)
-/// exist when the test scrapes.
+/// One ensemble that degrades instead of failing and takes feedback, one with a rate limit that
+/// refuses its second request: so the lazily created series (degraded answers, member failures,
+/// admission refusals, accuracy against feedback) exist when the test scrapes.
 const SPECS: &str = r#"
 version = 1
 
@@ -35,6 +35,7 @@ name = "pair"
 combiner = "soft_vote"
 deadline_ms = 2000
 min_members = 1
+min_member_accuracy = 0.1
 [[ensemble.member]]
 model = "logreg"
 [[ensemble.member]]
@@ -105,7 +106,19 @@ fn scrape_a_cluster() -> Exposition {
         (http.get("/v2/health/ready").0 == 200).then_some(())
     });
 
-    infer(&http, "pair").expect_status(200);
+    let answered = infer(&http, "pair");
+    answered.expect_status(200);
+    // Feedback on it: the accuracy gauges and the alert counter exist from then on.
+    let feedback = json!({"id": answered.json()["id"], "label": 0});
+    http.post(
+        "/v2/models/pair/feedback",
+        &[
+            ("content-type", "application/json".to_string()),
+            ("authorization", format!("Bearer {KEY}")),
+        ],
+        feedback.to_string().into_bytes(),
+    )
+    .expect_status(200);
     infer(&http, "logreg").expect_status(200);
     infer(&http, "no_such_model").expect_status(404);
     infer(&http, "metered").expect_status(200);

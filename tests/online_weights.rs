@@ -5,15 +5,22 @@
 //! The ensemble starts with equal weights; after feedback on 1,000 answered rows the bad
 //! member's weight is at the floor (the documented bound: below 0.1, with the floor at 0.05),
 //! the ensemble is more accurate on the held-out rows than with equal weights, and both
-//! coordinators serve the same weights. Plus the feedback API's edge cases.
+//! coordinators serve the same weights. Plus the feedback API's edge cases, its gRPC twin
+//! (`chorus.v1.Feedback/SubmitFeedback`), and per-member accuracy against feedback with the
+//! anomaly signal (`digits_watched`: static weights, `min_member_accuracy = 0.5`).
 
 mod support;
 
 use chorus_common::testing::Etcd;
+use chorus_coordinator::grpc::feedback_proto::feedback_client::FeedbackClient;
+use chorus_coordinator::grpc::feedback_proto::{
+    FeedbackItem, SubmitFeedbackRequest, SubmitFeedbackResponse,
+};
 use serde_json::{Value, json};
+use std::net::SocketAddr;
 use std::time::Duration;
 use support::{
-    Expected, Http, Proc, json_request, spawn_coordinator, start_worker_with, wait_until,
+    Expected, Http, Proc, grpc_addr, json_request, spawn_coordinator, start_worker_with, wait_until,
 };
 
 const ENSEMBLE: &str = "digits_online";
@@ -27,28 +34,47 @@ struct Coordinator {
     _proc: Proc,
     http: Http,
     admin: Http,
+    grpc: SocketAddr,
 }
 
 fn start_coordinator(etcd: &Etcd) -> Coordinator {
-    let proc = spawn_coordinator(&[
-        "--ensembles=tests/fixtures/online_ensembles.toml".into(),
-        format!("--etcd={}", etcd.endpoint),
+    start_coordinator_with(&[format!("--etcd={}", etcd.endpoint)], ENSEMBLE)
+}
+
+/// A coordinator serving the test specs with `extra` flags (its membership: `--etcd=…` or
+/// `--worker=…`), once `ensemble` is ready.
+fn start_coordinator_with(extra: &[String], ensemble: &str) -> Coordinator {
+    let mut args = vec![
+        "--ensembles=tests/fixtures/online_ensembles.toml".to_string(),
         "--ping-interval-ms=200".into(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let proc = spawn_coordinator(&args);
     let http = Http::new(proc.field("http_addr").parse().unwrap());
     let admin = Http::new(proc.field("admin_addr").parse().unwrap());
-    wait_until("digits_online to be ready", Duration::from_secs(60), || {
-        (http.get("/v2/models/digits_online/ready").0 == 200).then_some(())
-    });
+    wait_until(
+        &format!("{ensemble} to be ready"),
+        Duration::from_secs(60),
+        || (http.get(&format!("/v2/models/{ensemble}/ready")).0 == 200).then_some(()),
+    );
     Coordinator {
+        grpc: grpc_addr(&proc),
         _proc: proc,
         http,
         admin,
     }
 }
 
-/// The ensemble's online weights as `/chorus/ensembles` shows them.
-fn online_weights(c: &Coordinator) -> Value {
+/// One worker serving every member of the test specs, and a coordinator that knows it by
+/// address (no etcd).
+fn start_small_cluster(ensemble: &str) -> (Proc, Coordinator) {
+    let worker = start_worker_with("w-accuracy", &["random_forest", "mlp", BAD], &[]);
+    let membership = format!("--worker={}", worker.field("rpc_addr"));
+    (worker, start_coordinator_with(&[membership], ensemble))
+}
+
+/// `ensemble` as `/chorus/ensembles` shows it.
+fn listed(c: &Coordinator, ensemble: &str) -> Value {
     let (status, body) = c.admin.get("/chorus/ensembles");
     assert_eq!(status, 200, "{body}");
     let all: Value = serde_json::from_str(&body).unwrap();
@@ -56,9 +82,14 @@ fn online_weights(c: &Coordinator) -> Value {
         .as_array()
         .unwrap()
         .iter()
-        .find(|e| e["name"] == ENSEMBLE)
-        .expect("digits_online listed")["online_weights"]
+        .find(|e| e["name"] == ensemble)
+        .unwrap_or_else(|| panic!("{ensemble} not listed: {all}"))
         .clone()
+}
+
+/// The ensemble's online weights as `/chorus/ensembles` shows them.
+fn online_weights(c: &Coordinator) -> Value {
+    listed(c, ENSEMBLE)["online_weights"].clone()
 }
 
 fn weight(weights: &Value, member: &str) -> f64 {
@@ -67,9 +98,13 @@ fn weight(weights: &Value, member: &str) -> f64 {
 
 /// Infers `rows` in one request; the labels and the request id.
 fn infer(c: &Coordinator, rows: &[Vec<f32>]) -> (Vec<i64>, String) {
+    infer_on(c, ENSEMBLE, rows)
+}
+
+fn infer_on(c: &Coordinator, ensemble: &str, rows: &[Vec<f32>]) -> (Vec<i64>, String) {
     let reply = c
         .http
-        .post_json(&format!("/v2/models/{ENSEMBLE}/infer"), &json_request(rows));
+        .post_json(&format!("/v2/models/{ensemble}/infer"), &json_request(rows));
     reply.expect_status(200);
     let body = reply.json();
     let label = body["outputs"]
@@ -259,4 +294,224 @@ fn edge_cases(c: &Coordinator) {
         reply.error_message().contains("weights = \\\"online\\\"")
             || reply.error_message().contains("weights = \"online\"")
     );
+}
+
+/// Calls `chorus.v1.Feedback/SubmitFeedback` on `c`'s gRPC port.
+fn submit_grpc(
+    c: &Coordinator,
+    ensemble: &str,
+    items: &[(&str, &[i64])],
+) -> Result<SubmitFeedbackResponse, tonic::Status> {
+    submit_grpc_as(c, None, ensemble, items)
+}
+
+/// [`submit_grpc`] presenting API key `key` (`authorization: Bearer …`).
+fn submit_grpc_as(
+    c: &Coordinator,
+    key: Option<&str>,
+    ensemble: &str,
+    items: &[(&str, &[i64])],
+) -> Result<SubmitFeedbackResponse, tonic::Status> {
+    let mut request = tonic::Request::new(SubmitFeedbackRequest {
+        model_name: ensemble.into(),
+        items: items
+            .iter()
+            .map(|(id, labels)| FeedbackItem {
+                id: id.to_string(),
+                labels: labels.to_vec(),
+            })
+            .collect(),
+    });
+    if let Some(key) = key {
+        let bearer = format!("Bearer {key}").parse().expect("metadata value");
+        request.metadata_mut().insert("authorization", bearer);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut client = FeedbackClient::connect(format!("http://{}", c.grpc))
+            .await
+            .expect("gRPC connect");
+        client
+            .submit_feedback(request)
+            .await
+            .map(|r| r.into_inner())
+    })
+}
+
+/// The value of one series on `c`'s `/metrics` (`name{labels}` exactly as exported).
+fn metric(c: &Coordinator, series: &str) -> Option<f64> {
+    let (status, text) = c.admin.get("/metrics");
+    assert_eq!(status, 200);
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn grpc_feedback_shares_the_rest_store_and_counts() {
+    let (worker, c) = start_small_cluster(ENSEMBLE);
+    let expected = Expected::load();
+    let (rows, truth) = (expected.rows(), expected.truth());
+    let (_, id) = infer(&c, &rows[0..2]);
+    let labels = &truth[0..2];
+
+    let r = submit_grpc(
+        &c,
+        ENSEMBLE,
+        &[(&id, labels), (&id, labels), ("never-answered", &[1])],
+    )
+    .expect("feedback accepted");
+    assert_eq!(
+        (r.accepted, r.duplicate, r.unknown, r.invalid, r.frozen),
+        (1, 1, 1, 0, false),
+        "{r:?}"
+    );
+    // One store behind both doors: REST sees the id as answered already.
+    let (status, body) = feedback(&c, &json!({"id": id, "label": labels}));
+    assert_eq!((status, &body["duplicate"]), (200, &json!(1)), "{body}");
+    // A label count other than the request's rows is invalid, and can be corrected.
+    let (_, other) = infer(&c, &rows[2..4]);
+    let r = submit_grpc(&c, ENSEMBLE, &[(&other, &[1])]).unwrap();
+    assert_eq!((r.accepted, r.invalid), (0, 1), "{r:?}");
+    let r = submit_grpc(&c, ENSEMBLE, &[(&other, &truth[2..4])]).unwrap();
+    assert_eq!(r.accepted, 1, "{r:?}");
+    // The weights learnt from both rows of both requests.
+    wait_until(
+        "the weights to count 4 rows",
+        Duration::from_secs(10),
+        || (online_weights(&c)["rows"] == 4).then_some(()),
+    );
+
+    // Errors: the REST statuses' gRPC twins.
+    let missing = submit_grpc(&c, "nope", &[(&id, &[1])]).unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    let refused = submit_grpc(&c, "digits_static", &[(&id, &[1])]).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("feedback = true"), "{refused:?}");
+    let malformed = submit_grpc(&c, ENSEMBLE, &[("", &[1])]).unwrap_err();
+    assert_eq!(malformed.code(), tonic::Code::InvalidArgument);
+    assert!(malformed.message().contains("`id`"), "{malformed:?}");
+
+    // Counted as REST counts: the malformed request is one invalid item.
+    let count = |outcome: &str| {
+        metric(
+            &c,
+            &format!("chorus_feedback_total{{model=\"{ENSEMBLE}\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(count("accepted"), Some(2.0));
+    assert_eq!(count("duplicate"), Some(2.0));
+    assert_eq!(count("unknown"), Some(1.0));
+    assert_eq!(count("invalid"), Some(2.0));
+
+    authorization(&worker.field("rpc_addr"));
+}
+
+/// With `--api-keys`, feedback over gRPC is authorized like `ModelInfer`: a key, allowed the
+/// ensemble.
+fn authorization(worker_rpc_addr: &str) {
+    let keys = tempfile::NamedTempFile::new().unwrap();
+    let digest = |secret: &str| chorus_coordinator::access::digest_hex(secret);
+    let file = format!(
+        "[[key]]\nid = \"all\"\nsha256 = \"{}\"\n[[key]]\nid = \"static-only\"\nsha256 = \"{}\"\nmodels = [\"digits_static\"]\n",
+        digest("secret-all-0123456789"),
+        digest("secret-static-0123456789"),
+    );
+    std::fs::write(keys.path(), file).unwrap();
+    let worker = format!("--worker={worker_rpc_addr}");
+    let c = start_coordinator_with(
+        &[worker, format!("--api-keys={}", keys.path().display())],
+        ENSEMBLE,
+    );
+    let items: &[(&str, &[i64])] = &[("never-answered", &[1])];
+    let refused = submit_grpc_as(&c, None, ENSEMBLE, items).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let refused =
+        submit_grpc_as(&c, Some("secret-static-0123456789"), ENSEMBLE, items).unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    let r = submit_grpc_as(&c, Some("secret-all-0123456789"), ENSEMBLE, items).unwrap();
+    assert_eq!(r.unknown, 1, "{r:?}");
+}
+
+#[test]
+fn accuracy_against_feedback_reports_the_bad_member_once() {
+    const WATCHED: &str = "digits_watched";
+    const ROWS: usize = 400;
+    const BATCH: usize = 50;
+    let (_worker, c) = start_small_cluster(WATCHED);
+    let expected = Expected::load();
+    let (rows, truth) = (expected.rows(), expected.truth());
+    assert!(rows.len() >= ROWS, "{} rows", rows.len());
+
+    let before = listed(&c, WATCHED)["accuracy"].clone();
+    assert_eq!(
+        (&before["window"], &before["samples"]),
+        (&json!(200), &json!(0))
+    );
+    assert_eq!(before["min_member_accuracy"], 0.5, "{before}");
+
+    // 400 rows in requests of 50, each told the truth, through REST and gRPC in turn.
+    for (n, start) in (0..ROWS).step_by(BATCH).enumerate() {
+        let (_, id) = infer_on(&c, WATCHED, &rows[start..start + BATCH]);
+        let labels = &truth[start..start + BATCH];
+        if n % 2 == 0 {
+            let reply = c.http.post_json(
+                &format!("/v2/models/{WATCHED}/feedback"),
+                &json!({"id": id, "label": labels}),
+            );
+            let body = reply.json();
+            assert_eq!(
+                (reply.status, &body["accepted"]),
+                (200, &json!(1)),
+                "{body}"
+            );
+        } else {
+            let r = submit_grpc(&c, WATCHED, &[(&id, labels)]).expect("feedback");
+            assert_eq!(r.accepted, 1, "{r:?}");
+        }
+    }
+
+    let accuracy = |member: &str| {
+        metric(
+            &c,
+            &format!("chorus_member_accuracy{{model=\"{WATCHED}\",member=\"{member}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no accuracy gauge for {member}"))
+    };
+    let alerts = |member: &str| {
+        metric(
+            &c,
+            &format!(
+                "chorus_member_accuracy_alerts_total{{model=\"{WATCHED}\",member=\"{member}\"}}"
+            ),
+        )
+    };
+    let bad = accuracy(BAD);
+    assert!(bad < 0.2, "the bad member's accuracy is {bad}");
+    for good in ["random_forest", "mlp"] {
+        let accuracy = accuracy(good);
+        assert!(accuracy > 0.9, "{good}'s accuracy is {accuracy}");
+        assert_eq!(alerts(good), Some(0.0), "{good} alerted");
+    }
+    // Below from its 100th row on (half the window) and never back: one crossing, one alert.
+    assert_eq!(alerts(BAD), Some(1.0));
+    let ensemble = metric(
+        &c,
+        &format!("chorus_ensemble_accuracy{{model=\"{WATCHED}\"}}"),
+    )
+    .expect("ensemble accuracy gauge");
+    assert!(ensemble > 0.9, "the ensemble's accuracy is {ensemble}");
+
+    let listed = listed(&c, WATCHED);
+    let standing = &listed["accuracy"];
+    assert_eq!(standing["samples"], 200, "{standing}");
+    let members = standing["members"].as_array().expect("members");
+    let member = |name: &str| members.iter().find(|m| m["model"] == name).unwrap();
+    assert_eq!(member(BAD)["below_threshold"], true, "{standing}");
+    assert_eq!(member(BAD)["samples"], 200, "{standing}");
+    assert_eq!(member("mlp")["below_threshold"], false, "{standing}");
+    // Static weights stay static.
+    assert_eq!(listed["online_weights"], Value::Null, "{listed}");
 }

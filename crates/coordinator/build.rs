@@ -1,4 +1,5 @@
-//! Generates the gRPC front end's messages and service from `proto/inference.proto` (needs
+//! Generates the gRPC front end's messages and services from `proto/inference.proto` and
+//! Chorus's own `proto/feedback.proto` (needs
 //! `protoc`, which scripts/install-deps.sh installs; etcd-client needs it too).
 
 fn main() -> std::io::Result<()> {
@@ -10,5 +11,8 @@ fn main() -> std::io::Result<()> {
         .btree_map(".inference")
         // Buffers sized for inference messages, not tonic's 8 KiB (see src/grpc/codec.rs).
         .codec_path("crate::grpc::codec::ProstCodec")
-        .compile_protos(&["proto/inference.proto"], &["proto"])
+        .compile_protos(
+            &["proto/inference.proto", "proto/feedback.proto"],
+            &["proto"],
+        )
 }

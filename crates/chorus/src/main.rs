@@ -68,7 +68,14 @@ const ETCD_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    chorus_common::telemetry::init(cli.log_json);
+    // Traces are exported by the processes that serve requests; `chorus up` passes the
+    // endpoint on to its children instead.
+    let otlp = match &cli.command {
+        Command::Worker(config) => config.otlp.otlp("chorus-worker"),
+        Command::Coordinator(config) => config.otlp.otlp("chorus-coordinator"),
+        _ => None,
+    };
+    let telemetry = chorus_common::telemetry::init_with(cli.log_json, otlp.as_ref())?;
     // The benchmark sizes its own runtime: its load generator must stay small.
     let command = match cli.command {
         Command::Bench(args) => return bench::main(*args, cli.log_json),
@@ -77,7 +84,7 @@ fn main() -> anyhow::Result<()> {
         command => command,
     };
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         match command {
             Command::Up(args) => up::run(args, cli.log_json).await,
             Command::Worker(config) => run_worker(config).await,
@@ -89,7 +96,11 @@ fn main() -> anyhow::Result<()> {
                 unreachable!("handled before the runtime starts")
             }
         }
-    })
+    });
+    // After a graceful stop (SIGTERM, Ctrl-C) or a failure: the last spans are exported, from
+    // outside the runtime (the exporter's blocking client must not be dropped inside it).
+    telemetry.shutdown();
+    result
 }
 
 async fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {

@@ -53,6 +53,10 @@ pub struct UpArgs {
     #[command(flatten)]
     pub prediction_log: chorus_coordinator::prediction_log::PredictionLogArgs,
 
+    /// Distributed traces, passed to every worker and to the coordinator.
+    #[command(flatten)]
+    pub otlp: chorus_common::telemetry::OtlpArgs,
+
     /// Do not send the sample request once the cluster is ready.
     #[arg(long)]
     pub no_sample: bool,
@@ -127,7 +131,9 @@ pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
     let mut worker_args = vec!["--metrics-addr=127.0.0.1:0".to_string()];
     worker_args.extend(rpc_tls.iter().cloned());
     worker_args.extend(etcd_connect.iter().cloned());
+    worker_args.extend(args.otlp.to_flags());
     let mut coordinator_args = rpc_tls.clone();
+    coordinator_args.extend(args.otlp.to_flags());
     coordinator_args.extend(gateway_args(&args));
     coordinator_args.extend(etcd_connect);
     let launch = Launch {

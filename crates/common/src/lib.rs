@@ -14,6 +14,7 @@ pub mod rpc;
 pub mod rpc_tls;
 pub mod telemetry;
 pub mod tensor;
+pub mod trace;
 // Also in this crate's own unit tests (its dependencies are dev-dependencies too).
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -16,6 +16,10 @@ pub struct InferCall {
     pub outputs: Vec<String>,
     /// The client-facing request id, so one request's member calls can be followed in logs.
     pub request_id: String,
+    /// The W3C `traceparent` of the coordinator's span for this call, so that the worker's spans
+    /// join the request's trace; `None` unless traces are exported (`--otlp-endpoint`). A new
+    /// field changes the bincode layout: workers and coordinators are upgraded together.
+    pub trace_context: Option<String>,
 }
 
 /// A worker's answer to a successful [`InferCall`].
@@ -99,6 +103,7 @@ mod tests {
             inputs: vec![Tensor::from_values("input", vec![1, 2], &[1.0f32, 2.0])],
             outputs: vec!["label".into()],
             request_id: "r-1".into(),
+            trace_context: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         });
         round_trip(InferReply {
             model: "logreg".into(),

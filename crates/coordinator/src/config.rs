@@ -174,6 +174,10 @@ pub struct CoordinatorConfig {
     /// docs/data.md).
     #[command(flatten)]
     pub prediction_log: crate::prediction_log::PredictionLogArgs,
+
+    /// Distributed traces (`--otlp-endpoint URL`; docs/operations.md).
+    #[command(flatten)]
+    pub otlp: chorus_common::telemetry::OtlpArgs,
 }
 
 impl CoordinatorConfig {

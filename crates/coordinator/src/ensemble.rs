@@ -104,6 +104,7 @@ pub async fn run(
             inputs: inputs.clone(),
             outputs: vec![spec.member_output.clone()],
             request_id: request_id.to_string(),
+            trace_context: None,
         };
         async move {
             let routed = router.call(call, members_deadline);
@@ -288,6 +289,7 @@ async fn run_meta_model(
         inputs: vec![input],
         outputs: vec![],
         request_id: request_id.to_string(),
+        trace_context: None,
     };
     // Boxed: inline, this rarely-taken call would make every ensemble request's future (and each
     // copy of it) kilobytes larger.
@@ -354,6 +356,7 @@ mod tests {
             labels: None,
             limits: Default::default(),
             online: None,
+            feedback: None,
             log: Default::default(),
         }
     }

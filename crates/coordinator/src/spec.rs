@@ -87,6 +87,9 @@ struct RawEnsemble {
     weights: Option<WeightMode>,
     learning_rate: Option<f64>,
     weight_floor: Option<f64>,
+    feedback: Option<bool>,
+    accuracy_window: Option<usize>,
+    min_member_accuracy: Option<f64>,
     #[serde(default)]
     member: Vec<RawMember>,
 }
@@ -161,6 +164,25 @@ pub struct EnsembleSpec {
     pub log: LogPolicy,
     /// Member weights learnt from feedback (`weights = "online"`); `None`: the static weights.
     pub online: Option<OnlineWeights>,
+    /// Whether its answers are kept for feedback, and how accuracy is tracked from it
+    /// (`feedback = true`, implied by `weights = "online"` and `min_member_accuracy`); `None`:
+    /// nothing is kept and feedback is refused.
+    pub feedback: Option<FeedbackPolicy>,
+}
+
+/// What feedback measures of an ensemble (docs/data.md#accuracy-against-feedback).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FeedbackPolicy {
+    /// Feedback rows each member's accuracy is measured over (the newest ones).
+    pub accuracy_window: usize,
+    /// A member whose windowed accuracy falls below this is reported (metric and log).
+    pub min_member_accuracy: Option<f64>,
+}
+
+impl FeedbackPolicy {
+    pub const DEFAULT_ACCURACY_WINDOW: usize = 500;
+    /// A window of bits per member: past this it is a data set, not a health signal.
+    pub const MAX_ACCURACY_WINDOW: usize = 100_000;
 }
 
 /// Why a spec file was refused; each message names the file position or field to fix.
@@ -332,9 +354,18 @@ fn validate(raw: RawEnsemble) -> Result<EnsembleSpec, String> {
         raw.weight_floor,
     )?;
     let log = log_policy(&name, raw.log_sample_rate, raw.log_inputs)?;
+    let feedback = feedback_policy(
+        &name,
+        raw.combiner,
+        online.is_some(),
+        raw.feedback,
+        raw.accuracy_window,
+        raw.min_member_accuracy,
+    )?;
     Ok(EnsembleSpec {
         log,
         online,
+        feedback,
         limits: EnsembleLimits {
             max_inflight: raw.max_inflight,
             rate_limit: raw.rate_limit,
@@ -400,6 +431,54 @@ fn online_weights(
     Ok(Some(OnlineWeights {
         learning_rate,
         floor,
+    }))
+}
+
+/// The `feedback`, `accuracy_window` and `min_member_accuracy` fields, checked together:
+/// feedback is kept when asked for, or when online weights or an accuracy alert need it.
+fn feedback_policy(
+    name: &str,
+    combiner: CombinerKind,
+    online: bool,
+    feedback: Option<bool>,
+    window: Option<usize>,
+    min_accuracy: Option<f64>,
+) -> Result<Option<FeedbackPolicy>, String> {
+    let implied = online || min_accuracy.is_some() || window.is_some();
+    match feedback {
+        Some(false) if implied => {
+            return Err(format!(
+                "ensemble '{name}': `feedback = false`, but `weights = \"online\"`, `accuracy_window` and `min_member_accuracy` need feedback; remove one or the other"
+            ));
+        }
+        Some(false) => return Ok(None),
+        None if !implied => return Ok(None),
+        _ => {}
+    }
+    // Accuracy needs a class per row, which only the voting combiners answer.
+    if !matches!(combiner, CombinerKind::SoftVote | CombinerKind::HardVote) {
+        return Err(format!(
+            "ensemble '{name}': feedback needs the soft_vote or hard_vote combiner, not {}",
+            combiner.as_str()
+        ));
+    }
+    let accuracy_window = window.unwrap_or(FeedbackPolicy::DEFAULT_ACCURACY_WINDOW);
+    if !(1..=FeedbackPolicy::MAX_ACCURACY_WINDOW).contains(&accuracy_window) {
+        return Err(format!(
+            "ensemble '{name}': `accuracy_window = {accuracy_window}` must be between 1 and {}",
+            FeedbackPolicy::MAX_ACCURACY_WINDOW
+        ));
+    }
+    if let Some(min) = min_accuracy
+        && !(0.0..=1.0).contains(&min)
+    {
+        return Err(format!(
+            "ensemble '{name}': `min_member_accuracy = {min}` must be between 0 and 1 (a share of rows right)"
+        ));
+    }
+    Ok(Some(FeedbackPolicy {
+        accuracy_window,
+        min_member_accuracy: min_accuracy,
     }))
 }
 
@@ -545,6 +624,46 @@ model = "a"
             "deadline_ms = 800",
             "deadline_ms = 800\nweights = \"online\"",
         );
+        assert!(error_of(&fused).contains("soft_vote or hard_vote"));
+    }
+
+    #[test]
+    fn feedback_is_kept_when_asked_for_or_needed() {
+        let with = |extra: &str| {
+            parse(
+                &GOOD.replace("deadline_ms = 500", &format!("deadline_ms = 500\n{extra}")),
+                "t",
+            )
+            .map(|specs| specs[0].feedback)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(with(""), Ok(None));
+        let default = Some(FeedbackPolicy {
+            accuracy_window: FeedbackPolicy::DEFAULT_ACCURACY_WINDOW,
+            min_member_accuracy: None,
+        });
+        assert_eq!(with("feedback = true"), Ok(default));
+        assert_eq!(with("weights = \"online\""), Ok(default));
+        assert_eq!(
+            with("min_member_accuracy = 0.5\naccuracy_window = 100"),
+            Ok(Some(FeedbackPolicy {
+                accuracy_window: 100,
+                min_member_accuracy: Some(0.5)
+            }))
+        );
+        let e = with("feedback = false\nweights = \"online\"").unwrap_err();
+        assert!(e.contains("`feedback = false`"), "{e}");
+        assert!(
+            with("min_member_accuracy = 1.5")
+                .unwrap_err()
+                .contains("between 0 and 1")
+        );
+        assert!(
+            with("accuracy_window = 0")
+                .unwrap_err()
+                .contains("accuracy_window")
+        );
+        let fused = GOOD.replace("deadline_ms = 800", "deadline_ms = 800\nfeedback = true");
         assert!(error_of(&fused).contains("soft_vote or hard_vote"));
     }
 

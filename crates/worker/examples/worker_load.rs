@@ -84,6 +84,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         inputs: vec![input.clone()],
                         outputs: vec![],
                         request_id: String::new(),
+                        trace_context: None,
                     };
                     let sent = Instant::now();
                     client.infer(context::current(), call).await??;

@@ -155,6 +155,10 @@ pub struct WorkerConfig {
     /// coordinator's, `CHORUS_ETCD_*`, not `CHORUS_WORKER_ETCD_*`: one struct serves both.
     #[command(flatten)]
     pub etcd_connect: EtcdConnectArgs,
+
+    /// Distributed traces (`--otlp-endpoint URL`; docs/operations.md).
+    #[command(flatten)]
+    pub otlp: chorus_common::telemetry::OtlpArgs,
 }
 
 impl Default for WorkerConfig {
@@ -181,6 +185,7 @@ impl Default for WorkerConfig {
             metrics_addr: None,
             rpc_tls: RpcTlsArgs::default(),
             etcd_connect: EtcdConnectArgs::default(),
+            otlp: Default::default(),
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::ort_library;
 use crate::pool::{InstancePool, PoolSettings, Runner};
 use crate::registry::{LoadedModel, Registry};
 use crate::repository::{self, ModelSource, VersionSource};
-use crate::session::{ModelSession, ProviderRequest, SessionError};
+use crate::session::{ModelSession, ProviderRequest, SessionError, SessionTarget};
 use chorus_common::model::ONNX_PLATFORM;
 use chorus_common::validate::InputPolicy;
 use chorus_common::{DataType, ExecutionProvider, ModelInfo, TensorSpec};
@@ -54,31 +54,38 @@ fn load_version(
     let mut request = ProviderRequest::from_settings(settings);
     let mut runners: Vec<Box<dyn Runner>> = Vec::new();
     let mut signature = None;
-    for _ in 0..settings.instances {
-        let mut session = ModelSession::create(
-            env,
-            &source.name,
-            version.version,
-            &version.path,
-            settings.intra_op_threads,
-            request,
-        )
-        .map_err(|e| match e {
-            SessionError::ProviderUnavailable { provider, reason } => {
-                LoadError::ProviderUnavailable {
-                    model: source.name.clone(),
-                    version: version.version,
-                    provider,
-                    reason,
+    let version_label = version.version.to_string();
+    for instance in 0..settings.instances as usize {
+        let target = SessionTarget {
+            model: &source.name,
+            version: version.version,
+            path: &version.path,
+        };
+        let mut session =
+            ModelSession::create(env, target, settings, request).map_err(|e| match e {
+                SessionError::ProviderUnavailable { provider, reason } => {
+                    LoadError::ProviderUnavailable {
+                        model: source.name.clone(),
+                        version: version.version,
+                        provider,
+                        reason,
+                    }
                 }
-            }
-            SessionError::Other(message) => model_error(message),
-        })?;
+                SessionError::Other(message) => model_error(message),
+            })?;
         session
             .warm_up()
             .map_err(|e| model_error(format!("warm-up run failed: {e}")))?;
         // Every instance of a version runs where the first one landed.
         request = ProviderRequest::Exactly(session.provider());
+        if let ExecutionProvider::Cuda { .. } = session.provider() {
+            let device = session.provider().to_string();
+            let gauge = metrics.gpu_memory(&source.name, &version_label, &device, instance);
+            // The gauge is telemetry: a build whose arena keeps no statistics still serves.
+            if let Err(e) = session.watch_arena(gauge, false) {
+                warn!(model = %source.name, version = %version.version, error = %e, "no gpu memory gauge for this model");
+            }
+        }
         signature.get_or_insert_with(|| {
             (
                 session.inputs().to_vec(),
@@ -92,7 +99,6 @@ fn load_version(
         return Err(model_error("no instances configured".into()));
     };
     let thread_name = format!("{}-{}", source.name, version.version);
-    let version_label = version.version.to_string();
     let batching = match not_batch_major(&inputs, &outputs) {
         Some(reason) if settings.batch_policy().enabled() => {
             warn!(

@@ -84,6 +84,14 @@ struct ProviderLabels {
     provider: String,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ArenaLabels {
+    model: String,
+    version: String,
+    device: String,
+    instance: String,
+}
+
 type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
 
 /// Seconds from 5 µs to about 1.3 s: cheap models run in microseconds, batches in milliseconds.
@@ -109,6 +117,7 @@ pub struct Metrics {
     batch_size: HistogramFamily<ModelLabel>,
     queue_depth: Family<ModelLabel, Gauge>,
     provider: Family<ProviderLabels, Gauge>,
+    gpu_memory: Family<ArenaLabels, Gauge>,
     inflight: Gauge,
     registered: Gauge,
 }
@@ -128,6 +137,7 @@ impl Metrics {
         let batch_size = HistogramFamily::new_with_constructor(batch_histogram as fn() -> _);
         let queue_depth = Family::<ModelLabel, Gauge>::default();
         let provider = Family::<ProviderLabels, Gauge>::default();
+        let gpu_memory = Family::<ArenaLabels, Gauge>::default();
         let inflight = Gauge::default();
         let registered = Gauge::default();
         registry.register(
@@ -166,6 +176,11 @@ impl Metrics {
             provider.clone(),
         );
         registry.register(
+            "gpu_memory_in_use_bytes",
+            "Bytes in use in the CUDA memory arena of each instance of a model version on a GPU, sampled at most once a second after a run",
+            gpu_memory.clone(),
+        );
+        registry.register(
             "registered",
             "1 while the worker is registered (in etcd, or statically listed without etcd), 0 while its etcd lease is lost",
             registered.clone(),
@@ -178,6 +193,7 @@ impl Metrics {
             batch_size,
             queue_depth,
             provider,
+            gpu_memory,
             inflight,
             registered,
         }
@@ -225,6 +241,16 @@ impl Metrics {
                 provider: provider.to_string(),
             })
             .set(1);
+    }
+
+    /// The GPU arena gauge of one instance of a model version on `device` (`cuda:<id>`).
+    pub fn gpu_memory(&self, model: &str, version: &str, device: &str, instance: usize) -> Gauge {
+        self.gpu_memory.get_or_create_owned(&ArenaLabels {
+            model: model.to_string(),
+            version: version.to_string(),
+            device: device.to_string(),
+            instance: instance.to_string(),
+        })
     }
 
     pub fn inflight(&self) -> &Gauge {
@@ -367,6 +393,10 @@ mod tests {
         let provider =
             r#"chorus_worker_execution_provider{model="logreg",version="1",provider="cpu"}"#;
         assert_eq!(sample(&text, provider), Some(1.0));
+        metrics.gpu_memory("logreg", "1", "cuda:0", 0).set(4096);
+        let text = metrics.encode();
+        let arena = r#"chorus_worker_gpu_memory_in_use_bytes{model="logreg",version="1",device="cuda:0",instance="0"}"#;
+        assert_eq!(sample(&text, arena), Some(4096.0));
         assert_eq!(sample(&text, "chorus_worker_inflight"), Some(1.0));
         assert_eq!(sample(&text, "chorus_worker_registered"), Some(1.0));
         for (name, kind) in [
@@ -377,6 +407,7 @@ mod tests {
             ("chorus_worker_inflight", "gauge"),
             ("chorus_worker_queue_depth", "gauge"),
             ("chorus_worker_execution_provider", "gauge"),
+            ("chorus_worker_gpu_memory_in_use_bytes", "gauge"),
             ("chorus_worker_registered", "gauge"),
         ] {
             assert!(

@@ -1,5 +1,9 @@
 //! A model's `config.toml`: per-model settings over the worker's defaults.
 
+mod accel;
+
+pub use accel::{AccelSettings, OptimizationLevel, TensorRt};
+
 use crate::batch::{BatchPolicy, MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US};
 use crate::config::{ProviderChoice, WorkerConfig};
 use crate::error::LoadError;
@@ -24,6 +28,14 @@ struct ModelConfigFile {
     max_batch_size: Option<u32>,
     max_queue_delay_us: Option<u64>,
     preferred_batch_sizes: Option<Vec<u32>>,
+    gpu_mem_limit_bytes: Option<u64>,
+    cuda_graph: Option<bool>,
+    cuda_tf32: Option<bool>,
+    tensorrt: Option<bool>,
+    tensorrt_fp16: Option<bool>,
+    tensorrt_engine_cache_path: Option<std::path::PathBuf>,
+    graph_optimization_level: Option<OptimizationLevel>,
+    optimized_model_path: Option<std::path::PathBuf>,
 }
 
 /// Effective settings of one model, after the file is merged over the worker defaults.
@@ -44,6 +56,8 @@ pub struct ModelSettings {
     pub max_queue_delay_us: u64,
     /// Batch sizes dispatched without waiting, ascending and distinct.
     pub preferred_batch_sizes: Vec<u32>,
+    /// Provider and graph-optimisation options (`model_config/accel.rs`).
+    pub accel: AccelSettings,
 }
 
 impl ModelSettings {
@@ -60,6 +74,7 @@ impl ModelSettings {
             max_batch_size: config.max_batch_size,
             max_queue_delay_us: config.max_queue_delay_us,
             preferred_batch_sizes: Vec::new(),
+            accel: AccelSettings::default(),
         }
     }
 
@@ -103,7 +118,24 @@ impl ModelSettings {
                     .into(),
             ));
         }
+        let accel = accel::AccelKeys {
+            gpu_mem_limit_bytes: file.gpu_mem_limit_bytes,
+            cuda_graph: file.cuda_graph,
+            cuda_tf32: file.cuda_tf32,
+            tensorrt: file.tensorrt,
+            tensorrt_fp16: file.tensorrt_fp16,
+            tensorrt_engine_cache_path: file.tensorrt_engine_cache_path,
+            graph_optimization_level: file.graph_optimization_level,
+            optimized_model_path: file.optimized_model_path,
+        }
+        // These keys have no worker flags: a model without them gets ORT's defaults.
+        .resolve(
+            file.execution_provider,
+            path.parent().unwrap_or(Path::new(".")),
+        )
+        .map_err(error)?;
         let settings = ModelSettings {
+            accel,
             instances: file.instances.unwrap_or(defaults.instances),
             intra_op_threads: file.intra_op_threads.unwrap_or(defaults.intra_op_threads),
             provider,
@@ -202,6 +234,12 @@ mod tests {
             max_batch_size = 32
             max_queue_delay_us = 250
             preferred_batch_sizes = [16, 8, 16]
+            gpu_mem_limit_bytes = 1073741824
+            cuda_graph = true
+            tensorrt = true
+            tensorrt_fp16 = true
+            tensorrt_engine_cache_path = "trt"
+            graph_optimization_level = "basic"
             "#,
         )
         .unwrap();
@@ -218,6 +256,17 @@ mod tests {
                 max_batch_size: 32,
                 max_queue_delay_us: 250,
                 preferred_batch_sizes: vec![8, 16],
+                accel: AccelSettings {
+                    gpu_mem_limit_bytes: Some(1 << 30),
+                    cuda_graph: true,
+                    cuda_tf32: None,
+                    tensorrt: Some(TensorRt {
+                        fp16: true,
+                        engine_cache_path: Some("models/m/trt".into()),
+                    }),
+                    graph_optimization_level: Some(OptimizationLevel::Basic),
+                    optimized_model_path: None,
+                },
             }
         );
         let policy = s.batch_policy();
@@ -268,6 +317,16 @@ mod tests {
                 "max_batch_size = 8\npreferred_batch_sizes = [1]",
                 "preferred_batch_sizes",
             ),
+            (
+                "graph_optimization_level = \"fast\"",
+                "graph_optimization_level",
+            ),
+            (
+                "execution_provider = \"cpu\"\ncuda_graph = true",
+                "cuda_graph",
+            ),
+            ("tensorrt_fp16 = true", "tensorrt_fp16"),
+            ("gpu_mem_limit_bytes = 0", "gpu_mem_limit_bytes"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains("models/m/config.toml"), "{text}: {e}");

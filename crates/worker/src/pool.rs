@@ -12,6 +12,7 @@
 use crate::batch::{BatchPolicy, BatchState, Batchable, Dropped, Step};
 use crate::metrics::ModelMetrics;
 use crate::rows;
+use chorus_common::trace;
 use chorus_common::{DataType, Tensor, WorkerError};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,7 +22,7 @@ use std::sync::mpsc::{
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-use tracing::{Span, debug, warn};
+use tracing::{Span, debug, debug_span, field, warn};
 
 /// The answer an instance thread sends back.
 pub type JobResult = Result<Vec<Tensor>, WorkerError>;
@@ -101,6 +102,11 @@ pub struct Job {
     rows: Option<usize>,
     /// The request's span, for what the instance thread logs about it.
     span: Span,
+    /// Open from queueing to the start of the run: the queue wait in the request's trace
+    /// (disabled unless traces are exported).
+    queued: Span,
+    /// The request id for the run's span; set only while traces are exported.
+    request_id: Option<String>,
 }
 
 impl Job {
@@ -120,7 +126,18 @@ impl Job {
             enqueued: Instant::now(),
             rows,
             span: Span::current(),
+            queued: debug_span!(target: trace::TARGET, "queue", request_id = field::Empty),
+            request_id: None,
         }
+    }
+
+    /// Names the request on the job's trace spans (queue wait, run); nothing with traces off.
+    pub fn traced(mut self, request_id: &str) -> Self {
+        if trace::enabled() && !self.queued.is_disabled() {
+            self.queued.record("request_id", request_id);
+            self.request_id = Some(request_id.to_string());
+        }
+        self
     }
 }
 
@@ -372,11 +389,13 @@ impl Shared {
     }
 
     /// Runs `jobs` (one, or a batch) and answers them.
-    fn run(&self, index: usize, runner: &mut dyn Runner, jobs: Vec<Job>) -> Feedback {
+    fn run(&self, index: usize, runner: &mut dyn Runner, mut jobs: Vec<Job>) -> Feedback {
         let started = Instant::now();
-        for job in &jobs {
+        for job in &mut jobs {
             let queued = started.saturating_duration_since(job.enqueued);
             self.metrics.queue.observe(queued.as_secs_f64());
+            // The wait ends here: closing the span records its end.
+            drop(std::mem::replace(&mut job.queued, Span::none()));
         }
         if jobs.len() == 1 {
             let job = jobs.into_iter().next().expect("one job");
@@ -394,8 +413,17 @@ impl Shared {
             })
             .collect();
         let rows: usize = members.iter().map(|m| m.rows).sum();
+        // One run span per request (each belongs to its own trace); no Vec with traces off.
+        let traced: Vec<Span> = if trace::enabled() {
+            jobs.iter()
+                .map(|job| self.run_span(job, index, jobs.len()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let result = catch_unwind(AssertUnwindSafe(|| runner.run_batch(&members)));
         let elapsed = started.elapsed();
+        drop(traced);
         drop(members);
         let failure = match result {
             Ok(Ok(answers)) if answers.len() == jobs.len() => {
@@ -446,6 +474,7 @@ impl Shared {
 
     /// Runs one job on its own and answers it; returns the run's duration.
     fn run_alone(&self, index: usize, runner: &mut dyn Runner, job: Job) -> Duration {
+        let traced = self.run_span(&job, index, 1);
         let started = Instant::now();
         let result = catch_unwind(AssertUnwindSafe(|| runner.run(&job.inputs, &job.outputs)))
             .unwrap_or_else(|_| {
@@ -457,9 +486,16 @@ impl Shared {
                 )))
             });
         let elapsed = started.elapsed();
+        drop(traced);
         self.metrics.observe_run(elapsed, job.rows.unwrap_or(1));
         let _ = job.reply.send(result);
         elapsed
+    }
+
+    /// The model run in the request's trace, a child of the call's span: open while the model
+    /// runs (`batch` requests together). Disabled unless traces are exported.
+    fn run_span(&self, job: &Job, index: usize, batch: usize) -> Span {
+        debug_span!(target: trace::TARGET, parent: &job.span, "model.run", model = %self.label, instance = index, batch, request_id = job.request_id.as_deref().unwrap_or_default())
     }
 }
 

@@ -5,6 +5,7 @@ use crate::metrics::{Metrics, Outcome};
 use crate::pool::Job;
 use crate::registration::DrainPublisher;
 use crate::registry::{LoadedModel, Registry};
+use chorus_common::trace;
 use chorus_common::validate::{validate_inputs, validate_requested_outputs};
 use chorus_common::{
     DrainRecord, DrainReply, InferCall, InferReply, Pong, WorkerError, WorkerInfo, WorkerService,
@@ -15,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tarpc::context::Context;
 use tokio::sync::{Notify, oneshot};
-use tracing::{Instrument, debug, debug_span, info, warn};
+use tracing::{Instrument, debug, debug_span, field, info, warn};
 
 /// State shared by every connection and request.
 #[derive(Debug)]
@@ -206,13 +207,30 @@ impl Shared {
             model = %asked_model,
             version = %version
         );
+        // The call's span in the request's trace (exported with `--otlp-endpoint`; disabled,
+        // a callsite check, otherwise), a child of the coordinator's attempt span.
+        let traced = debug_span!(
+            target: trace::TARGET,
+            "worker.infer",
+            request_id = %request_id,
+            model = %asked_model,
+            version = %version,
+            worker_id = %self.worker_id,
+            otel.kind = "server",
+            error = field::Empty
+        );
+        trace::adopt_remote(&traced, call.trace_context.as_deref());
         // Resolved once: the hot path bumps the version's own counters, not a label lookup.
         let counters = model.as_ref().ok().map(|model| model.pool.metrics());
         let started = Instant::now();
         let result = self
-            .run_call(deadline, call, model)
+            .run_call(deadline, call, model, &request_id)
             .instrument(span.clone())
+            .instrument(traced.clone())
             .await;
+        if let Err(e) = &result {
+            traced.record("error", field::display(e));
+        }
         match &result {
             Ok(reply) => span.in_scope(|| {
                 debug!(
@@ -245,6 +263,7 @@ impl Shared {
         deadline: Instant,
         mut call: InferCall,
         model: Result<&LoadedModel, WorkerError>,
+        request_id: &str,
     ) -> Result<InferReply, WorkerError> {
         if !self.takes_work() {
             return Err(WorkerError::Draining);
@@ -268,7 +287,7 @@ impl Shared {
         let (reply, answer) = oneshot::channel();
         model
             .pool
-            .submit(Job::new(call.inputs, call.outputs, deadline, reply))?;
+            .submit(Job::new(call.inputs, call.outputs, deadline, reply).traced(request_id))?;
         let outputs =
             match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), answer).await {
                 Err(_elapsed) => return Err(WorkerError::DeadlineExceeded),

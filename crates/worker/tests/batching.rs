@@ -26,6 +26,7 @@ fn request(model: &str, i: usize) -> InferCall {
         inputs: vec![Tensor::from_values("input", vec![rows as i64, 64], &values)],
         outputs: vec![],
         request_id: format!("batching-{model}-{i}"),
+        trace_context: None,
     }
 }
 

@@ -111,6 +111,7 @@ fn slow_call() -> InferCall {
         inputs: vec![Tensor::from_values("x", vec![1, 2], &[1.0f32, 2.0])],
         outputs: vec![],
         request_id: "r".into(),
+        trace_context: None,
     }
 }
 

@@ -72,6 +72,7 @@ fn call(request_id: &str, value: f32) -> InferCall {
         inputs: vec![Tensor::from_values("x", vec![1, 2], &[value, 0.0])],
         outputs: vec![],
         request_id: request_id.into(),
+        trace_context: None,
     }
 }
 

@@ -53,6 +53,7 @@ async fn metrics_and_health_answer_while_the_worker_serves() {
             inputs: vec![input],
             outputs: vec![],
             request_id: "metrics-test".into(),
+            trace_context: None,
         };
         let _ = client.infer(context::current(), call).await.unwrap();
     }

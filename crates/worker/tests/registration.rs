@@ -96,6 +96,7 @@ impl Running {
             inputs: vec![Tensor::from_values("input", vec![1, 64], &features(1, 64))],
             outputs: vec![],
             request_id: "registration-test".into(),
+            trace_context: None,
         };
         self.client
             .infer(context::current(), call)

@@ -18,6 +18,7 @@ fn call(model: &str, inputs: Vec<Tensor>) -> InferCall {
         inputs,
         outputs: vec![],
         request_id: "test-1".into(),
+        trace_context: None,
     }
 }
 

@@ -16,7 +16,7 @@ use chorus_worker::WorkerConfig;
 use chorus_worker::model_config::ModelSettings;
 use chorus_worker::pool::Runner;
 use chorus_worker::repository;
-use chorus_worker::session::{ModelSession, ProviderRequest};
+use chorus_worker::session::{ModelSession, ProviderRequest, SessionTarget};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -80,12 +80,15 @@ impl Floor {
             }
             .with_context(|| format!("model '{name}' has no version {version:?}"))?;
             let settings = &source.settings;
+            let target = SessionTarget {
+                model: &name,
+                version: chosen.version,
+                path: &chosen.path,
+            };
             let mut session = ModelSession::create(
                 &env,
-                &name,
-                chosen.version,
-                &chosen.path,
-                settings.intra_op_threads,
+                target,
+                settings,
                 ProviderRequest::from_settings(settings),
             )
             .map_err(|e| anyhow::anyhow!("cannot load model '{name}': {e:?}"))?;

@@ -1,26 +1,34 @@
 //! Feedback and online member weights (docs/data.md): ground truth sent after the fact,
-//! joined by request id to a bounded store of recent predictions ([`recent`]), moves the member
-//! weights of `weights = "online"` ensembles by a multiplicative-weights rule ([`rule`]); the
-//! weights ([`weights`]) are shared through etcd or a local file ([`store`]).
+//! joined by request id to a bounded store of recent predictions ([`recent`]), measures each
+//! member's accuracy over a sliding window and reports the ones below the spec's threshold
+//! ([`accuracy`]), and moves the member weights of `weights = "online"` ensembles by a
+//! multiplicative-weights rule ([`rule`]); the weights ([`weights`]) are shared through etcd or
+//! a local file ([`store`]). Both front doors (REST, gRPC) call [`submit`].
 //!
-//! Only online ensembles pay anything: their answers are kept (the members' votes, compactly)
-//! and their specs are served with the current weights; every other request passes through
+//! Only ensembles that take feedback (`feedback = true`, implied by online weights and by
+//! `min_member_accuracy`) pay anything: their answers are kept (the members' votes, compactly)
+//! and online ones are served with the current weights; every other request passes through
 //! untouched.
 
+pub mod accuracy;
 pub mod recent;
 pub mod rule;
 pub mod store;
 pub mod weights;
 
 use crate::ensemble::EnsembleAnswer;
+use crate::infer::{Infer, InferError};
 use crate::metrics::{FeedbackOutcome, Metrics};
-use crate::spec::EnsembleSpec;
+use crate::spec::{EnsembleSpec, FeedbackPolicy};
+use accuracy::{Crossing, Tracker};
 use recent::{Bounds, Miss, Prediction, Recent, Votes};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::{Backend, Store};
+use tracing::{info, warn};
 pub use weights::Record;
 use weights::{Op, Table};
 
@@ -32,8 +40,9 @@ const MAX_STORED_VALUES: usize = 32 << 20;
 /// The feedback flags of `chorus coordinator`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FeedbackArgs {
-    /// Recent predictions of ensembles with `weights = "online"` kept for feedback to join
-    /// against, by request id; the oldest go first. 0 keeps none (feedback then finds nothing).
+    /// Recent predictions of ensembles that take feedback (`feedback = true`, `weights =
+    /// "online"` or `min_member_accuracy`) kept for feedback to join against, by request id; the
+    /// oldest go first. 0 keeps none (feedback then finds nothing).
     #[arg(
         long = "feedback-window",
         env = "CHORUS_FEEDBACK_WINDOW",
@@ -105,13 +114,68 @@ pub struct Counts {
 /// Why feedback was refused as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum FeedbackError {
+    #[error(
+        "ensemble '{0}' keeps nothing for feedback: set `feedback = true` (or `weights = \"online\"`) in its spec"
+    )]
+    NotKept(String),
     #[error("ensemble '{0}' does not learn from feedback: set `weights = \"online\"` in its spec")]
     NotOnline(String),
+}
+
+impl From<FeedbackError> for InferError {
+    fn from(e: FeedbackError) -> Self {
+        match e {
+            FeedbackError::NotKept(_) | FeedbackError::NotOnline(_) => {
+                InferError::BadRequest(e.to_string())
+            }
+        }
+    }
+}
+
+/// Feedback for ensemble `name` from either front door, once the caller is authorized:
+/// `items` is the decoded request, or why it could not be decoded (counted as one invalid item
+/// of a served ensemble). An unknown ensemble is NOT_FOUND.
+pub fn submit(
+    app: &Infer,
+    name: &str,
+    items: Result<Vec<Item>, InferError>,
+) -> Result<Counts, InferError> {
+    let spec = app
+        .catalog()
+        .ensemble(name)
+        .ok_or_else(|| InferError::NotFound(format!("no ensemble '{name}' is served")))?;
+    let feedback = app.feedback();
+    let items = items.inspect_err(|_| feedback.malformed(&spec))?;
+    Ok(feedback.apply(&spec, &items)?)
+}
+
+/// Where an ensemble's accuracy against feedback stands (`/chorus/ensembles`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Standing {
+    /// `accuracy_window`: rows each accuracy is measured over.
+    pub window: usize,
+    pub min_member_accuracy: Option<f64>,
+    /// The ensemble's own accuracy; `None` before any feedback.
+    pub accuracy: Option<f64>,
+    pub samples: usize,
+    /// By member, in spec order.
+    pub members: Vec<MemberStanding>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MemberStanding {
+    pub model: String,
+    pub accuracy: Option<f64>,
+    pub samples: usize,
+    /// Judged (half a window of rows at least) and under `min_member_accuracy`.
+    pub below_threshold: bool,
 }
 
 /// The feedback core, shared by the front ends and the admin port.
 pub struct Feedback {
     recent: Mutex<Recent>,
+    /// Accuracy windows by ensemble name, made on its first accepted feedback.
+    accuracy: Mutex<HashMap<String, Tracker>>,
     table: Arc<Table>,
     metrics: Arc<Metrics>,
     _store: Option<Store>,
@@ -124,6 +188,7 @@ impl Feedback {
         let store = Store::start(backend, Arc::clone(&table));
         Feedback {
             recent: Mutex::new(Recent::new(args.bounds())),
+            accuracy: Mutex::default(),
             table,
             metrics,
             _store: Some(store),
@@ -138,6 +203,7 @@ impl Feedback {
                 ttl: Duration::from_secs(600),
                 values: MAX_STORED_VALUES,
             })),
+            accuracy: Mutex::default(),
             table: Arc::new(Table::new(Arc::clone(&metrics))),
             metrics,
             _store: None,
@@ -152,9 +218,9 @@ impl Feedback {
         self.table.weighted(spec)
     }
 
-    /// Keeps what an online ensemble's members said about request `id`.
+    /// Keeps what the members of an ensemble that takes feedback said about request `id`.
     pub fn record(&self, spec: &EnsembleSpec, id: &str, answer: &EnsembleAnswer) {
-        if spec.online.is_none() {
+        if spec.feedback.is_none() {
             return;
         }
         let votes: Vec<(usize, Votes)> = answer
@@ -170,6 +236,7 @@ impl Feedback {
             rows,
             votes,
             members: spec.members.len(),
+            combined: combined_classes(answer, rows),
         };
         self.recent
             .lock()
@@ -177,14 +244,16 @@ impl Feedback {
             .insert(id.to_string(), prediction, Instant::now());
     }
 
-    /// Joins `items` to the predictions `spec` answered and updates its weights.
+    /// Joins `items` to the predictions `spec` answered, records each row in the accuracy
+    /// windows and, for online weights, updates them.
     pub fn apply(&self, spec: &EnsembleSpec, items: &[Item]) -> Result<Counts, FeedbackError> {
-        let Some(rule) = spec.online else {
-            return Err(FeedbackError::NotOnline(spec.name.clone()));
+        let Some(policy) = spec.feedback else {
+            return Err(FeedbackError::NotKept(spec.name.clone()));
         };
         let now = Instant::now();
         let mut counts = Counts::default();
         let mut ops = Vec::new();
+        let mut outcomes = Vec::new();
         {
             let mut recent = self.recent.lock().expect("recent lock");
             for item in items {
@@ -199,20 +268,121 @@ impl Feedback {
                         counts.accepted += 1;
                         // A spec whose members changed since cannot take these votes.
                         if prediction.members == spec.members.len() {
-                            ops.extend(row_ops(prediction, &item.labels, rule));
+                            if let Some(rule) = spec.online {
+                                ops.extend(row_ops(prediction, &item.labels, rule));
+                            }
+                            outcomes.extend(row_outcomes(prediction, &item.labels));
                         }
                     }
                 }
             }
         }
-        self.table.queue(spec, ops);
-        counts.frozen = self.table.current(spec).frozen;
+        if spec.online.is_some() {
+            self.table.queue(spec, ops);
+            counts.frozen = self.table.current(spec).frozen;
+        }
+        if !outcomes.is_empty() {
+            self.track(spec, policy, &outcomes);
+        }
         let metrics = self.metrics.feedback();
         metrics.feedback(&spec.name, FeedbackOutcome::Accepted, counts.accepted);
         metrics.feedback(&spec.name, FeedbackOutcome::Unknown, counts.unknown);
         metrics.feedback(&spec.name, FeedbackOutcome::Duplicate, counts.duplicate);
         metrics.feedback(&spec.name, FeedbackOutcome::Invalid, counts.invalid);
         Ok(counts)
+    }
+
+    /// Records feedback rows in `spec`'s accuracy windows, sets the gauges and reports the
+    /// members that crossed `min_member_accuracy`.
+    fn track(&self, spec: &EnsembleSpec, policy: FeedbackPolicy, rows: &[RowOutcomes]) {
+        let metrics = self.metrics.feedback();
+        let mut trackers = self.accuracy.lock().expect("accuracy lock");
+        let members = spec.members.len();
+        let (window, threshold) = (policy.accuracy_window, policy.min_member_accuracy);
+        let tracker = trackers
+            .entry(spec.name.clone())
+            .or_insert_with(|| Tracker::new(members, window, threshold));
+        if !tracker.fits(members, window, threshold) {
+            *tracker = Tracker::new(members, window, threshold);
+        }
+        let mut crossings = Vec::new();
+        for (members, ensemble) in rows {
+            crossings.extend(tracker.row(members, *ensemble));
+        }
+        for (index, member) in spec.members.iter().enumerate() {
+            if let Some(accuracy) = tracker.member(index).and_then(|w| w.accuracy()) {
+                metrics.member_accuracy(&spec.name, &member.model, accuracy);
+            }
+            if threshold.is_some() {
+                // Created at 0 before any crossing, so the first one is an increase.
+                metrics.accuracy_alerts(&spec.name, &member.model, 0);
+            }
+        }
+        if let Some(accuracy) = tracker.ensemble().accuracy() {
+            metrics.ensemble_accuracy(&spec.name, accuracy);
+        }
+        drop(trackers);
+        let threshold = threshold.unwrap_or_default();
+        for crossing in crossings {
+            match crossing {
+                Crossing::Below { member, accuracy } => {
+                    let member = &spec.members[member].model;
+                    metrics.accuracy_alerts(&spec.name, member, 1);
+                    warn!(
+                        ensemble = %spec.name,
+                        member = %member,
+                        accuracy,
+                        threshold,
+                        window,
+                        "member accuracy against feedback fell below min_member_accuracy"
+                    );
+                }
+                Crossing::Recovered { member, accuracy } => {
+                    info!(
+                        ensemble = %spec.name,
+                        member = %spec.members[member].model,
+                        accuracy,
+                        threshold,
+                        window,
+                        "member accuracy against feedback is back above min_member_accuracy"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Where `spec`'s accuracy against feedback stands; `None` when it takes no feedback.
+    pub fn standing(&self, spec: &EnsembleSpec) -> Option<Standing> {
+        let policy = spec.feedback?;
+        let trackers = self.accuracy.lock().expect("accuracy lock");
+        let tracker = trackers.get(&spec.name).filter(|t| {
+            t.fits(
+                spec.members.len(),
+                policy.accuracy_window,
+                policy.min_member_accuracy,
+            )
+        });
+        let members = spec
+            .members
+            .iter()
+            .enumerate()
+            .map(|(index, member)| {
+                let window = tracker.and_then(|t| t.member(index));
+                MemberStanding {
+                    model: member.model.clone(),
+                    accuracy: window.and_then(|w| w.accuracy()),
+                    samples: window.map_or(0, |w| w.samples()),
+                    below_threshold: tracker.is_some_and(|t| t.is_below(index)),
+                }
+            })
+            .collect();
+        Some(Standing {
+            window: policy.accuracy_window,
+            min_member_accuracy: policy.min_member_accuracy,
+            accuracy: tracker.and_then(|t| t.ensemble().accuracy()),
+            samples: tracker.map_or(0, |t| t.ensemble().samples()),
+            members,
+        })
     }
 
     /// Counts a feedback request refused as malformed.
@@ -261,6 +431,43 @@ fn fits(prediction: &Prediction, labels: &[i64]) -> bool {
         })
 }
 
+/// The ensemble's class per row, from its combined answer: the argmax of `probabilities`
+/// (class indices, as soft votes and feedback labels use), else its `label`s.
+fn combined_classes(answer: &EnsembleAnswer, rows: usize) -> Option<Box<[i64]>> {
+    let output = |name: &str| answer.outputs.iter().find(|t| t.name == name);
+    [crate::combine::PROBABILITIES, crate::combine::LABEL]
+        .into_iter()
+        .filter_map(output)
+        .filter_map(Votes::of)
+        .find(|votes| votes.rows() == rows)
+        .map(|votes| votes.classes())
+}
+
+/// Each member's outcome on a feedback row (`None`: it did not answer), and the ensemble's.
+type RowOutcomes = (Vec<Option<bool>>, Option<bool>);
+
+/// Right or wrong, per row, for each member that answered and for the ensemble.
+fn row_outcomes(prediction: &Prediction, labels: &[i64]) -> Vec<RowOutcomes> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(row, label)| {
+            let mut members = vec![None; prediction.members];
+            for (index, votes) in &prediction.votes {
+                if let Some(slot) = members.get_mut(*index) {
+                    *slot = votes.class(row).map(|class| class == *label);
+                }
+            }
+            let ensemble = prediction
+                .combined
+                .as_ref()
+                .and_then(|classes| classes.get(row))
+                .map(|class| class == label);
+            (members, ensemble)
+        })
+        .collect()
+}
+
 /// One update per row: each member's loss on it (`None` for members that did not answer).
 fn row_ops(prediction: &Prediction, labels: &[i64], rule: crate::spec::OnlineWeights) -> Vec<Op> {
     labels
@@ -285,7 +492,10 @@ mod tests {
     use chorus_common::Tensor;
 
     fn spec(online: bool) -> Arc<EnsembleSpec> {
-        let weights = if online { "weights = \"online\"\n" } else { "" };
+        spec_with(if online { "weights = \"online\"\n" } else { "" })
+    }
+
+    fn spec_with(weights: &str) -> Arc<EnsembleSpec> {
         let text = format!(
             "version = 1\n[[ensemble]]\nname = \"e\"\ncombiner = \"soft_vote\"\ndeadline_ms = 5\n{weights}[[ensemble.member]]\nmodel = \"good\"\n[[ensemble.member]]\nmodel = \"bad\"\n"
         );
@@ -359,10 +569,47 @@ mod tests {
         feedback.record(&spec, "r1", &answer());
         assert!(matches!(
             feedback.apply(&spec, &[item("r1", &[0, 1])]),
-            Err(FeedbackError::NotOnline(_))
+            Err(FeedbackError::NotKept(_))
         ));
         assert!(Arc::ptr_eq(&feedback.weighted(&spec), &spec));
         assert_eq!(feedback.weights(&spec), None);
+        assert_eq!(feedback.standing(&spec), None);
+    }
+
+    #[test]
+    fn accuracy_is_measured_for_static_ensembles_that_take_feedback() {
+        let metrics = Arc::new(Metrics::new());
+        let feedback = Feedback::unsaved(Arc::clone(&metrics));
+        let spec = spec_with("feedback = true\naccuracy_window = 4\nmin_member_accuracy = 0.5\n");
+        let mut answer = answer();
+        // The ensemble answered class 0 then 1: right on both rows.
+        answer.outputs = vec![Tensor::from_values(
+            "probabilities",
+            vec![2, 2],
+            &[0.6f32, 0.4, 0.4, 0.6],
+        )];
+        feedback.record(&spec, "r1", &answer);
+        feedback.record(&spec, "r2", &answer);
+        let counts = feedback
+            .apply(&spec, &[item("r1", &[0, 1]), item("r2", &[0, 1])])
+            .unwrap();
+        assert_eq!(counts.accepted, 2);
+        assert_eq!(feedback.weights(&spec), None, "static weights stay static");
+        let standing = feedback.standing(&spec).unwrap();
+        assert_eq!((standing.accuracy, standing.samples), (Some(1.0), 4));
+        assert_eq!(standing.members[0].accuracy, Some(1.0));
+        assert_eq!(standing.members[1].accuracy, Some(0.0));
+        assert!(standing.members[1].below_threshold && !standing.members[0].below_threshold);
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains("chorus_member_accuracy{model=\"e\",member=\"bad\"} 0.0"),
+            "{text}"
+        );
+        assert!(text.contains("chorus_member_accuracy_alerts_total{model=\"e\",member=\"bad\"} 1"));
+        assert!(
+            text.contains("chorus_member_accuracy_alerts_total{model=\"e\",member=\"good\"} 0")
+        );
+        assert!(text.contains("chorus_ensemble_accuracy{model=\"e\"} 1.0"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The recent predictions feedback joins against: by request id, what each member that answered
-//! said about each row — only what the weight update needs (a member's probabilities, f32, or
-//! its labels), not the inputs or the combined answer.
+//! said about each row — only what the weight update and the accuracy windows need (a member's
+//! probabilities, f32, or its labels, and the ensemble's class per row), not the inputs.
 //!
 //! Bounded three ways, oldest first out (a ring in insertion order): by entries
 //! (`--feedback-window`), by age (`--feedback-ttl-secs`) and by stored values (so a few huge
@@ -62,6 +62,31 @@ impl Votes {
         }
     }
 
+    /// The class the member picked for `row`: its most probable class (the first of equals;
+    /// NaN never wins), or its label. `None` for a row it has no vote for.
+    pub fn class(&self, row: usize) -> Option<i64> {
+        match self {
+            Votes::Probabilities { classes, values } => {
+                let scores = values.get(row * classes..(row + 1) * classes)?;
+                let mut best: Option<(usize, f32)> = None;
+                for (class, p) in scores.iter().enumerate() {
+                    if !p.is_nan() && best.is_none_or(|(_, b)| *p > b) {
+                        best = Some((class, *p));
+                    }
+                }
+                best.and_then(|(class, _)| i64::try_from(class).ok())
+            }
+            Votes::Labels(labels) => labels.get(row).copied(),
+        }
+    }
+
+    /// Every row's class (see [`Votes::class`]), `-1` where there is none.
+    pub fn classes(&self) -> Box<[i64]> {
+        (0..self.rows())
+            .map(|row| self.class(row).unwrap_or(-1))
+            .collect()
+    }
+
     /// The member's loss on `row` when the true class is `label`: `1 − p(label)` for
     /// probabilities, 0 or 1 for labels. `None` for a row or class it has no vote for.
     pub fn loss(&self, row: usize, label: i64) -> Option<f64> {
@@ -92,6 +117,9 @@ pub struct Prediction {
     pub votes: Vec<(usize, Votes)>,
     /// The member count of the spec when it was answered.
     pub members: usize,
+    /// The ensemble's own class per row (what the accuracy of the ensemble is measured on);
+    /// `None` when its answer named none.
+    pub combined: Option<Box<[i64]>>,
 }
 
 impl Prediction {
@@ -100,6 +128,7 @@ impl Prediction {
             .iter()
             .map(|(_, v)| v.len())
             .sum::<usize>()
+            .saturating_add(self.combined.as_ref().map_or(0, |c| c.len()))
             .max(1)
     }
 }
@@ -227,6 +256,7 @@ mod tests {
             rows: 1,
             votes: vec![(0, Votes::Labels(vec![3].into()))],
             members: 1,
+            combined: None,
         }
     }
 
@@ -303,6 +333,13 @@ mod tests {
         let labels = Votes::of(&Tensor::from_values("l", vec![2], &[4i64, 1])).unwrap();
         assert_eq!(labels.loss(0, 4), Some(0.0));
         assert_eq!(labels.loss(1, 4), Some(1.0));
+        assert_eq!(votes.classes(), vec![0, 1].into());
+        assert_eq!(labels.classes(), vec![4, 1].into());
+        let nan = Votes::Probabilities {
+            classes: 2,
+            values: vec![f32::NAN, 0.1].into(),
+        };
+        assert_eq!(nan.class(0), Some(1));
         assert_eq!(
             Votes::of(&Tensor::from_values("x", vec![1, 2, 3], &[0f32; 6])),
             None

@@ -7,6 +7,7 @@ mod decode;
 #[cfg(test)]
 mod decode_properties;
 mod encode;
+pub mod feedback;
 mod service;
 mod status;
 mod stream;
@@ -18,6 +19,12 @@ pub use status::code;
 pub mod proto {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("inference");
+}
+
+/// Chorus's own service from `proto/feedback.proto` (`chorus.v1.Feedback`), client included.
+pub mod feedback_proto {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("chorus.v1");
 }
 
 use crate::http::ClientLimits;
@@ -53,7 +60,7 @@ pub async fn serve(
     let limit = app.limits().max_request_bytes;
     // Compressed messages are read and, for clients that accept them, answers sent compressed;
     // the decompressed size counts against the same limit.
-    let grpc = GrpcInferenceServiceServer::new(service::Service::new(app))
+    let inference = GrpcInferenceServiceServer::new(service::Service::new(Arc::clone(&app)))
         .max_decoding_message_size(limit)
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Deflate)
@@ -61,6 +68,7 @@ pub async fn serve(
         .send_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Deflate)
         .send_compressed(CompressionEncoding::Zstd);
+    let grpc = feedback::Dispatch::new(inference, feedback::server(app, limit));
     let service = tower::util::MapResponse::new(grpc, move |response| {
         status::remap_decode_error_response(response, limit)
     });

@@ -34,6 +34,7 @@ fn optional(text: &str) -> Option<&str> {
 pub async fn infer(
     app: &Infer,
     credentials: &PresentedCredentials,
+    trace: chorus_common::trace::Incoming<'_>,
     message: ModelInferRequest,
     deadline: Result<Option<Duration>, InferError>,
 ) -> Result<crate::infer::InferAnswer, InferError> {
@@ -49,7 +50,7 @@ pub async fn infer(
         let request = decode::request(message, deadline)?;
         app.infer(&target, request).await
     };
-    app.observed(Protocol::Grpc, &model, credentials.borrowed(), work)
+    app.observed(Protocol::Grpc, &model, credentials.borrowed(), trace, work)
         .await
 }
 
@@ -68,8 +69,26 @@ pub fn credentials(metadata: &MetadataMap) -> PresentedCredentials {
     }
 }
 
+/// The client's W3C trace context, in the metadata names REST uses as headers; looked up only
+/// when traces are exported.
+fn trace_context(metadata: &MetadataMap) -> chorus_common::trace::Incoming<'_> {
+    use chorus_common::trace::{self, Incoming};
+    if !trace::enabled() {
+        return Incoming::default();
+    }
+    let text = |name: &str| metadata.get(name).and_then(|v| v.to_str().ok());
+    Incoming {
+        traceparent: text(trace::TRACEPARENT),
+        tracestate: text(trace::TRACESTATE),
+    }
+}
+
 /// The caller of a call other than inference, which may see `model` (when it names one).
-fn authorized<T>(app: &Infer, request: &Request<T>, model: Option<&str>) -> Result<Caller, Status> {
+pub(super) fn authorized<T>(
+    app: &Infer,
+    request: &Request<T>,
+    model: Option<&str>,
+) -> Result<Caller, Status> {
     let caller = app.authenticate(credentials(request.metadata()).borrowed())?;
     if let Some(model) = model {
         caller.authorize(model)?;
@@ -137,7 +156,9 @@ impl GrpcInferenceService for Service {
     ) -> Result<Response<ModelInferResponse>, Status> {
         let deadline = deadline_of(&request);
         let credentials = credentials(request.metadata());
-        let answer = infer(&self.app, &credentials, request.into_inner(), deadline).await?;
+        let (metadata, _, message) = request.into_parts();
+        let trace = trace_context(&metadata);
+        let answer = infer(&self.app, &credentials, trace, message, deadline).await?;
         Ok(Response::new(encode::answer(answer)))
     }
 

@@ -104,6 +104,14 @@ async fn answer_one(
         message.model_version.clone(),
         message.id.clone(),
     );
-    let result = service::infer(&app, &credentials, message, Ok(deadline)).await;
+    let result = service::infer(
+        &app,
+        &credentials,
+        // A stream's messages start traces of their own (the stream's metadata is not kept).
+        chorus_common::trace::Incoming::default(),
+        message,
+        Ok(deadline),
+    )
+    .await;
     encode::stream_answer(result, model, version, id)
 }

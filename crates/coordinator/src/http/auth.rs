@@ -20,6 +20,20 @@ pub fn credentials(headers: &HeaderMap) -> Credentials<'_> {
     }
 }
 
+/// The client's W3C trace context headers (`traceparent`, `tracestate`); looked up only when
+/// traces are exported.
+pub fn trace_context(headers: &HeaderMap) -> chorus_common::trace::Incoming<'_> {
+    use chorus_common::trace::{self, Incoming};
+    if !trace::enabled() {
+        return Incoming::default();
+    }
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    Incoming {
+        traceparent: text(trace::TRACEPARENT),
+        tracestate: text(trace::TRACESTATE),
+    }
+}
+
 /// The path parameter that names a model: `{model}`, or KServe V1's `{target}`
 /// (`<model>` or `<model>:predict`).
 fn model_in_path(params: &RawPathParams) -> Option<&str> {

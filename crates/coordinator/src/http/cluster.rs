@@ -1,6 +1,6 @@
 //! `GET /chorus/ensembles` on the admin port: what `chorus status` and `chorus models` show —
-//! each ensemble with its members, weights, quorum, limits and readiness, and each model with
-//! its versions and how many replicas are in rotation.
+//! each ensemble with its members, weights, quorum, limits, readiness and accuracy against
+//! feedback, and each model with its versions and how many replicas are in rotation.
 
 use super::App;
 use crate::pool::Pool;
@@ -55,6 +55,7 @@ pub async fn ensembles(State(app): State<App>) -> Json<Value> {
                 "ready": unready.is_none(),
                 "unready_reason": unready,
                 "online_weights": app.feedback().weights(spec).map(|r| super::feedback::weights_json(spec, &r)),
+                "accuracy": app.feedback().standing(spec),
             })
         })
         .collect();

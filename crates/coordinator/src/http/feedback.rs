@@ -3,7 +3,7 @@
 //! (freeze, unfreeze, reset). docs/data.md describes both.
 
 use super::{App, read_body};
-use crate::feedback::{FeedbackError, Item, Record};
+use crate::feedback::{Item, Record};
 use crate::infer::InferError;
 use crate::spec::EnsembleSpec;
 use axum::Json;
@@ -12,14 +12,6 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 use std::sync::Arc;
-
-impl From<FeedbackError> for InferError {
-    fn from(e: FeedbackError) -> Self {
-        match e {
-            FeedbackError::NotOnline(_) => InferError::BadRequest(e.to_string()),
-        }
-    }
-}
 
 fn ensemble(app: &App, name: &str) -> Result<Arc<EnsembleSpec>, InferError> {
     app.catalog()
@@ -33,10 +25,10 @@ pub async fn feedback(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, InferError> {
-    let spec = ensemble(&app, &model)?;
+    // An unknown ensemble is a 404 before the body is read.
+    ensemble(&app, &model)?;
     let body = read_body(&headers, body, app.limits().max_request_bytes).await?;
-    let items = parse(&body).inspect_err(|_| app.feedback().malformed(&spec))?;
-    let counts = app.feedback().apply(&spec, &items)?;
+    let counts = crate::feedback::submit(&app, &model, parse(&body))?;
     Ok(Json(
         serde_json::to_value(counts).expect("counts serialise"),
     ))

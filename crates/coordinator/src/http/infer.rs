@@ -35,6 +35,7 @@ async fn serve(
     body: Body,
 ) -> Response {
     let credentials = super::credentials(&headers);
+    let trace = super::auth::trace_context(&headers);
     let headers = &headers;
     let work = |caller| async move {
         // The model and the rate limits first: a refusal then costs no body read.
@@ -50,7 +51,7 @@ async fn serve(
         let answer = app.infer(&target, request).await?;
         response::encode(answer, &encoding)
     };
-    app.observed(Protocol::Http, model, credentials, work)
+    app.observed(Protocol::Http, model, credentials, trace, work)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }

@@ -68,6 +68,7 @@ pub async fn predict(
         .into_response();
     };
     let credentials = super::credentials(&headers);
+    let trace = super::auth::trace_context(&headers);
     let headers = &headers;
     let app = &app;
     let work = |caller| async move {
@@ -82,7 +83,7 @@ pub async fn predict(
         let answer = app.infer(&target, request).await?;
         encode(&answer.outputs, &outputs)
     };
-    app.observed(Protocol::Http, model, credentials, work)
+    app.observed(Protocol::Http, model, credentials, trace, work)
         .await
         .map(|predictions| {
             ([(header::CONTENT_TYPE, "application/json")], predictions).into_response()

@@ -44,7 +44,7 @@ use tokio::time::Instant;
 use tracing::{Instrument, debug, field};
 
 /// The tracing target of the per-request span (see [`Infer::observed`]).
-pub const REQUEST_SPAN_TARGET: &str = "chorus_request";
+pub const REQUEST_SPAN_TARGET: &str = chorus_common::trace::REQUEST_TARGET;
 
 /// Request limits and defaults, from the coordinator's config.
 #[derive(Debug, Clone, Copy)]
@@ -238,11 +238,14 @@ impl Infer {
     /// costs about 1.3 µs of formatting per request, so it is off by default, and
     /// `RUST_LOG=info,chorus_request=debug` turns on just the span, so every warning logged while
     /// serving a request names it. Member-call logs carry `request_id` as a field either way.
+    /// With `--otlp-endpoint` it is exported as the request's root span (or as the child of the
+    /// client's span, from `trace`'s `traceparent`), whatever `RUST_LOG` says.
     pub async fn observed<T, Work>(
         &self,
         protocol: Protocol,
         model: &str,
         credentials: Credentials<'_>,
+        trace: chorus_common::trace::Incoming<'_>,
         work: impl FnOnce(Caller) -> Work,
     ) -> Result<T, InferError>
     where
@@ -252,7 +255,9 @@ impl Infer {
             .metrics
             .model_label(model, || self.catalog.knows(model));
         let timer = self.metrics.request_started(label, protocol);
-        let span = tracing::debug_span!(target: REQUEST_SPAN_TARGET, "infer", model = %model, protocol = %protocol.as_str(), key = field::Empty, request_id = field::Empty);
+        let span = tracing::debug_span!(target: REQUEST_SPAN_TARGET, "infer", model = %model, protocol = %protocol.as_str(), key = field::Empty, request_id = field::Empty, otel.kind = "server");
+        // With traces exported, a client's `traceparent` makes this span its child.
+        trace.adopt(&span);
         let caller = self.access.authenticate(credentials);
         // For the per-key count after the work: an `Arc` clone, not a copy of the id.
         let counted = caller.as_ref().ok().cloned();
@@ -409,6 +414,7 @@ impl Infer {
                     inputs: request.inputs,
                     outputs: request.outputs.iter().map(|o| o.name.clone()).collect(),
                     request_id: id.clone(),
+                    trace_context: None,
                 };
                 let deadline = deadline(self.limits.model_deadline, request.timeout);
                 // Boxed for the same reason as the fan-out above.

@@ -1,7 +1,9 @@
-//! Feedback and online weights: `chorus_feedback_total{model, outcome}` and the gauge
-//! `chorus_ensemble_member_weight{model, member}`.
+//! Feedback and online weights: `chorus_feedback_total{model, outcome}`, the gauge
+//! `chorus_ensemble_member_weight{model, member}`, and accuracy against feedback:
+//! `chorus_member_accuracy{model, member}`, `chorus_ensemble_accuracy{model}` and
+//! `chorus_member_accuracy_alerts_total{model, member}`.
 
-use super::{MemberLabels, ModelLabel};
+use super::{MemberLabels, ModelLabel, ModelLabels};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -54,6 +56,16 @@ struct FeedbackLabels {
 pub struct FeedbackMetrics {
     feedback: Family<FeedbackLabels, Counter>,
     weights: Family<MemberLabels, Gauge<f64, AtomicU64>>,
+    member_accuracy: Family<MemberLabels, Gauge<f64, AtomicU64>>,
+    ensemble_accuracy: Family<ModelLabels, Gauge<f64, AtomicU64>>,
+    accuracy_alerts: Family<MemberLabels, Counter>,
+}
+
+fn member_labels(ensemble: &str, member: &str) -> MemberLabels {
+    MemberLabels {
+        model: ModelLabel(Arc::from(ensemble)),
+        member: ModelLabel(Arc::from(member)),
+    }
 }
 
 impl FeedbackMetrics {
@@ -68,6 +80,43 @@ impl FeedbackMetrics {
             "Current member weight of ensembles with online weights (mean 1 over the members), by ensemble and member",
             self.weights.clone(),
         );
+        r.register(
+            "chorus_member_accuracy",
+            "Share of the newest feedback rows (the ensemble's accuracy_window) each member answered right, by ensemble and member",
+            self.member_accuracy.clone(),
+        );
+        r.register(
+            "chorus_ensemble_accuracy",
+            "Share of the newest feedback rows (accuracy_window) the ensemble answered right",
+            self.ensemble_accuracy.clone(),
+        );
+        r.register(
+            "chorus_member_accuracy_alerts",
+            "Times a member's windowed accuracy fell below the ensemble's min_member_accuracy (once per crossing)",
+            self.accuracy_alerts.clone(),
+        );
+    }
+
+    pub fn member_accuracy(&self, ensemble: &str, member: &str, accuracy: f64) {
+        self.member_accuracy
+            .get_or_create(&member_labels(ensemble, member))
+            .set(accuracy);
+    }
+
+    pub fn ensemble_accuracy(&self, ensemble: &str, accuracy: f64) {
+        self.ensemble_accuracy
+            .get_or_create(&ModelLabels {
+                model: ModelLabel(Arc::from(ensemble)),
+            })
+            .set(accuracy);
+    }
+
+    /// Counts `count` crossings below the threshold (0 creates the series, so that the first
+    /// crossing is an increase Prometheus sees).
+    pub fn accuracy_alerts(&self, ensemble: &str, member: &str, count: u64) {
+        self.accuracy_alerts
+            .get_or_create(&member_labels(ensemble, member))
+            .inc_by(count);
     }
 
     pub fn feedback(&self, ensemble: &str, outcome: FeedbackOutcome, count: u64) {
@@ -83,10 +132,7 @@ impl FeedbackMetrics {
 
     pub fn member_weight(&self, ensemble: &str, member: &str, weight: f64) {
         self.weights
-            .get_or_create(&MemberLabels {
-                model: ModelLabel(Arc::from(ensemble)),
-                member: ModelLabel(Arc::from(member)),
-            })
+            .get_or_create(&member_labels(ensemble, member))
             .set(weight);
     }
 }

@@ -12,10 +12,29 @@ use crate::metrics::{CallOutcome, Metrics};
 use crate::pool::{CallError, Pool, WorkerHandle};
 use crate::stats::{self, InferenceStats};
 use chorus_common::rpc::{InferCall, InferReply};
+use chorus_common::trace;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{Instrument, debug, debug_span, field};
+
+/// Which attempt of a member call a worker call is (the attempt span's `attempt` field).
+#[derive(Debug, Clone, Copy)]
+enum Attempt {
+    First,
+    Retry,
+    Hedge,
+}
+
+impl Attempt {
+    fn as_str(self) -> &'static str {
+        match self {
+            Attempt::First => "first",
+            Attempt::Retry => "retry",
+            Attempt::Hedge => "hedge",
+        }
+    }
+}
 
 /// Tuning of retries and hedging.
 #[derive(Debug, Clone)]
@@ -110,7 +129,10 @@ impl Router {
     pub async fn call(&self, call: InferCall, deadline: Instant) -> Routed {
         let timer = self.metrics.call_started(&call.model);
         let started = Instant::now();
-        let routed = self.route(&call, deadline).await;
+        // One span per member call, with one child per attempt (first, retry, hedge): exported
+        // with `--otlp-endpoint`, disabled (a callsite check) otherwise.
+        let span = debug_span!(target: trace::TARGET, "member", member = %call.model, request_id = %call.request_id);
+        let routed = self.route(&call, deadline).instrument(span).await;
         timer.finish(match &routed.result {
             Ok(_) => CallOutcome::Ok,
             Err(error) if error.is_late() => CallOutcome::Late,
@@ -151,7 +173,9 @@ impl Router {
         self.retries.deposit();
         self.hedges.deposit();
         tried.push(first.worker_id.clone());
-        let (result, hedged) = self.attempt(call, deadline, first, &mut tried).await;
+        let (result, hedged) = self
+            .attempt(call, deadline, first, &mut tried, Attempt::First)
+            .await;
         routed.hedged = hedged;
         routed.result = result;
         let worth_retrying = matches!(&routed.result, Err(e) if e.worth_retrying());
@@ -174,7 +198,9 @@ impl Router {
         tried.push(second.worker_id.clone());
         routed.retried = true;
         // The retry may land on a replica that is frozen too: it is hedged like a first try.
-        let (result, hedged) = self.attempt(call, deadline, second, &mut tried).await;
+        let (result, hedged) = self
+            .attempt(call, deadline, second, &mut tried, Attempt::Retry)
+            .await;
         routed.hedged |= hedged;
         routed.result = result;
         routed
@@ -184,16 +210,24 @@ impl Router {
         self.pool.pick(&call.model, call.version.as_deref(), tried)
     }
 
-    /// One call on `worker`, its latency recorded when it succeeds.
+    /// One call on `worker`, its latency recorded when it succeeds. It runs in its own span,
+    /// whose trace context the call carries to the worker.
     async fn timed(
         &self,
         call: &InferCall,
         deadline: Instant,
         worker: &WorkerHandle,
+        attempt: Attempt,
     ) -> Result<InferReply, CallError> {
+        let span = debug_span!(target: trace::TARGET, "member.attempt", attempt = attempt.as_str(), member = %call.model, worker = %worker.worker_id, request_id = %call.request_id, otel.kind = "client", error = field::Empty);
+        let mut sent = call.clone();
+        sent.trace_context = span.in_scope(trace::current);
         let started = Instant::now();
-        let result = worker.infer(call.clone(), deadline).await;
+        let result = worker.infer(sent, deadline).instrument(span.clone()).await;
         let elapsed = started.elapsed();
+        if let Err(error) = &result {
+            span.record("error", field::display(error));
+        }
         match &result {
             Ok(_) => {
                 self.latency.record(&call.model, elapsed);
@@ -227,9 +261,10 @@ impl Router {
         deadline: Instant,
         first: Arc<WorkerHandle>,
         tried: &mut Vec<String>,
+        kind: Attempt,
     ) -> (Result<InferReply, CallError>, bool) {
         let primary_started = Instant::now();
-        let primary = self.timed(call, deadline, &first);
+        let primary = self.timed(call, deadline, &first, kind);
         tokio::pin!(primary);
         let Some(delay) = self.hedge_delay(&call.model) else {
             return (primary.await, false);
@@ -267,7 +302,7 @@ impl Router {
         counters.hedges.inc();
         debug!(member = %call.model, worker = %first.worker_id, hedge = %second.worker_id, request_id = %call.request_id, waited_us = primary_started.elapsed().as_micros() as u64, "hedging");
         tried.push(second.worker_id.clone());
-        let hedge = self.timed(call, deadline, &second);
+        let hedge = self.timed(call, deadline, &second, Attempt::Hedge);
         tokio::pin!(hedge);
         let result = tokio::select! {
             result = &mut primary => match result {
