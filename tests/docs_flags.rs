@@ -10,7 +10,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use support::{chorus_bin, repo_root};
 
 /// Subcommands documented in docs/configuration.md, each in a `## \`chorus <sub>\`` section.
-const CONFIGURED: [&str; 6] = ["up", "worker", "coordinator", "status", "models", "drain"];
+const CONFIGURED: [&str; 8] = [
+    "up",
+    "worker",
+    "coordinator",
+    "status",
+    "models",
+    "drain",
+    "validate",
+    "reload",
+];
 
 /// clap's own flags, documented by clap.
 const BUILT_IN: [&str; 2] = ["--help", "--version"];

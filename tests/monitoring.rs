@@ -175,8 +175,8 @@ fn every_metric_and_label_the_dashboard_and_rules_use_is_exported_by_a_real_clus
         "the dashboard has {} queries",
         exprs.len()
     );
-    let alerts = rules::parse(&read(RULES));
-    exprs.extend(alerts.iter().map(|rule| rule.expr.clone()));
+    let rule_file: rules::RuleFile = rules::parse(RULES, &read(RULES));
+    exprs.extend(rule_file.rules().map(|rule| rule.expr.clone()));
 
     let exposition = scrape_a_cluster();
     let mut problems = Vec::new();
@@ -247,24 +247,18 @@ fn promtool_accepts_the_rules_and_their_unit_tests_pass() {
 
 #[test]
 fn the_prometheus_rule_holds_exactly_the_plain_rules_file() {
-    let plain = read(RULES);
-    let source = &plain[plain
-        .find("\ngroups:")
-        .expect("`groups:` in the rules file")
-        + 1..];
-    let k8s = read(PROMETHEUS_RULE);
-    let (header, spec) = k8s.split_once("\nspec:\n").expect("a `spec:` line");
-    assert!(header.contains("apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\n"));
-    let unindented: Vec<&str> = spec
-        .lines()
-        .map(|line| line.strip_prefix("  ").unwrap_or(line))
-        .collect();
-    let source: Vec<&str> = source.lines().collect();
-    assert!(
-        unindented == source,
-        "{PROMETHEUS_RULE} differs from {RULES}: run deploy/monitoring/sync.sh"
+    let plain: rules::RuleFile = rules::parse(RULES, &read(RULES));
+    let k8s: rules::PrometheusRule = rules::parse(PROMETHEUS_RULE, &read(PROMETHEUS_RULE));
+    assert_eq!(
+        (k8s.api_version.as_str(), k8s.kind.as_str()),
+        ("monitoring.coreos.com/v1", "PrometheusRule"),
+        "{PROMETHEUS_RULE}: apiVersion and kind"
     );
-    // The script that writes it agrees.
+    assert!(
+        k8s.spec == plain,
+        "{PROMETHEUS_RULE}'s spec differs from {RULES}: run deploy/monitoring/sync.sh"
+    );
+    // Byte for byte, comments included: the script that writes it agrees.
     let status = Command::new("bash")
         .arg(repo_root().join("deploy/monitoring/sync.sh"))
         .arg("--check")
@@ -289,175 +283,144 @@ fn every_alert_has_a_severity_annotations_and_a_runbook_section() {
                 .collect()
         })
         .collect();
-    let alerts = rules::parse(&read(RULES));
+    let rule_file: rules::RuleFile = rules::parse(RULES, &read(RULES));
+    let alerts: Vec<_> = rule_file.alerts().collect();
     assert!(alerts.len() >= 8, "{} alerts", alerts.len());
     let mut problems = Vec::new();
-    for rule in &alerts {
-        for key in ["for", "severity", "summary", "description", "runbook"] {
-            if !rule.keys.contains(key) {
-                problems.push(format!("{} has no `{key}`", rule.alert));
+    let given = |text: &Option<String>| text.as_deref().is_some_and(|t| !t.trim().is_empty());
+    for (alert, rule) in &alerts {
+        let annotations = &rule.annotations;
+        for (key, present) in [
+            ("for", rule.for_.is_some()),
+            ("labels.severity", rule.labels.severity.is_some()),
+            ("annotations.summary", given(&annotations.summary)),
+            ("annotations.description", given(&annotations.description)),
+            ("annotations.runbook", given(&annotations.runbook)),
+        ] {
+            if !present {
+                problems.push(format!("{alert} has no `{key}`"));
             }
         }
-        let runbook = rule.runbook.as_deref().unwrap_or_default();
+        let runbook = annotations.runbook.as_deref().unwrap_or_default();
         match runbook.strip_prefix("docs/operations.md#") {
             Some(anchor) if anchors.contains(anchor) => {}
             _ => problems.push(format!(
-                "{}: runbook `{runbook}` is not a section of docs/operations.md",
-                rule.alert
+                "{alert}: runbook `{runbook}` is not a section of docs/operations.md"
             )),
         }
     }
     assert!(problems.is_empty(), "\n{}", problems.join("\n"));
 }
 
-/// The alerting rules of a rules file, read line by line: the file's layout is ours (one
-/// `- alert:` per rule, `expr:` on one line or as a `|` block), and promtool checks the YAML.
+/// The Prometheus rules file, and the Prometheus Operator's PrometheusRule that carries it, as
+/// typed values: the fields this test checks are named, the rest of a rule's `labels` and
+/// `annotations` kept as maps. promtool checks everything else about the file.
 mod rules {
-    use std::collections::BTreeSet;
+    use serde::Deserialize;
+    use std::collections::BTreeMap;
 
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    pub struct RuleFile {
+        pub groups: Vec<Group>,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    pub struct Group {
+        pub name: String,
+        pub rules: Vec<Rule>,
+    }
+
+    /// One alerting (`alert`) or recording (`record`) rule.
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
     pub struct Rule {
-        pub alert: String,
+        pub alert: Option<String>,
+        pub record: Option<String>,
         pub expr: String,
-        /// Every `key:` in the rule (`for`, `severity`, `summary`, …).
-        pub keys: BTreeSet<String>,
+        #[serde(rename = "for")]
+        pub for_: Option<String>,
+        pub keep_firing_for: Option<String>,
+        #[serde(default)]
+        pub labels: Labels,
+        #[serde(default)]
+        pub annotations: Annotations,
+    }
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    pub struct Labels {
+        pub severity: Option<Severity>,
+        #[serde(flatten)]
+        pub other: BTreeMap<String, String>,
+    }
+
+    /// The severities Alertmanager routes on (docs/operations.md's alert table): a misspelt one
+    /// would route nowhere, so it does not deserialize.
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Severity {
+        Critical,
+        Warning,
+        Info,
+    }
+
+    #[derive(Debug, Default, Deserialize, PartialEq)]
+    pub struct Annotations {
+        pub summary: Option<String>,
+        pub description: Option<String>,
         pub runbook: Option<String>,
+        #[serde(flatten)]
+        pub other: BTreeMap<String, String>,
     }
 
-    fn indent(line: &str) -> usize {
-        line.len() - line.trim_start().len()
+    /// A `monitoring.coreos.com/v1` PrometheusRule: its `spec` is a rules file.
+    #[derive(Debug, Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct PrometheusRule {
+        pub api_version: String,
+        pub kind: String,
+        pub spec: RuleFile,
     }
 
-    pub fn parse(yaml: &str) -> Vec<Rule> {
-        let lines: Vec<&str> = yaml.lines().collect();
-        let mut rules: Vec<Rule> = Vec::new();
-        let mut i = 0;
-        while i < lines.len() {
-            let line = lines[i];
-            let trimmed = line.trim_start().trim_start_matches("- ");
-            i += 1;
-            if trimmed.starts_with('#') {
-                continue;
-            }
-            let Some((key, value)) = trimmed.split_once(':') else {
-                continue;
-            };
-            let value = value.trim();
-            if key == "alert" {
-                rules.push(Rule {
-                    alert: value.to_string(),
-                    expr: String::new(),
-                    keys: BTreeSet::new(),
-                    runbook: None,
-                });
-                continue;
-            }
-            let Some(rule) = rules.last_mut() else {
-                continue;
-            };
-            rule.keys.insert(key.to_string());
-            match key {
-                "expr" if value.starts_with(['|', '>']) => {
-                    let mut block = Vec::new();
-                    while i < lines.len()
-                        && (lines[i].trim().is_empty() || indent(lines[i]) > indent(line))
-                    {
-                        block.push(lines[i].trim());
-                        i += 1;
-                    }
-                    rule.expr = block.join("\n");
-                }
-                "expr" => rule.expr = value.trim_matches(['"', '\'']).to_string(),
-                "runbook" => rule.runbook = Some(value.trim_matches(['"', '\'']).to_string()),
-                _ => {}
-            }
+    pub fn parse<T: serde::de::DeserializeOwned>(path: &str, yaml: &str) -> T {
+        serde_norway::from_str(yaml).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    impl RuleFile {
+        pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+            self.groups.iter().flat_map(|group| &group.rules)
         }
-        rules
+
+        /// The alerting rules, with their names.
+        pub fn alerts(&self) -> impl Iterator<Item = (&str, &Rule)> {
+            self.rules()
+                .filter_map(|rule| Some((rule.alert.as_deref()?, rule)))
+        }
     }
 }
 
 /// The metric and label names a PromQL expression uses, and the names a Prometheus text
-/// exposition has. A small lexer, not a parser: strings and `[…]` ranges are skipped, a word
-/// before `(` must be a known function, grouping clauses (`by`, `without`, `on`, `ignoring`,
-/// `group_left`, `group_right`) list labels, and any other word is a metric whose `{…}`
-/// matchers name labels.
+/// exposition has. Expressions are parsed by `promql-parser` (which refuses unknown functions
+/// and ill-typed arguments); the walk over its AST collects the metric and the matcher labels
+/// of each selector and the labels of `by`/`without`/`on`/`ignoring`/`group_*` clauses.
 mod promql {
+    use promql_parser::label::{Labels, METRIC_NAME, MatchOp};
+    use promql_parser::parser::{self, Expr, VectorSelector};
     use std::collections::{BTreeMap, BTreeSet};
 
     /// Labels Prometheus adds to every series it scrapes.
     const TARGET_LABELS: [&str; 2] = ["instance", "job"];
 
-    const AGGREGATIONS: &[&str] = &[
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "group",
-        "stddev",
-        "stdvar",
-        "count",
-        "count_values",
-        "bottomk",
-        "topk",
-        "quantile",
-    ];
-
-    const FUNCTIONS: &[&str] = &[
-        "abs",
-        "absent",
-        "absent_over_time",
-        "avg_over_time",
-        "ceil",
-        "changes",
-        "clamp",
-        "clamp_max",
-        "clamp_min",
-        "count_over_time",
-        "delta",
-        "deriv",
-        "exp",
-        "floor",
-        "histogram_quantile",
-        "holt_winters",
-        "idelta",
-        "increase",
-        "irate",
-        "label_join",
-        "label_replace",
-        "last_over_time",
-        "ln",
-        "log10",
-        "log2",
-        "max_over_time",
-        "min_over_time",
-        "predict_linear",
-        "present_over_time",
-        "quantile_over_time",
-        "rate",
-        "resets",
-        "round",
-        "scalar",
-        "sgn",
-        "sort",
-        "sort_desc",
-        "sqrt",
-        "stddev_over_time",
-        "sum_over_time",
-        "time",
-        "timestamp",
-        "vector",
-    ];
-
-    const KEYWORDS: &[&str] = &[
-        "and", "or", "unless", "bool", "offset", "atan2", "inf", "nan",
-    ];
-
-    const GROUPING: &[&str] = &[
-        "by",
-        "without",
-        "on",
-        "ignoring",
-        "group_left",
-        "group_right",
+    /// Grafana's interval variables, which stand where PromQL wants a duration: Grafana replaces
+    /// them before Prometheus sees the query, so do we. (Value variables such as `$model` sit
+    /// inside quoted matcher values, which PromQL reads as they are.)
+    const GRAFANA_DURATIONS: [&str; 6] = [
+        "${__rate_interval}",
+        "$__rate_interval",
+        "${__interval}",
+        "$__interval",
+        "${__range}",
+        "$__range",
     ];
 
     /// What one expression names.
@@ -469,178 +432,99 @@ mod promql {
         pub grouping: BTreeSet<String>,
     }
 
-    struct Lexer {
-        chars: Vec<char>,
-        at: usize,
-    }
-
-    impl Lexer {
-        fn peek(&self) -> Option<char> {
-            self.chars.get(self.at).copied()
+    impl Names {
+        fn group(&mut self, labels: &Labels) {
+            self.grouping.extend(labels.labels.iter().cloned());
         }
 
-        fn skip_spaces(&mut self) {
-            while self.peek().is_some_and(char::is_whitespace) {
-                self.at += 1;
-            }
-        }
-
-        fn word(&mut self) -> String {
-            let start = self.at;
-            while self
-                .peek()
-                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-            {
-                self.at += 1;
-            }
-            self.chars[start..self.at].iter().collect()
-        }
-
-        /// Skips the string starting here, escapes included.
-        fn string(&mut self) -> Result<(), String> {
-            let quote = self.chars[self.at];
-            self.at += 1;
-            while let Some(c) = self.peek() {
-                self.at += 1;
-                if c == '\\' && quote != '`' {
-                    self.at += 1;
-                } else if c == quote {
-                    return Ok(());
-                }
-            }
-            Err("unterminated string".into())
-        }
-
-        /// Skips a `[range]` or `[range:step]`.
-        fn range(&mut self) -> Result<(), String> {
-            match self.chars[self.at..].iter().position(|&c| c == ']') {
-                Some(end) => {
-                    self.at += end + 1;
-                    Ok(())
-                }
-                None => Err("unterminated `[`".into()),
-            }
-        }
-
-        /// The names of a `(label, …)` list.
-        fn label_list(&mut self) -> Result<Vec<String>, String> {
-            self.at += 1;
-            let mut labels = Vec::new();
-            loop {
-                self.skip_spaces();
-                match self.peek() {
-                    Some(')') => {
-                        self.at += 1;
-                        return Ok(labels);
-                    }
-                    Some(',') => self.at += 1,
-                    Some(c) if c.is_ascii_alphabetic() || c == '_' => labels.push(self.word()),
-                    other => return Err(format!("unexpected {other:?} in a label list")),
-                }
-            }
-        }
-
-        /// The label names of a `{label op "value", …}` selector.
-        fn matchers(&mut self) -> Result<Vec<String>, String> {
-            self.at += 1;
-            let mut labels = Vec::new();
-            loop {
-                self.skip_spaces();
-                match self.peek() {
-                    Some('}') => {
-                        self.at += 1;
-                        return Ok(labels);
-                    }
-                    Some(',') => self.at += 1,
-                    Some(c) if c.is_ascii_alphabetic() || c == '_' => {
-                        labels.push(self.word());
-                        self.skip_spaces();
-                        while self.peek().is_some_and(|c| matches!(c, '=' | '!' | '~')) {
-                            self.at += 1;
-                        }
-                        self.skip_spaces();
-                        match self.peek() {
-                            Some('"' | '\'' | '`') => self.string()?,
-                            other => return Err(format!("expected a quoted value, not {other:?}")),
-                        }
-                    }
-                    other => return Err(format!("unexpected {other:?} in a selector")),
-                }
-            }
-        }
-    }
-
-    /// The names `expr` uses; an error for what this lexer cannot read or an unknown function.
-    pub fn names(expr: &str) -> Result<Names, String> {
-        let mut lexer = Lexer {
-            chars: expr.chars().collect(),
-            at: 0,
-        };
-        let mut names = Names::default();
-        loop {
-            lexer.skip_spaces();
-            let Some(c) = lexer.peek() else {
-                return Ok(names);
+        fn selector(&mut self, selector: &VectorSelector) -> Result<(), String> {
+            let matchers = selector
+                .matchers
+                .matchers
+                .iter()
+                .chain(selector.matchers.or_matchers.iter().flatten());
+            let name = selector.name.clone().or_else(|| {
+                matchers
+                    .clone()
+                    .find(|m| m.name == METRIC_NAME && matches!(m.op, MatchOp::Equal))
+                    .map(|m| m.value.clone())
+            });
+            let Some(name) = name else {
+                return Err(format!("`{selector}` is a selector without a metric name"));
             };
-            match c {
-                '"' | '\'' | '`' => lexer.string()?,
-                '[' => lexer.range()?,
-                '{' => return Err("a selector without a metric name".into()),
-                // A Grafana variable ($model, $__rate_interval).
-                '$' => {
-                    lexer.at += 1;
-                    lexer.word();
-                }
-                // A number or a duration (`offset 5m`).
-                c if c.is_ascii_digit() || c == '.' => {
-                    while lexer
-                        .peek()
-                        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '.')
-                    {
-                        lexer.at += 1;
+            let mut labels: Vec<String> = matchers
+                .filter(|m| m.name != METRIC_NAME)
+                .map(|m| m.name.clone())
+                .collect();
+            labels.dedup();
+            self.selectors.push((name, labels));
+            Ok(())
+        }
+
+        fn walk(&mut self, expr: &Expr) -> Result<(), String> {
+            match expr {
+                Expr::Aggregate(aggregate) => {
+                    if let Some(modifier) = &aggregate.modifier {
+                        self.group(modifier.labels());
                     }
-                }
-                c if c.is_ascii_alphabetic() || c == '_' || c == ':' => {
-                    let word = lexer.word();
-                    lexer.skip_spaces();
-                    let call = lexer.peek() == Some('(');
-                    if GROUPING.contains(&word.as_str()) {
-                        if call {
-                            names.grouping.extend(lexer.label_list()?);
-                        } else if !word.starts_with("group_") {
-                            return Err(format!("`{word}` without a label list"));
-                        }
-                    } else if KEYWORDS.contains(&word.as_str())
-                        || AGGREGATIONS.contains(&word.as_str())
-                    {
-                        // Operators, and aggregations (whose `by (…)` may come before the `(`).
-                    } else if call {
-                        if !FUNCTIONS.contains(&word.as_str()) {
-                            return Err(format!("unknown function `{word}`"));
-                        }
-                    } else {
-                        let labels = if lexer.peek() == Some('{') {
-                            lexer.matchers()?
-                        } else {
-                            Vec::new()
-                        };
-                        names.selectors.push((word, labels));
+                    if let Some(param) = &aggregate.param {
+                        self.walk(param)?;
                     }
+                    self.walk(&aggregate.expr)
                 }
-                _ => lexer.at += 1,
+                Expr::Binary(binary) => {
+                    if let Some(modifier) = &binary.modifier {
+                        if let Some(matching) = &modifier.matching {
+                            self.group(matching.labels());
+                        }
+                        if let Some(include) = modifier.card.labels() {
+                            self.group(include);
+                        }
+                    }
+                    self.walk(&binary.lhs)?;
+                    self.walk(&binary.rhs)
+                }
+                Expr::Unary(unary) => self.walk(&unary.expr),
+                Expr::Paren(paren) => self.walk(&paren.expr),
+                Expr::Subquery(subquery) => self.walk(&subquery.expr),
+                Expr::Call(call) => call.args.args.iter().try_for_each(|arg| self.walk(arg)),
+                Expr::VectorSelector(selector) => self.selector(selector),
+                Expr::MatrixSelector(matrix) => self.selector(&matrix.vs),
+                Expr::NumberLiteral(_) | Expr::StringLiteral(_) => Ok(()),
+                // Only built by code that extends the parser, never by `parse`.
+                Expr::Extension(_) => Err("an extension node".into()),
             }
         }
     }
 
-    /// The names of a Grafana `label_values(metric, label)` variable query.
+    /// The names `expr` uses; the parser's error for what is not PromQL (an unknown function
+    /// included).
+    pub fn names(expr: &str) -> Result<Names, String> {
+        let expr = GRAFANA_DURATIONS
+            .iter()
+            .fold(expr.to_string(), |expr, var| expr.replace(var, "5m"));
+        let ast = parser::parse(&expr)?;
+        let mut names = Names::default();
+        names.walk(&ast)?;
+        Ok(names)
+    }
+
+    /// The names of a Grafana `label_values(selector, label)` variable query: a Grafana form, not
+    /// PromQL, so only its selector goes to the parser.
     pub fn label_values(query: &str) -> Option<Names> {
         let args = query
             .trim()
             .strip_prefix("label_values(")?
             .strip_suffix(')')?;
-        let (metric, label) = args.split_once(',')?;
-        let mut names = names(metric).ok()?;
-        names.grouping.insert(label.trim().to_string());
+        let (selector, label) = args.rsplit_once(',')?;
+        let label = label.trim();
+        let is_label = label.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !is_label {
+            return None;
+        }
+        let mut names = names(selector).ok()?;
+        names.grouping.insert(label.to_string());
         Some(names)
     }
 
@@ -806,10 +690,13 @@ chorus_membership_stale 0
 
         #[test]
         fn a_misspelled_function_and_unreadable_expressions_are_refused() {
-            assert_eq!(
-                names("rat(chorus_requests_total[5m])").unwrap_err(),
-                "unknown function `rat`"
+            let unknown = names("rat(chorus_requests_total[5m])").unwrap_err();
+            assert!(
+                unknown.contains("unknown function with name 'rat'"),
+                "{unknown}"
             );
+            // Arguments of the wrong type too: `rate` takes a range.
+            assert!(names("rate(chorus_requests_total)").is_err());
             assert!(names(r#"chorus_requests_total{model="x}"#).is_err());
             assert!(names("sum by model (chorus_requests_total)").is_err());
         }
@@ -826,19 +713,37 @@ chorus_membership_stale 0
 
 #[test]
 fn the_rules_reader_finds_block_and_inline_expressions() {
-    let rules = rules::parse(
-        "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: |\n          x\n            / y\n        for: 1m\n      - alert: B\n        # why\n        expr: z == 1\n        annotations:\n          runbook: docs/operations.md#b\n",
-    );
-    let got: Vec<_> = rules
-        .iter()
-        .map(|r| (r.alert.as_str(), r.expr.as_str(), r.runbook.as_deref()))
+    let yaml = "groups:\n  - name: g\n    rules:\n      - alert: A\n        expr: |\n          x\n            / y\n        for: 1m\n        labels:\n          severity: warning\n      - alert: B\n        # why\n        expr: z == 1\n        annotations:\n          runbook: docs/operations.md#b\n      - record: c:z\n        expr: sum(z)\n";
+    let file: rules::RuleFile = rules::parse("inline", yaml);
+    let got: Vec<_> = file
+        .rules()
+        .map(|r| {
+            let name = r.alert.as_deref().or(r.record.as_deref());
+            (name, r.expr.as_str(), r.annotations.runbook.as_deref())
+        })
         .collect();
     assert_eq!(
         got,
         [
-            ("A", "x\n/ y", None),
-            ("B", "z == 1", Some("docs/operations.md#b"))
+            (Some("A"), "x\n  / y\n", None),
+            (Some("B"), "z == 1", Some("docs/operations.md#b")),
+            (Some("c:z"), "sum(z)", None),
         ]
     );
-    assert!(rules[0].keys.contains("for"));
+    assert_eq!(file.alerts().count(), 2);
+    assert_eq!(file.groups[0].rules[0].for_.as_deref(), Some("1m"));
+    assert_eq!(
+        file.groups[0].rules[0].labels.severity,
+        Some(rules::Severity::Warning)
+    );
+    // A misspelt severity or rule key is refused, naming what is wrong.
+    let misspelt = |from: &str, to: &str| {
+        serde_norway::from_str::<rules::RuleFile>(&yaml.replace(from, to))
+            .unwrap_err()
+            .to_string()
+    };
+    let severity = misspelt("severity: warning", "severity: warnnig");
+    assert!(severity.contains("warnnig"), "{severity}");
+    let key = misspelt("annotations:", "anotations:");
+    assert!(key.contains("anotations"), "{key}");
 }

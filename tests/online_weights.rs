@@ -225,6 +225,13 @@ fn feedback_teaches_both_coordinators_to_ignore_a_bad_member() {
     }
 
     edge_cases(&coordinators[0]);
+    // The edge cases' two accepted rows flushed (the other coordinator sees them) before the
+    // reset: a flush that landed after it would apply them on top of the reset weights.
+    wait_until(
+        "the edge cases' rows to reach both",
+        Duration::from_secs(10),
+        || (online_weights(&coordinators[1])["rows"] == FEEDBACK_ROWS as u64 + 2).then_some(()),
+    );
 
     // An operator's reset reaches both coordinators.
     let reset = coordinators[1].admin.post_json(
@@ -514,4 +521,191 @@ fn accuracy_against_feedback_reports_the_bad_member_once() {
     assert_eq!(member("mlp")["below_threshold"], false, "{standing}");
     // Static weights stay static.
     assert_eq!(listed["online_weights"], Value::Null, "{listed}");
+}
+
+/// The value of `chorus_feedback_total{model=ensemble, outcome}` on `c` (0 when absent).
+fn feedback_count(c: &Coordinator, ensemble: &str, outcome: &str) -> f64 {
+    metric(
+        c,
+        &format!("chorus_feedback_total{{model=\"{ensemble}\",outcome=\"{outcome}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+/// Answers `count` single-row requests of `ensemble` on `c`; the feedback items telling their
+/// truth.
+fn answered(c: &Coordinator, ensemble: &str, from: usize, count: usize) -> Vec<Value> {
+    let expected = Expected::load();
+    let (rows, truth) = (expected.rows(), expected.truth());
+    (from..from + count)
+        .map(|i| {
+            let row = i % rows.len();
+            let (_, id) = infer_on(c, ensemble, &rows[row..=row]);
+            json!({"id": id, "label": truth[row]})
+        })
+        .collect()
+}
+
+fn feedback_to(c: &Coordinator, ensemble: &str, items: &[Value]) -> Value {
+    let reply = c.http.post_json(
+        &format!("/v2/models/{ensemble}/feedback"),
+        &json!({ "feedback": items }),
+    );
+    let body = reply.json();
+    assert_eq!(reply.status, 200, "{body}");
+    body
+}
+
+/// Feedback sent to a coordinator that did not answer the request reaches the one that did,
+/// relayed through etcd: counted there, moving the weights as direct feedback would, applied
+/// once however often it is sent; etcd down, the relay fails per item, promptly. Fusion
+/// ensembles take feedback and report accuracy too.
+#[test]
+fn feedback_through_another_coordinator_reaches_the_one_that_answered() {
+    const FUSION: &str = "digits_fusion_watched";
+    const ROWS: usize = 20;
+    let mut etcd = Etcd::start();
+    let _worker = start_worker_with(
+        "w-relay",
+        &[
+            "random_forest",
+            "mlp",
+            BAD,
+            "logreg",
+            "svc",
+            "gboost",
+            "stacker",
+        ],
+        &[format!("--etcd={}", etcd.endpoint)],
+    );
+    let a = start_coordinator(&etcd);
+    let b = start_coordinator(&etcd);
+
+    // Answered by A, told to B: relayed, and applied by A.
+    let items = answered(&a, ENSEMBLE, 0, ROWS);
+    let body = feedback_to(&b, ENSEMBLE, &items);
+    assert_eq!(
+        (&body["relayed"], &body["accepted"], &body["unknown"]),
+        (&json!(ROWS), &json!(0), &json!(0)),
+        "{body}"
+    );
+    wait_until(
+        "A to apply the relayed feedback",
+        Duration::from_secs(15),
+        || (feedback_count(&a, ENSEMBLE, "accepted") == ROWS as f64).then_some(()),
+    );
+    assert_eq!(feedback_count(&b, ENSEMBLE, "relayed"), ROWS as f64);
+    assert_eq!(feedback_count(&b, ENSEMBLE, "accepted"), 0.0);
+    let relayed = wait_until(
+        "both coordinators to show the relayed rows' weights",
+        Duration::from_secs(15),
+        || {
+            let (wa, wb) = (online_weights(&a), online_weights(&b));
+            (wa["rows"] == ROWS && wa == wb).then_some(wa)
+        },
+    );
+    assert!(weight(&relayed, BAD) < 1.0, "{relayed}");
+
+    // The same feedback again through B, and over gRPC: applied once.
+    let body = feedback_to(&b, ENSEMBLE, &items[..1]);
+    assert_eq!(body["relayed"], 1, "{body}");
+    let first = items[1]["id"].as_str().unwrap();
+    let label = items[1]["label"].as_i64().unwrap();
+    let r = submit_grpc(&b, ENSEMBLE, &[(first, &[label])]).expect("gRPC feedback");
+    assert_eq!((r.relayed, r.accepted, r.relay_failed), (1, 0, 0), "{r:?}");
+    wait_until("A to see both duplicates", Duration::from_secs(15), || {
+        (feedback_count(&a, ENSEMBLE, "duplicate") == 2.0).then_some(())
+    });
+    assert_eq!(feedback_count(&a, ENSEMBLE, "accepted"), ROWS as f64);
+    assert_eq!(
+        online_weights(&a)["rows"],
+        ROWS,
+        "a duplicate moved the weights"
+    );
+
+    // The same rows told to A directly move the weights the same way.
+    a.admin
+        .post_json(
+            &format!("/chorus/ensembles/{ENSEMBLE}/weights/reset"),
+            &json!({}),
+        )
+        .expect_status(200);
+    wait_until("the reset", Duration::from_secs(10), || {
+        (online_weights(&a)["rows"] == 0).then_some(())
+    });
+    let again = answered(&a, ENSEMBLE, 0, ROWS);
+    assert_eq!(feedback_to(&a, ENSEMBLE, &again)["accepted"], ROWS);
+    let direct = wait_until("the direct rows", Duration::from_secs(10), || {
+        let w = online_weights(&a);
+        (w["rows"] == ROWS).then_some(w)
+    });
+    for member in ["random_forest", "mlp", BAD] {
+        let (r, d) = (weight(&relayed, member), weight(&direct, member));
+        assert!((r - d).abs() < 1e-9, "{member}: relayed {r}, direct {d}");
+    }
+
+    // Without an answering coordinator alive, an id still relays (and expires with its
+    // lease); a client's own id is unknown.
+    let body = feedback_to(
+        &b,
+        ENSEMBLE,
+        &[
+            json!({"id": "00000000000000ff-1", "label": 1}),
+            json!({"id": "client-chosen", "label": 1}),
+        ],
+    );
+    assert_eq!(
+        (&body["relayed"], &body["unknown"]),
+        (&json!(1), &json!(1)),
+        "{body}"
+    );
+
+    // A fusion ensemble takes feedback, here and relayed, and reports its accuracy.
+    let fused = answered(&a, FUSION, 0, 60);
+    assert_eq!(feedback_to(&a, FUSION, &fused[..30])["accepted"], 30);
+    assert_eq!(feedback_to(&b, FUSION, &fused[30..])["relayed"], 30);
+    let standing = wait_until("A to count 60 fusion rows", Duration::from_secs(15), || {
+        let standing = listed(&a, FUSION)["accuracy"].clone();
+        (standing["samples"] == 60).then_some(standing)
+    });
+    let accuracy = standing["accuracy"].as_f64().expect("ensemble accuracy");
+    assert!(
+        accuracy > 0.85,
+        "the stacker's accuracy is {accuracy}: {standing}"
+    );
+    let gauge = metric(
+        &a,
+        &format!("chorus_ensemble_accuracy{{model=\"{FUSION}\"}}"),
+    );
+    let gauge = gauge.expect("fusion accuracy gauge");
+    assert!(
+        (gauge - accuracy).abs() < 1e-9,
+        "gauge {gauge}, listed {accuracy}"
+    );
+    assert_eq!(listed(&a, FUSION)["online_weights"], Value::Null);
+
+    // etcd down: the relay fails per item, within the etcd request timeout, counted.
+    let pending = answered(&a, ENSEMBLE, ROWS, 5);
+    etcd.kill();
+    let started = std::time::Instant::now();
+    let body = feedback_to(&b, ENSEMBLE, &pending);
+    assert_eq!(
+        (&body["relay_failed"], &body["relayed"]),
+        (&json!(5), &json!(0)),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the relay held the request {:?}",
+        started.elapsed()
+    );
+    assert_eq!(feedback_count(&b, ENSEMBLE, "relay_failed"), 5.0);
+    // Back up, the same items sent again are applied.
+    etcd.resume();
+    wait_until("the resent items to relay", Duration::from_secs(30), || {
+        (feedback_to(&b, ENSEMBLE, &pending)["relayed"] == 5).then_some(())
+    });
+    wait_until("A to apply them", Duration::from_secs(30), || {
+        (feedback_count(&a, ENSEMBLE, "accepted") == (2 * ROWS + 5) as f64).then_some(())
+    });
 }

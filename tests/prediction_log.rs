@@ -2,7 +2,8 @@
 //! over REST and gRPC, is in the files exactly once with its members' outputs, after a SIGTERM;
 //! `log_sample_rate = 0` logs nothing and `log_inputs = false` keeps inputs out; `chorus logs`
 //! reads the files back; a directory that cannot be written drops and counts records while
-//! every request is still answered; a path that is not a directory stops start-up.
+//! every request is still answered; a path that is not a directory stops start-up. Every record
+//! has an `input_hash`, the same for the same input (over REST or gRPC), inputs kept or not.
 
 mod support;
 
@@ -406,4 +407,275 @@ fn a_log_path_that_is_not_a_writable_directory_stops_start_up() {
         stderr.contains("--prediction-log") && stderr.contains("not a directory"),
         "{stderr}"
     );
+}
+
+/// The Parquet log's rows in `dir`, file by file, read with the `parquet` crate's row reader
+/// (not Chorus's): each row as a JSON object of its columns.
+fn parquet_rows(dir: &Path) -> Vec<Value> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    let mut rows = Vec::new();
+    for path in files {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("predictions-") && name.ends_with(".parquet"),
+            "unexpected file {name}: a graceful stop leaves no .part file"
+        );
+        let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap())
+            .unwrap_or_else(|e| panic!("{name} is not a finished Parquet file: {e}"));
+        for row in reader.get_row_iter(None).unwrap() {
+            let row = row.unwrap();
+            let columns = row
+                .get_column_iter()
+                .map(|(name, field)| (name.clone(), field_json(field)));
+            rows.push(Value::Object(columns.collect()));
+        }
+    }
+    rows
+}
+
+/// A Parquet value as JSON, for the column types of the log's schema.
+fn field_json(field: &parquet::record::Field) -> Value {
+    use parquet::record::Field;
+    match field {
+        Field::Null => Value::Null,
+        Field::Str(s) => json!(s),
+        Field::Long(n) | Field::TimestampMillis(n) => json!(n),
+        Field::Float(f) => json!(f64::from(*f)),
+        Field::ListInternal(list) => Value::Array(list.elements().iter().map(field_json).collect()),
+        other => panic!("a column type the log does not write: {other:?}"),
+    }
+}
+
+#[test]
+fn the_parquet_log_holds_every_answer_once_with_its_members_after_sigterm() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("parquet-log");
+    // About 1.5 KB a record: files of 30 KB rotate (and become readable) while requests run.
+    let mut cluster = start(
+        scratch.path(),
+        &dir,
+        &[
+            "--prediction-log-format=parquet",
+            "--prediction-log-max-bytes=30000",
+            "--prediction-log-zstd",
+        ],
+    );
+    let rows = Expected::load().rows();
+    let client = Grpc::connect(grpc_addr(&cluster.coordinator));
+    let mut sent = BTreeMap::new();
+    for (i, row) in rows.iter().take(40).enumerate() {
+        let id = format!("rest-{i}");
+        rest(&cluster.http, "pair", &id, row);
+        sent.insert(id, row.clone());
+    }
+    for (i, row) in rows.iter().skip(40).take(10).enumerate() {
+        let id = format!("grpc-{i}");
+        grpc(&client, "pair", &id, row);
+        sent.insert(id, row.clone());
+    }
+    for (i, row) in rows.iter().take(5).enumerate() {
+        rest(&cluster.http, "quiet", &format!("quiet-{i}"), row);
+        let id = format!("private-{i}");
+        rest(&cluster.http, "private", &id, row);
+        sent.insert(id, row.clone());
+    }
+    // A rotated file is finished, hence readable, while the coordinator still runs.
+    let finished = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .to_string_lossy()
+                    .ends_with(".parquet")
+            })
+            .count()
+    };
+    wait_until("a rotated Parquet file", Duration::from_secs(10), || {
+        (finished(&dir) >= 1).then_some(())
+    });
+    cluster.coordinator.signal(libc::SIGTERM);
+    let status = cluster.coordinator.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "coordinator exited with {status}");
+    assert!(
+        finished(&dir) >= 2,
+        "rotation and the graceful stop each finish a file"
+    );
+
+    let logged = parquet_rows(&dir);
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for row in &logged {
+        *seen
+            .entry(row["id"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    assert!(seen.values().all(|&n| n == 1), "logged twice: {seen:?}");
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        sent.keys().collect::<Vec<_>>(),
+        "every answered request of a logged ensemble, and nothing else"
+    );
+    for row in &logged {
+        let id = row["id"].as_str().unwrap();
+        assert_eq!(row["key"], "analyst", "{id}");
+        assert!(row["latency_us"].as_i64().unwrap() > 0, "{id}");
+        assert!(row["unix_ms"].as_i64().unwrap() > 1_600_000_000_000, "{id}");
+        assert_eq!(row["used"], json!(["logreg", "mlp"]), "{id}");
+        assert_eq!(row["failed"], json!([]), "{id}");
+        assert_eq!(row["input_hash"].as_str().map(str::len), Some(32), "{id}");
+        // The members' outputs (a JSON text column) and the combined answer (typed list
+        // columns): a soft vote of equal weights is the members' mean, its label the argmax.
+        let members: Value = serde_json::from_str(row["members"].as_str().unwrap()).unwrap();
+        let members = members.as_array().unwrap();
+        assert_eq!(members.len(), 2, "{id}");
+        let mut mean = vec![0.0; 10];
+        for member in members {
+            assert_eq!(member["status"], "used", "{id}");
+            assert_eq!(member["output"]["shape"], json!([1, 10]), "{id}");
+            for (m, p) in mean.iter_mut().zip(floats(&member["output"]["data"])) {
+                *m += p / 2.0;
+            }
+        }
+        let combined = floats(&row["probabilities"]);
+        assert_eq!(combined.len(), 10, "{id}");
+        for (m, c) in mean.iter().zip(&combined) {
+            assert!((m - c).abs() < 1e-5, "{id}: mean {mean:?} vs {combined:?}");
+        }
+        let argmax = (0..10)
+            .max_by(|&a, &b| combined[a].total_cmp(&combined[b]))
+            .unwrap();
+        assert_eq!(row["label"], json!([argmax]), "{id}");
+        if id.starts_with("private-") {
+            assert_eq!(row["ensemble"], "private");
+            assert_eq!(row["inputs"], Value::Null, "log_inputs = false");
+        } else {
+            assert_eq!(row["ensemble"], "pair");
+            let inputs: Value = serde_json::from_str(row["inputs"].as_str().unwrap()).unwrap();
+            let expected: Vec<f64> = sent[id].iter().map(|&v| f64::from(v)).collect();
+            assert_eq!(floats(&inputs[0]["data"]), expected, "{id}");
+        }
+    }
+
+    // pyarrow, when the environment has it, reads the directory as one table.
+    let python = support::repo_root().join(".venv/bin/python");
+    let has_pyarrow = std::process::Command::new(&python)
+        .args(["-c", "import pyarrow.parquet"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if has_pyarrow {
+        let script = "import sys, json, pyarrow.parquet as pq\n\
+            t = pq.read_table(sys.argv[1])\n\
+            print(json.dumps({'rows': t.num_rows, 'ids': sorted(t.column('id').to_pylist()), \
+            'time': str(t.schema.field('time').type), 'probabilities': str(t.schema.field('probabilities').type)}))";
+        let out = std::process::Command::new(&python)
+            .args(["-c", script, &dir.to_string_lossy()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let read: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(read["rows"], sent.len());
+        assert_eq!(read["ids"], json!(sent.keys().collect::<Vec<_>>()));
+        assert_eq!(read["time"], "timestamp[ms, tz=UTC]");
+        assert_eq!(read["probabilities"], "list<element: float not null>");
+    } else {
+        eprintln!("pyarrow is not in .venv: the Python read of the Parquet log is skipped");
+    }
+
+    // `chorus logs` reads Parquet files back as JSON records, and exports either format.
+    let log = dir.to_string_lossy().into_owned();
+    let (ok, out, err) = chorus(&["logs", "tail", &log, "-n", "2"]);
+    assert!(ok, "{err}");
+    let ids: Vec<String> = out
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(ids, ["private-3", "private-4"], "the newest, oldest first");
+    let exported = scratch.path().join("pair.parquet");
+    let (ok, _, err) = chorus(&[
+        "logs",
+        "export",
+        &log,
+        "--ensemble",
+        "pair",
+        "--format",
+        "parquet",
+        "--output",
+        &exported.to_string_lossy(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("exported 50 records"), "{err}");
+    let again = scratch.path().join("again");
+    std::fs::create_dir(&again).unwrap();
+    std::fs::copy(&exported, again.join("predictions-export-000001.parquet")).unwrap();
+    assert_eq!(parquet_rows(&again).len(), 50);
+    let (ok, out, err) = chorus(&["logs", "export", &again.to_string_lossy()]);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 50);
+    assert!(out.lines().all(|l| l.contains("\"ensemble\":\"pair\"")));
+    let (ok, _, err) = chorus(&["logs", "export", &log, "--format", "parquet"]);
+    assert!(!ok && err.contains("--output"), "{err}");
+}
+
+/// `input_hash` is on every record, kept inputs or not: the same input sent over REST and over
+/// gRPC hashes the same (the decoded tensor is hashed, not the wire form), to another ensemble
+/// too, and a different input hashes differently.
+#[test]
+fn every_record_has_an_input_hash_even_without_its_inputs() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("log");
+    let mut cluster = start(scratch.path(), &dir, &[]);
+    let rows = Expected::load().rows();
+    let client = Grpc::connect(grpc_addr(&cluster.coordinator));
+    rest(&cluster.http, "private", "same-rest", &rows[0]);
+    grpc(&client, "private", "same-grpc", &rows[0]);
+    rest(&cluster.http, "pair", "same-kept", &rows[0]);
+    rest(&cluster.http, "private", "other", &rows[1]);
+    cluster.coordinator.signal(libc::SIGTERM);
+    assert!(
+        cluster
+            .coordinator
+            .wait_exit(Duration::from_secs(30))
+            .success()
+    );
+
+    let hashes: BTreeMap<String, String> = records(&dir)
+        .iter()
+        .map(|record| {
+            let id = record["id"].as_str().unwrap().to_string();
+            let hash = record["input_hash"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{id}: no input_hash in {record}"));
+            assert!(
+                hash.len() == 32 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}: {hash}"
+            );
+            // Inputs are kept only by `pair`; the hash is there either way.
+            assert_eq!(
+                record.get("inputs").is_some(),
+                id == "same-kept",
+                "{record}"
+            );
+            (id, hash.to_string())
+        })
+        .collect();
+    assert_eq!(hashes.len(), 4, "{hashes:?}");
+    assert_eq!(hashes["same-rest"], hashes["same-grpc"]);
+    assert_eq!(hashes["same-rest"], hashes["same-kept"]);
+    assert_ne!(hashes["same-rest"], hashes["other"]);
 }

@@ -6,7 +6,10 @@
 //! in gRPC metadata works the same way. A malformed `traceparent` starts a trace of its own and
 //! the request is answered, and its spans reach the collector when the processes stop on SIGTERM
 //! (the exporters are flushed); without `--otlp-endpoint` requests with trace headers are
-//! answered as usual.
+//! answered as usual. A client's `tracestate` (header or metadata) is the `trace_state` of every
+//! span of its request, the workers' included; one over the W3C bounds is dropped alone. A
+//! `ModelStreamInfer` stream opened with a `traceparent` is one trace with a request span per
+//! message; without one each message is a trace of its own.
 
 mod support;
 
@@ -48,6 +51,8 @@ struct Exported {
     trace_id: String,
     span_id: String,
     parent: String,
+    /// The W3C `tracestate` the span was exported with (`""` for none).
+    trace_state: String,
     attributes: HashMap<String, String>,
 }
 
@@ -158,6 +163,7 @@ fn flatten(request: ExportTraceServiceRequest) -> Vec<Exported> {
                     trace_id: hex(&span.trace_id),
                     span_id: hex(&span.span_id),
                     parent: hex(&span.parent_span_id),
+                    trace_state: span.trace_state,
                     attributes: text(&span.attributes),
                 });
             }
@@ -319,9 +325,10 @@ fn one_request_is_one_trace_across_the_coordinator_and_its_workers() {
             assert_eq!(parent_of(span).name, "worker.infer", "{name}");
         }
     }
-    // The request id on every span.
+    // The request id on every span, and the client's tracestate, the workers' spans included.
     for span in &trace {
         assert_eq!(span.attr("request_id"), "traced-1", "{span:?}");
+        assert_eq!(span.trace_state, "client=1", "{span:?}");
     }
 
     // Over gRPC, the context comes in metadata.
@@ -335,6 +342,13 @@ fn one_request_is_one_trace_across_the_coordinator_and_its_workers() {
             .parse()
             .unwrap(),
     );
+    // Blanks and an empty member are allowed by the grammar and dropped.
+    request.metadata_mut().insert(
+        "tracestate",
+        "rojo=00f067aa0ba902b7 , ,congo=t61rcWkgMzE"
+            .parse()
+            .unwrap(),
+    );
     Grpc::connect(grpc_addr(&cluster.coordinator))
         .infer_with(request)
         .expect("gRPC answer");
@@ -343,6 +357,12 @@ fn one_request_is_one_trace_across_the_coordinator_and_its_workers() {
     assert_eq!(root.trace_id, grpc_trace);
     assert_eq!(root.parent, "b7ad6b7169203331");
     assert_eq!(root.attr("protocol"), "grpc");
+    for span in &over_grpc {
+        assert_eq!(
+            span.trace_state, "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE",
+            "{span:?}"
+        );
+    }
 
     // A malformed traceparent is ignored: answered, and traced as a trace of its own. Its spans
     // are still in the exporters' 5 s batches when the processes are stopped at once: a
@@ -384,4 +404,103 @@ fn without_an_endpoint_trace_headers_change_nothing() {
         &[("traceparent", "garbage".to_string())],
     );
     infer(&cluster.http, "untraced-3", &[]);
+}
+
+/// The spans of the trace `trace_id` once both messages' requests, worker calls and runs are in.
+fn wait_for_stream_trace(collector: &Collector, trace_id: &str) -> Vec<Exported> {
+    wait_until(
+        &format!("the spans of trace {trace_id}"),
+        Duration::from_secs(30),
+        || {
+            let trace: Vec<Exported> = collector
+                .spans()
+                .into_iter()
+                .filter(|s| s.trace_id == trace_id)
+                .collect();
+            let count = |name: &str| trace.iter().filter(|s| s.name == name).count();
+            (count("infer") == 2 && count("worker.infer") == 4 && count("model.run") == 4)
+                .then_some(trace)
+        },
+    )
+}
+
+/// Sends `ids` as messages of one `ModelStreamInfer` stream with `metadata`; panics unless each
+/// is answered.
+fn stream(cluster: &Traced, ids: &[&str], metadata: &[(&'static str, String)]) {
+    let messages: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let mut message = raw_request("pair", &[vec![0.5f32; 64]]);
+            message.id = id.to_string();
+            message
+        })
+        .collect();
+    let mut request = tonic::Request::new(futures::stream::iter(messages));
+    for (name, value) in metadata {
+        request.metadata_mut().insert(*name, value.parse().unwrap());
+    }
+    let answers = Grpc::connect(grpc_addr(&cluster.coordinator)).with(|mut client| async move {
+        let mut answers = client.model_stream_infer(request).await?.into_inner();
+        let mut all = Vec::new();
+        while let Some(answer) = answers.message().await? {
+            all.push(answer);
+        }
+        Ok::<_, tonic::Status>(all)
+    });
+    let answers = answers.expect("the stream's answers");
+    assert_eq!(answers.len(), ids.len(), "{answers:?}");
+    for answer in answers {
+        assert_eq!(answer.error_message, "", "{answer:?}");
+    }
+}
+
+#[test]
+fn a_stream_with_a_traceparent_is_one_trace_with_a_span_per_message() {
+    let scratch = tempfile::tempdir().unwrap();
+    let collector = Collector::start();
+    let cluster = start(
+        scratch.path(),
+        &[format!("--otlp-endpoint={}", collector.url)],
+    );
+    let stream_trace = "5a1f0c2e9d8b7a6f5e4d3c2b1a098765";
+    let stream_span = "1234567890abcdef";
+    // 33 list members: over the W3C bound, so the tracestate is dropped and the traceparent
+    // still counts.
+    let too_many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+    stream(
+        &cluster,
+        &["stream-1", "stream-2"],
+        &[
+            ("traceparent", format!("00-{stream_trace}-{stream_span}-01")),
+            ("tracestate", too_many.join(",")),
+        ],
+    );
+    let trace = wait_for_stream_trace(&collector, stream_trace);
+    let requests: Vec<&Exported> = trace.iter().filter(|s| s.name == "infer").collect();
+    let mut ids: Vec<&str> = requests.iter().map(|s| s.attr("request_id")).collect();
+    ids.sort();
+    assert_eq!(ids, ["stream-1", "stream-2"]);
+    for request in &requests {
+        assert_eq!(request.service, "chorus-coordinator");
+        assert_eq!(request.parent, stream_span, "{request:?}");
+        assert_eq!(request.attr("protocol"), "grpc");
+    }
+    assert!(trace.iter().all(|s| s.trace_state.is_empty()), "{trace:#?}");
+    // Each message's worker calls are in its own part of the trace: its request id on them.
+    for id in ["stream-1", "stream-2"] {
+        let calls = trace
+            .iter()
+            .filter(|s| s.name == "worker.infer" && s.attr("request_id") == id)
+            .count();
+        assert_eq!(calls, 2, "{id}");
+    }
+
+    // Without a traceparent, each message is a trace of its own.
+    stream(&cluster, &["alone-1", "alone-2"], &[]);
+    let first = wait_for_trace(&collector, "alone-1");
+    let second = wait_for_trace(&collector, "alone-2");
+    let root = |trace: &[Exported]| trace.iter().find(|s| s.name == "infer").unwrap().clone();
+    let (first, second) = (root(&first), root(&second));
+    assert_ne!(first.trace_id, second.trace_id);
+    assert!(first.parent.is_empty() && second.parent.is_empty());
 }

@@ -345,7 +345,13 @@ pub struct Expected(pub Value);
 
 impl Expected {
     pub fn load() -> Expected {
-        let path = repo_root().join("fixtures/digits/expected.json");
+        Expected::of_set("digits")
+    }
+
+    /// The expectations of another fixture data set (`fixtures/<set>/expected.json`, same
+    /// layout: `x`, `y`, per-model and per-ensemble answers).
+    pub fn of_set(set: &str) -> Expected {
+        let path = repo_root().join(format!("fixtures/{set}/expected.json"));
         let text =
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         Expected(serde_json::from_str(&text).expect("expected.json"))

@@ -58,7 +58,7 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 const WAIT_POLL: Duration = Duration::from_millis(200);
 
 /// `http://` added to a bare `host:port`.
-fn base_url(admin: &str) -> String {
+pub(crate) fn base_url(admin: &str) -> String {
     if admin.contains("://") {
         admin.trim_end_matches('/').to_string()
     } else {
@@ -371,7 +371,56 @@ fn status_text(workers: &Value, cluster: &Value) -> String {
         ],
         &ensemble_rows,
     ));
+    out.push_str(&online_weights_text(cluster));
     out
+}
+
+/// The learnt weights of ensembles with `weights = "online"` (members in spec order), or
+/// nothing when none has them.
+fn online_weights_text(cluster: &Value) -> String {
+    let rows: Vec<Vec<String>> = cluster["ensembles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["online_weights"].is_object())
+        .map(|e| {
+            let online = &e["online_weights"];
+            let weights = e["members"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| {
+                    let model = text(&m["model"]);
+                    match online["weights"][&model].as_f64() {
+                        Some(w) => format!("{model}={w:.4}"),
+                        None => format!("{model}=-"),
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            vec![
+                text(&e["name"]),
+                yes_no(&online["frozen"]).to_string(),
+                text(&online["rows"]),
+                weights,
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n{}",
+        table(
+            &[
+                "ONLINE ENSEMBLE",
+                "FROZEN",
+                "ROWS",
+                "MEMBER WEIGHTS (learnt)"
+            ],
+            &rows
+        )
+    )
 }
 
 fn models_text(cluster: &Value) -> String {
@@ -419,11 +468,36 @@ mod tests {
         assert!(status.contains("w-1     127.0.0.1:9000  yes"), "{status}");
         assert!(status.contains("1/2 live, 2 needed"), "{status}");
         assert!(status.contains("mlp×2.0 (0 replicas)"), "{status}");
+        assert!(!status.contains("ONLINE"), "no online ensemble: {status}");
         let models = models_text(&cluster);
         assert!(
             models.contains("logreg  1         1         yes"),
             "{models}"
         );
+    }
+
+    #[test]
+    fn status_shows_learnt_weights_and_the_freeze() {
+        let workers = json!({"workers": []});
+        let cluster = json!({"ready": true, "ensembles": [
+            {"name": "digits_online", "ready": true, "min_members": 1, "combiner": "soft_vote",
+             "deadline_ms": 500,
+             "members": [{"model": "rf", "weight": 1.0, "replicas": 1},
+                         {"model": "bad", "weight": 1.0, "replicas": 1}],
+             "online_weights": {"weights": {"bad": 0.05, "rf": 1.95}, "frozen": true,
+                                "rows": 1000, "generation": 7}},
+            {"name": "digits_static", "ready": true, "min_members": 1, "combiner": "soft_vote",
+             "deadline_ms": 500, "members": [], "online_weights": null}]});
+        let status = status_text(&workers, &cluster);
+        let section = status
+            .split_once("ONLINE ENSEMBLE")
+            .map(|(_, rest)| rest)
+            .unwrap_or_else(|| panic!("no online weights section: {status}"));
+        assert!(
+            section.contains("digits_online    yes     1000  rf=1.9500, bad=0.0500"),
+            "{status}"
+        );
+        assert!(!section.contains("digits_static"), "{status}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! `chorus logs tail|export`: reads a prediction log directory (`--prediction-log DIR`, plain
-//! `.jsonl` and rotated `.jsonl.zst` files) back as JSON Lines, one record per line
+//! `.jsonl`, rotated `.jsonl.zst` and finished `.parquet` files, mixed or not) back as JSON
+//! Lines, one record per line; `export --format parquet` writes one Parquet file instead
 //! (docs/data.md).
 
 use anyhow::Context;
-use chorus_coordinator::prediction_log::{read, time};
+use chorus_coordinator::prediction_log::parquet::{RecordFileWriter, read_records};
+use chorus_coordinator::prediction_log::{LogFormat, Record, read, time};
 use clap::{Args, Subcommand};
 use serde::Deserialize;
 use std::collections::{BTreeMap, VecDeque};
@@ -54,9 +56,14 @@ struct ExportArgs {
     /// Only records of this ensemble.
     #[arg(long)]
     ensemble: Option<String>,
-    /// Write to this file instead of standard output.
+    /// Write to this file instead of standard output (needed with `--format parquet`).
     #[arg(long, short)]
     output: Option<PathBuf>,
+    /// Format of the export: `jsonl` (one JSON record per line, as the log's JSON Lines files)
+    /// or `parquet` (one Parquet file with the log's Parquet schema). Either reads both kinds of
+    /// log file.
+    #[arg(long, value_enum, default_value_t = LogFormat::Jsonl)]
+    format: LogFormat,
 }
 
 pub fn main(args: LogsArgs) -> anyhow::Result<()> {
@@ -81,6 +88,29 @@ fn complete_lines(bytes: &[u8]) -> (Vec<&[u8]>, usize) {
         .filter(|line| !line.is_empty())
         .collect();
     (lines, end)
+}
+
+fn is_parquet(path: &Path) -> bool {
+    read::is_parquet(&path.to_string_lossy())
+}
+
+/// A record as one JSON line without its newline.
+fn json_line(record: &Record) -> Vec<u8> {
+    let mut line = record.to_line();
+    line.pop();
+    line
+}
+
+/// One file's complete records as JSON lines, and (JSON Lines files) the byte offset after the
+/// last complete line, where `--follow` resumes.
+fn file_lines(path: &Path) -> anyhow::Result<(Vec<Vec<u8>>, u64)> {
+    if is_parquet(path) {
+        let records = read_records(path)?;
+        return Ok((records.iter().map(json_line).collect(), 0));
+    }
+    let bytes = read_all(path)?;
+    let (lines, end) = complete_lines(&bytes);
+    Ok((lines.into_iter().map(<[u8]>::to_vec).collect(), end as u64))
 }
 
 fn read_all(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -108,14 +138,13 @@ fn tail(args: TailArgs) -> anyhow::Result<()> {
     // Where --follow resumes in each plain file.
     let mut offsets: BTreeMap<PathBuf, u64> = BTreeMap::new();
     for path in files.iter().rev() {
-        let bytes = read_all(path)?;
-        let (lines, end) = complete_lines(&bytes);
-        offsets.insert(path.clone(), end as u64);
-        for line in lines.iter().rev() {
+        let (lines, end) = file_lines(path)?;
+        offsets.insert(path.clone(), end);
+        for line in lines.into_iter().rev() {
             if newest.len() == args.lines {
                 break;
             }
-            newest.push_front(line.to_vec());
+            newest.push_front(line);
         }
         if newest.len() == args.lines && !args.follow {
             break;
@@ -135,7 +164,8 @@ fn tail(args: TailArgs) -> anyhow::Result<()> {
 }
 
 /// Prints lines appended to the plain files from `offsets` on, and new files, until the
-/// output closes. A file rotated and compressed between two polls is read no further.
+/// output closes. A file rotated and compressed between two polls is read no further. A
+/// Parquet file is printed whole when it appears (finished: rotated or closed).
 fn follow(
     dir: &Path,
     mut offsets: BTreeMap<PathBuf, u64>,
@@ -145,6 +175,20 @@ fn follow(
         std::thread::sleep(FOLLOW_POLL);
         let files = log_files(dir)?;
         offsets.retain(|path, _| files.contains(path));
+        for path in files.iter().filter(|p| is_parquet(p)) {
+            if offsets.contains_key(path) {
+                continue;
+            }
+            offsets.insert(path.clone(), 0);
+            let Ok((lines, _)) = file_lines(path) else {
+                continue;
+            };
+            for line in lines {
+                if !emit(out, &line) {
+                    return Ok(());
+                }
+            }
+        }
         for path in files
             .iter()
             .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
@@ -182,43 +226,95 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
     let since = bound("since", &args.since)?;
     let until = bound("until", &args.until)?;
     let files = log_files(&args.dir)?;
-    let mut out: Box<dyn Write> = match &args.output {
-        Some(path) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create --output {}", path.display()))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    let create = |path: &Path| {
+        std::fs::File::create(path)
+            .map(std::io::BufWriter::new)
+            .with_context(|| format!("cannot create --output {}", path.display()))
     };
-    let (mut exported, mut unreadable) = (0u64, 0u64);
+    let mut out = match (args.format, &args.output) {
+        (LogFormat::Jsonl, Some(path)) => Export::Jsonl(Box::new(create(path)?)),
+        (LogFormat::Jsonl, None) => {
+            Export::Jsonl(Box::new(std::io::BufWriter::new(std::io::stdout().lock())))
+        }
+        (LogFormat::Parquet, Some(path)) => {
+            Export::Parquet(Box::new(RecordFileWriter::new(create(path)?, true)?))
+        }
+        (LogFormat::Parquet, None) => {
+            anyhow::bail!("--format parquet writes a binary file: give it with --output FILE")
+        }
+    };
+    let (mut exported, mut unreadable, mut bad_files) = (0u64, 0u64, 0u64);
     for path in &files {
-        let bytes = read_all(path)?;
-        for line in complete_lines(&bytes).0 {
-            let Ok(record) = serde_json::from_slice::<Filtered>(line) else {
+        let lines = match file_lines(path) {
+            Ok((lines, _)) => lines,
+            // A damaged Parquet file is skipped, not the whole export.
+            Err(e) if is_parquet(path) => {
+                eprintln!("skipping {}: {e:#}", path.display());
+                bad_files += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for line in lines {
+            let Ok(record) = serde_json::from_slice::<Filtered>(&line) else {
                 unreadable += 1;
                 continue;
             };
             let wanted = since.is_none_or(|t| record.unix_ms >= t)
                 && until.is_none_or(|t| record.unix_ms < t)
                 && args.ensemble.as_ref().is_none_or(|e| *e == record.ensemble);
-            if wanted {
-                if !emit(&mut out, line) {
-                    return Ok(());
-                }
-                exported += 1;
+            if !wanted {
+                continue;
             }
+            match &mut out {
+                Export::Jsonl(out) => {
+                    if !emit(out, &line) {
+                        return Ok(());
+                    }
+                }
+                Export::Parquet(out) => {
+                    let Ok(record) = serde_json::from_slice::<Record>(&line) else {
+                        unreadable += 1;
+                        continue;
+                    };
+                    out.push(&record).context("cannot write the export")?;
+                }
+            }
+            exported += 1;
         }
     }
-    out.flush().context("cannot write the export")?;
+    match out {
+        Export::Jsonl(mut out) => out.flush().context("cannot write the export")?,
+        Export::Parquet(out) => {
+            out.finish()
+                .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
+                .and_then(|f| f.sync_all())
+                .context("cannot write the export")?;
+        }
+    }
+    let mut skipped = Vec::new();
+    if unreadable > 0 {
+        skipped.push(format!("{unreadable} unreadable lines skipped"));
+    }
+    if bad_files > 0 {
+        skipped.push(format!("{bad_files} unreadable files skipped"));
+    }
     eprintln!(
         "exported {exported} records from {} files{}",
         files.len(),
-        if unreadable > 0 {
-            format!(" ({unreadable} unreadable lines skipped)")
-        } else {
+        if skipped.is_empty() {
             String::new()
+        } else {
+            format!(" ({})", skipped.join(", "))
         }
     );
     Ok(())
+}
+
+/// Where `export` writes.
+enum Export<'a> {
+    Jsonl(Box<dyn Write + 'a>),
+    Parquet(Box<RecordFileWriter<std::io::BufWriter<std::fs::File>>>),
 }
 
 #[cfg(test)]

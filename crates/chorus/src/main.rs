@@ -7,10 +7,12 @@ mod child;
 mod cluster_config;
 mod logs;
 mod placement;
+mod reload;
 mod restart;
 mod signals;
 mod supervisor;
 mod up;
+mod validate;
 
 use anyhow::Context;
 use chorus_coordinator::CoordinatorConfig;
@@ -54,6 +56,14 @@ enum Command {
     /// Drain one worker through a coordinator's admin port: every coordinator stops routing to
     /// it, calls in flight finish, and it keeps running until you stop it.
     Drain(admin::DrainArgs),
+    /// Reload workers' model repositories without a restart (`POST /admin/reload` on each
+    /// worker's `--metrics-addr`, as SIGHUP does): new models and versions load beside the
+    /// serving ones, removed ones unload once their calls end.
+    Reload(reload::ReloadArgs),
+    /// Check a model repository and an ensemble spec file offline (every model loaded with ONNX
+    /// Runtime, every ensemble checked as the coordinator does); prints every problem with its
+    /// file, field and fix, and exits non-zero on any.
+    Validate(validate::ValidateArgs),
 }
 
 /// Line a worker prints on stdout once its models are warm and its RPC port is open;
@@ -68,6 +78,10 @@ const ETCD_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The report is the output: no log lines (the scanner's warnings are findings in it).
+    if let Command::Validate(args) = cli.command {
+        return validate::main(args);
+    }
     // Traces are exported by the processes that serve requests; `chorus up` passes the
     // endpoint on to its children instead.
     let otlp = match &cli.command {
@@ -92,7 +106,8 @@ fn main() -> anyhow::Result<()> {
             Command::Status(args) => admin::status(args).await,
             Command::Models(args) => admin::models(args).await,
             Command::Drain(args) => admin::drain(args).await,
-            Command::Bench(_) | Command::Logs(_) => {
+            Command::Reload(args) => reload::run(args).await,
+            Command::Bench(_) | Command::Logs(_) | Command::Validate(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }
@@ -104,6 +119,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
+    // Installed first: SIGHUP's default action kills the process, and an operator may send it
+    // while the models still load.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("cannot watch SIGHUP")?;
     let worker_id = config.resolved_worker_id();
     let load_config = config.clone();
     // Loading and warming models is blocking work: keep it off the async runtime.
@@ -134,7 +153,24 @@ async fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
         ready = ready.with_metrics_listener(metrics);
     }
     announce(&line);
-    ready.serve(signals::shutdown()).await
+    let reloads = tokio::spawn(reload_on_hangup(hangups, ready.reload_handle()));
+    let served = ready.serve(signals::shutdown()).await;
+    reloads.abort();
+    served
+}
+
+/// Reloads the model repository on every SIGHUP (one at a time; signals that arrive during a
+/// reload make one more). The outcome is logged by the reload itself.
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    reload: chorus_worker::reload::ReloadHandle,
+) {
+    while hangups.recv().await.is_some() {
+        tracing::info!(signal = "SIGHUP", "reloading the model repository");
+        if let Err(e) = reload.reload().await {
+            tracing::warn!(error = %e, "model repository reload refused");
+        }
+    }
 }
 
 async fn run_coordinator(config: CoordinatorConfig) -> anyhow::Result<()> {

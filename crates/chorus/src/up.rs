@@ -94,6 +94,10 @@ pub struct UpArgs {
     #[arg(long, value_name = "PEM")]
     pub rpc_tls_ca: Option<PathBuf>,
 
+    /// Ensemble spec file the coordinator serves (overrides `ensembles`).
+    #[arg(long, value_name = "TOML")]
+    pub ensembles: Option<PathBuf>,
+
     /// Seconds to wait for each process to become ready before giving up.
     #[arg(long, default_value_t = 120)]
     pub ready_timeout_s: u64,
@@ -116,8 +120,10 @@ pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
     cluster.admin_addr = args.admin_addr.unwrap_or(cluster.admin_addr);
     cluster.workers = args.workers.unwrap_or(cluster.workers);
     cluster.replication = args.replication.unwrap_or(cluster.replication);
+    cluster.ensembles = args.ensembles.clone().unwrap_or(cluster.ensembles);
     cluster.validate()?;
     let ready_timeout = Duration::from_secs(args.ready_timeout_s);
+    check_before_start(&cluster).await?;
 
     let models = chorus_worker::repository::model_names(&cluster.model_repository)?;
     let plan = placement::place(&models, cluster.workers, cluster.replication);
@@ -168,6 +174,30 @@ pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
     };
     stop_all(&mut processes).await;
     outcome
+}
+
+/// `chorus validate` over the cluster's repository and spec file, before any process is
+/// spawned: a spec that names a missing model or a model that cannot load is refused with every
+/// problem listed, rather than found by a worker crashing or an ensemble never getting ready.
+async fn check_before_start(cluster: &ClusterConfig) -> anyhow::Result<()> {
+    let (repository, ensembles) = (cluster.model_repository.clone(), cluster.ensembles.clone());
+    // Loads every model version once: blocking work.
+    let report =
+        tokio::task::spawn_blocking(move || crate::validate::check(&repository, &ensembles))
+            .await
+            .context("the start-up check panicked")?;
+    for finding in &report.findings {
+        eprintln!("{finding}");
+    }
+    if report.errors() > 0 {
+        bail!(
+            "not starting: {} problem(s) in {} and {} (listed above; `chorus validate` checks again without starting)",
+            report.errors(),
+            cluster.model_repository.display(),
+            cluster.ensembles.display()
+        );
+    }
+    Ok(())
 }
 
 /// How long a restarted worker waits at least: with etcd, until the killed instance's lease has

@@ -16,10 +16,11 @@ pub struct InferCall {
     pub outputs: Vec<String>,
     /// The client-facing request id, so one request's member calls can be followed in logs.
     pub request_id: String,
-    /// The W3C `traceparent` of the coordinator's span for this call, so that the worker's spans
-    /// join the request's trace; `None` unless traces are exported (`--otlp-endpoint`). A new
-    /// field changes the bincode layout: workers and coordinators are upgraded together.
-    pub trace_context: Option<String>,
+    /// The W3C `traceparent` of the coordinator's span for this call and the request's
+    /// `tracestate`, so that the worker's spans join the request's trace; `None` unless traces
+    /// are exported (`--otlp-endpoint`). Its layout is bincode's, with no field tags: a change
+    /// here (the `tracestate` was one) needs workers and coordinators upgraded together.
+    pub trace_context: Option<crate::trace::TraceContext>,
 }
 
 /// A worker's answer to a successful [`InferCall`].
@@ -103,7 +104,10 @@ mod tests {
             inputs: vec![Tensor::from_values("input", vec![1, 2], &[1.0f32, 2.0])],
             outputs: vec!["label".into()],
             request_id: "r-1".into(),
-            trace_context: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            trace_context: Some(crate::trace::TraceContext {
+                traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+                tracestate: Some("vendor=1".into()),
+            }),
         });
         round_trip(InferReply {
             model: "logreg".into(),

@@ -6,19 +6,22 @@
 //! ensemble is not served while the clash lasts (warned once per clash, naming both): whoever can
 //! write a spec must not be able to take over a model's traffic (docs/decisions.md).
 
+pub mod ensemble_signature;
+pub mod underivable;
+pub mod versions;
+
+pub use versions::Versions;
+
 use crate::membership::SpecChange;
 use crate::pool::{Pool, version_order};
-use crate::spec::{CombinerKind, EnsembleSpec, Member};
+use crate::spec::EnsembleSpec;
 use chorus_common::validate::InputPolicy;
-use chorus_common::{DataType, ModelInfo, TensorSpec};
+use chorus_common::{ModelInfo, TensorSpec};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
-
-/// The one version an ensemble spec has (specs are versioned by the file, not per ensemble).
-pub const ENSEMBLE_VERSION: &str = "1";
 
 /// Platform reported for ensembles in model metadata.
 pub const ENSEMBLE_PLATFORM: &str = "ensemble";
@@ -47,23 +50,36 @@ impl Signature {
     }
 }
 
-/// The ensembles served: the spec file's, overlaid by the spec files kept in etcd. An etcd
-/// definition replaces the file's for the same name; when two etcd keys define one name, the key
-/// that sorts last wins (every coordinator picks the same one, whatever order it saw them in).
+/// The ensembles served: the spec file's, overlaid by the spec files kept in etcd. The unit is
+/// the name with all its versions and its split: an etcd key that defines a name replaces every
+/// version the file defines for it, and when two etcd keys define one name, the key that sorts
+/// last wins (every coordinator picks the same one, whatever order it saw them in).
 #[derive(Debug, Default)]
 pub struct EnsembleSet {
-    file: BTreeMap<String, Arc<EnsembleSpec>>,
+    file: BTreeMap<String, Arc<Versions>>,
     /// Specs by the etcd key that defines them.
     etcd: BTreeMap<String, Vec<Arc<EnsembleSpec>>>,
-    served: BTreeMap<String, Arc<EnsembleSpec>>,
+    served: BTreeMap<String, Arc<Versions>>,
+}
+
+/// One source's specs grouped by name into their versions.
+fn by_name(specs: &[Arc<EnsembleSpec>]) -> BTreeMap<String, Arc<Versions>> {
+    let mut names: BTreeMap<String, Vec<Arc<EnsembleSpec>>> = BTreeMap::new();
+    for spec in specs {
+        names
+            .entry(spec.name.clone())
+            .or_default()
+            .push(Arc::clone(spec));
+    }
+    names
+        .into_iter()
+        .map(|(name, specs)| (name, Arc::new(Versions::new(specs))))
+        .collect()
 }
 
 impl EnsembleSet {
     pub fn new(file: Vec<EnsembleSpec>) -> Self {
-        let file: BTreeMap<_, _> = file
-            .into_iter()
-            .map(|spec| (spec.name.clone(), Arc::new(spec)))
-            .collect();
+        let file = by_name(&file.into_iter().map(Arc::new).collect::<Vec<_>>());
         EnsembleSet {
             served: file.clone(),
             file,
@@ -71,13 +87,29 @@ impl EnsembleSet {
         }
     }
 
-    pub fn get(&self, name: &str) -> Option<Arc<EnsembleSpec>> {
+    /// Every served version of `name`.
+    pub fn versions(&self, name: &str) -> Option<Arc<Versions>> {
         self.served.get(name).cloned()
     }
 
-    /// Every ensemble served, by name.
+    /// The version of `name` that most unversioned traffic goes to (see [`Versions::main`]).
+    pub fn get(&self, name: &str) -> Option<Arc<EnsembleSpec>> {
+        self.served.get(name).map(|v| Arc::clone(v.main()))
+    }
+
+    /// Every version of every ensemble served, by name then version.
     pub fn all(&self) -> Vec<Arc<EnsembleSpec>> {
-        self.served.values().cloned().collect()
+        self.served
+            .values()
+            .flat_map(|v| v.all().iter().cloned())
+            .collect()
+    }
+
+    /// Replaces the spec file's ensembles (already validated), as a SIGHUP reload does.
+    pub fn set_file(&mut self, specs: Vec<EnsembleSpec>) {
+        self.file = by_name(&specs.into_iter().map(Arc::new).collect::<Vec<_>>());
+        let served = self.overlay("");
+        self.replace_served(served, "file");
     }
 
     /// Applies a change of one etcd spec file (already validated by its source).
@@ -93,37 +125,53 @@ impl EnsembleSet {
             }
         };
         let served = self.overlay(&key);
+        self.replace_served(served, &key);
+    }
+
+    /// Swaps in `served`, logging each name added, updated or removed by `source`.
+    fn replace_served(&mut self, served: BTreeMap<String, Arc<Versions>>, source: &str) {
         let names: BTreeSet<&String> = self.served.keys().chain(served.keys()).collect();
         for name in names {
             match (self.served.get(name), served.get(name)) {
-                (None, Some(_)) => info!(ensemble = %name, key = %key, "ensemble added"),
-                (Some(old), Some(new)) if old != new => {
-                    info!(ensemble = %name, key = %key, "ensemble updated")
+                (None, Some(new)) => {
+                    info!(ensemble = %name, source, versions = %version_list(new), "ensemble added")
                 }
-                (Some(_), None) => info!(ensemble = %name, key = %key, "ensemble removed"),
+                (Some(old), Some(new)) if old != new => {
+                    info!(ensemble = %name, source, versions = %version_list(new), split = ?new.shares(), "ensemble updated")
+                }
+                (Some(_), None) => info!(ensemble = %name, source, "ensemble removed"),
                 _ => {}
             }
         }
         self.served = served;
     }
 
-    /// The file's specs with every etcd key's on top; warns about names that `changed_key`
+    /// The file's names with every etcd key's on top; warns about names that `changed_key`
     /// shares with another etcd key.
-    fn overlay(&self, changed_key: &str) -> BTreeMap<String, Arc<EnsembleSpec>> {
+    fn overlay(&self, changed_key: &str) -> BTreeMap<String, Arc<Versions>> {
         let mut served = self.file.clone();
-        let mut defined_by: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut defined_by: BTreeMap<String, &str> = BTreeMap::new();
         for (key, specs) in &self.etcd {
-            for spec in specs {
-                if let Some(earlier) = defined_by.insert(&spec.name, key)
+            for (name, versions) in by_name(specs) {
+                if let Some(earlier) = defined_by.insert(name.clone(), key)
                     && (key == changed_key || earlier == changed_key)
                 {
-                    warn!(ensemble = %spec.name, used = %key, ignored = %earlier, "ensemble defined under two etcd keys; the key that sorts last wins");
+                    warn!(ensemble = %name, used = %key, ignored = %earlier, "ensemble defined under two etcd keys; the key that sorts last wins");
                 }
-                served.insert(spec.name.clone(), Arc::clone(spec));
+                served.insert(name, versions);
             }
         }
         served
     }
+}
+
+fn version_list(versions: &Versions) -> String {
+    versions
+        .all()
+        .iter()
+        .map(|s| s.version.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Ensembles by name, plus the pool that knows the models.
@@ -131,9 +179,9 @@ pub struct Catalog {
     /// Shared with the task that follows spec changes; handlers only read it.
     ensembles: Arc<RwLock<EnsembleSet>>,
     pool: Arc<Pool>,
-    /// Ensemble signatures by name, valid while the pool's generation and the spec are the ones
+    /// Ensemble signatures by name (one per version), valid while the pool's generation and the spec are the ones
     /// they were derived from (every request needs one; deriving it copies model metadata).
-    signatures: Mutex<HashMap<String, CachedSignature>>,
+    signatures: Mutex<HashMap<String, Vec<CachedSignature>>>,
     /// Ensembles not served because a model has their name, each warned about once.
     shadowed: Mutex<BTreeSet<String>>,
 }
@@ -158,53 +206,83 @@ impl Catalog {
         &self.pool
     }
 
-    /// The ensemble `name` names, unless a served model has that name (see the module header).
+    /// The ensemble `name` names (the version most unversioned traffic goes to, see
+    /// [`Versions::main`]), unless a served model has that name (see the module header).
     pub fn ensemble(&self, name: &str) -> Option<Arc<EnsembleSpec>> {
-        let spec = self.ensembles.read().expect("ensemble lock").get(name)?;
-        let models = self.pool.models();
-        self.unshadowed(spec, &models)
+        self.ensemble_versions(name).map(|v| Arc::clone(v.main()))
     }
 
-    /// A snapshot of every ensemble served, by name (not those a model's name shadows).
+    /// Every served version of the ensemble `name`, with its split and shadow, unless a served
+    /// model has that name. Requests hold the `Arc` they got: a reload swaps in a new one and
+    /// never changes this one.
+    pub fn ensemble_versions(&self, name: &str) -> Option<Arc<Versions>> {
+        let versions = self
+            .ensembles
+            .read()
+            .expect("ensemble lock")
+            .versions(name)?;
+        let models = self.pool.models();
+        self.unshadowed(name, &models).then_some(versions)
+    }
+
+    /// A snapshot of every version of every ensemble served, by name then version (not those a
+    /// model's name shadows).
     pub fn ensembles(&self) -> Vec<Arc<EnsembleSpec>> {
         let specs = self.ensembles.read().expect("ensemble lock").all();
         let models = self.pool.models();
         specs
             .into_iter()
-            .filter_map(|spec| self.unshadowed(spec, &models))
+            .filter(|spec| self.unshadowed(&spec.name, &models))
             .collect()
     }
 
-    /// `spec`, or `None` when a model served by some worker has its name; warns when such a
-    /// clash starts and says when it ends.
-    fn unshadowed(
-        &self,
-        spec: Arc<EnsembleSpec>,
-        models: &crate::pool::ModelMap,
-    ) -> Option<Arc<EnsembleSpec>> {
-        let clash = models.contains_key(&spec.name);
+    /// Whether the ensemble `name` may be served: not when a model served by some worker has its
+    /// name; warns when such a clash starts and says when it ends.
+    fn unshadowed(&self, name: &str, models: &crate::pool::ModelMap) -> bool {
+        let clash = models.contains_key(name);
         let mut shadowed = self.shadowed.lock().expect("shadowed lock");
-        match (clash, shadowed.contains(&spec.name)) {
+        match (clash, shadowed.contains(name)) {
             (true, false) => {
                 warn!(
-                    ensemble = %spec.name,
+                    ensemble = %name,
                     "ensemble spec not served: a model served by the workers has the same name, \
                      and the model keeps it; rename the ensemble"
                 );
-                shadowed.insert(spec.name.clone());
+                shadowed.insert(name.to_string());
             }
             (false, true) => {
-                info!(ensemble = %spec.name, "no model has the ensemble's name any more; serving it");
-                shadowed.remove(&spec.name);
+                info!(ensemble = %name, "no model has the ensemble's name any more; serving it");
+                shadowed.remove(name);
             }
             _ => {}
         }
-        (!clash).then_some(spec)
+        !clash
     }
 
     /// Applies one spec change; requests already running keep the spec they started with.
     pub fn apply_spec_change(&self, change: SpecChange) {
         self.ensembles.write().expect("ensemble lock").apply(change);
+    }
+
+    /// Replaces the spec file's ensembles until `reloads` ends (each already validated: a bad
+    /// file never gets here, so the specs in use stay); requests already running keep theirs.
+    pub fn follow_file_specs(
+        &self,
+        mut reloads: mpsc::Receiver<Vec<EnsembleSpec>>,
+    ) -> JoinHandle<()> {
+        let ensembles = Arc::clone(&self.ensembles);
+        tokio::spawn(async move {
+            while let Some(specs) = reloads.recv().await {
+                ensembles.write().expect("ensemble lock").set_file(specs);
+            }
+        })
+    }
+
+    /// Logs, once per problem, each ensemble that cannot be derived although workers describe
+    /// every model it names; checks every `every`, and derives only after a change
+    /// (`catalog/underivable.rs`).
+    pub fn warn_underivable(&self, every: std::time::Duration) -> JoinHandle<()> {
+        underivable::watch(Arc::clone(&self.ensembles), Arc::clone(&self.pool), every)
     }
 
     /// Applies spec changes until the source ends (the catalog keeps its last ensembles then).
@@ -248,123 +326,41 @@ impl Catalog {
     pub fn ensemble_signature(&self, spec: &Arc<EnsembleSpec>) -> Result<Arc<Signature>, String> {
         let generation = self.pool.generation();
         let mut cache = self.signatures.lock().expect("signature cache lock");
-        if let Some(cached) = cache.get(&spec.name)
-            && cached.generation == generation
-            && Arc::ptr_eq(&cached.spec, spec)
-        {
+        if let Some(cached) = cache.get(&spec.name).and_then(|versions| {
+            versions
+                .iter()
+                .find(|c| c.generation == generation && Arc::ptr_eq(&c.spec, spec))
+        }) {
             return Ok(Arc::clone(&cached.signature));
         }
         let signature = Arc::new(self.derive_ensemble_signature(spec)?);
-        cache.insert(
-            spec.name.clone(),
-            CachedSignature {
-                generation,
-                spec: Arc::clone(spec),
-                signature: Arc::clone(&signature),
-            },
-        );
+        // Misses are rare (a spec or membership change): drop names no longer served, so the
+        // cache does not grow with ensembles that came and went through etcd.
+        {
+            let served = self.ensembles.read().expect("ensemble lock");
+            cache.retain(|name, _| served.versions(name).is_some());
+        }
+        let versions = cache.entry(spec.name.clone()).or_default();
+        // One entry per version: a stale one (older generation or spec) is replaced.
+        versions.retain(|c| c.spec.version != spec.version);
+        versions.push(CachedSignature {
+            generation,
+            spec: Arc::clone(spec),
+            signature: Arc::clone(&signature),
+        });
         Ok(signature)
     }
 
     fn derive_ensemble_signature(&self, spec: &EnsembleSpec) -> Result<Signature, String> {
         let models = self.pool.models();
-        let find = |model: &str, version: Option<&str>| -> Option<ModelInfo> {
+        ensemble_signature::derive(spec, &|model: &str, version: Option<&str>| {
             let versions = models.get(model)?;
             match version {
                 Some(v) => versions.iter().find(|m| m.version == v).cloned(),
                 None => versions.last().cloned(),
             }
-        };
-        let described: Vec<(&Member, ModelInfo)> = spec
-            .members
-            .iter()
-            .filter_map(|m| find(&m.model, m.version.as_deref()).map(|info| (m, info)))
-            .collect();
-        let Some((first_member, first)) = described.first() else {
-            return Err(format!(
-                "no live worker serves any member of ensemble '{}' ({})",
-                spec.name,
-                member_names(spec)
-            ));
-        };
-        for (member, info) in &described[1..] {
-            if info.inputs != first.inputs {
-                return Err(format!(
-                    "members '{}' and '{}' of ensemble '{}' declare different inputs; every member must take the same inputs",
-                    first_member.model, member.model, spec.name
-                ));
-            }
-        }
-        let member_output = first
-            .outputs
-            .iter()
-            .find(|o| o.name == spec.member_output)
-            .ok_or_else(|| {
-                format!(
-                    "member '{}' of ensemble '{}' has no output '{}' (it has {:?})",
-                    first_member.model,
-                    spec.name,
-                    spec.member_output,
-                    first.outputs.iter().map(|o| &o.name).collect::<Vec<_>>()
-                )
-            })?;
-        let batch = member_output.shape.first().copied().unwrap_or(-1);
-        let spec_of = |name: &str, datatype, shape| TensorSpec {
-            name: name.to_string(),
-            datatype,
-            shape,
-        };
-        let meta_info = spec
-            .meta_model
-            .as_ref()
-            .and_then(|(meta, version)| find(meta, version.as_deref()));
-        let outputs = match spec.combiner {
-            CombinerKind::SoftVote => vec![
-                spec_of("label", DataType::Int64, vec![batch]),
-                spec_of("probabilities", DataType::Fp32, member_output.shape.clone()),
-            ],
-            CombinerKind::HardVote => vec![
-                spec_of("label", DataType::Int64, vec![batch]),
-                spec_of("agreement", DataType::Fp32, vec![batch]),
-            ],
-            CombinerKind::Average | CombinerKind::Median => vec![member_output.clone()],
-            CombinerKind::Fusion => {
-                let (meta, _) = spec
-                    .meta_model
-                    .as_ref()
-                    .ok_or("fusion without a meta-model")?;
-                meta_info
-                    .as_ref()
-                    .ok_or_else(|| {
-                        format!(
-                            "no live worker serves meta-model '{meta}' of ensemble '{}'",
-                            spec.name
-                        )
-                    })?
-                    .outputs
-                    .clone()
-            }
-        };
-        // The spec's own class names, else the meta-model's (fusion), else the first member's.
-        let labels = spec
-            .labels
-            .clone()
-            .or_else(|| meta_info.map(|m| m.labels))
-            .unwrap_or_else(|| first.labels.clone());
-        let policy = InputPolicy {
-            allow_non_finite: described.iter().all(|(_, m)| m.allow_non_finite),
-            max_elements: described
-                .iter()
-                .map(|(_, m)| m.max_input_elements)
-                .min()
-                .unwrap_or(u64::MAX),
-        };
-        Ok(Signature {
-            inputs: first.inputs.clone(),
-            outputs,
-            policy,
-            labels,
         })
+        .map_err(|problems| problems.to_string())
     }
 
     /// Members with no replica in rotation right now.
@@ -377,8 +373,9 @@ impl Catalog {
     }
 
     /// Why an ensemble cannot answer now, or `None` when enough members (and the meta-model)
-    /// have a replica in rotation.
-    pub fn ensemble_unready_reason(&self, spec: &EnsembleSpec) -> Option<String> {
+    /// have a replica in rotation and the spec fits what they serve (maps, roles, shapes: an
+    /// ensemble every request of which would be refused is not ready).
+    pub fn ensemble_unready_reason(&self, spec: &Arc<EnsembleSpec>) -> Option<String> {
         let missing = self.missing_members(spec);
         let available = spec.members.len() - missing.len();
         if available < spec.min_members {
@@ -398,7 +395,7 @@ impl Catalog {
                 spec.name
             ));
         }
-        None
+        self.ensemble_signature(spec).err()
     }
 
     /// Whether a model version has a replica in rotation.
@@ -407,7 +404,7 @@ impl Catalog {
     }
 }
 
-fn member_names(spec: &EnsembleSpec) -> String {
+pub(crate) fn member_names(spec: &EnsembleSpec) -> String {
     spec.members
         .iter()
         .map(|m| m.model.as_str())
@@ -473,6 +470,53 @@ mod tests {
             key: "/k/missing".into(),
         });
         assert_eq!(deadline(&ensembles, "e"), Some(1));
+    }
+
+    /// Versions of `e` from one source: `(version, deadline_ms)`, the first table with
+    /// `routing`.
+    fn versions_of_e(versions: &[(&str, u64)], routing: &str) -> Vec<EnsembleSpec> {
+        let mut text = String::from("version = 1\n");
+        for (i, (version, deadline_ms)) in versions.iter().enumerate() {
+            let extra = if i == 0 { routing } else { "" };
+            text.push_str(&format!(
+                "[[ensemble]]\nname = \"e\"\nversion = \"{version}\"\ncombiner = \"soft_vote\"\n\
+                 deadline_ms = {deadline_ms}\n{extra}\n[[ensemble.member]]\nmodel = \"a\"\n"
+            ));
+        }
+        crate::spec::parse(&text, "test").unwrap()
+    }
+
+    fn served_versions(set: &EnsembleSet) -> Vec<(String, String)> {
+        set.all()
+            .iter()
+            .map(|s| (s.name.clone(), s.version.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_name_is_replaced_with_all_its_versions_and_its_split() {
+        let mut ensembles = EnsembleSet::new(versions_of_e(
+            &[("1", 10), ("2", 20)],
+            "traffic = { \"1\" = 100, \"2\" = 0 }",
+        ));
+        assert_eq!(ensembles.versions("e").unwrap().pick().version, "1");
+        assert_eq!(deadline(&ensembles, "e"), Some(10), "the main version");
+        // An etcd key defining version 3 only replaces both of the file's versions.
+        let etcd: Vec<_> = versions_of_e(&[("3", 30)], "");
+        ensembles.apply(set("/k/e", &etcd));
+        assert_eq!(served_versions(&ensembles), vec![("e".into(), "3".into())]);
+        ensembles.apply(SpecChange::Removed { key: "/k/e".into() });
+        assert_eq!(served_versions(&ensembles).len(), 2);
+        // A file reload swaps the split in one step; an `Arc` held by a request is unchanged.
+        let held = ensembles.versions("e").unwrap();
+        ensembles.set_file(versions_of_e(
+            &[("1", 10), ("2", 20)],
+            "traffic = { \"1\" = 0, \"2\" = 100 }",
+        ));
+        assert_eq!(ensembles.versions("e").unwrap().pick().version, "2");
+        assert_eq!(held.pick().version, "1");
+        ensembles.set_file(Vec::new());
+        assert!(ensembles.versions("e").is_none());
     }
 
     /// `name`: a soft vote of models b and c.

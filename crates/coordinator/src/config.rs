@@ -78,6 +78,20 @@ pub struct CoordinatorConfig {
     #[arg(long, env = "CHORUS_ADAPTIVE_INFLIGHT")]
     pub adaptive_inflight: bool,
 
+    /// Server readiness (`/v2/health/ready`, gRPC ServerReady) as Triton's
+    /// `--strict-readiness`: `true` needs every version of every ensemble able to reach its
+    /// quorum; `false` needs one ensemble or model able to answer, so one broken ensemble does
+    /// not take the coordinator out of a load balancer (docs/decisions.md). Each ensemble's own
+    /// ready endpoint says whether it can answer either way.
+    #[arg(
+        long,
+        env = "CHORUS_STRICT_READINESS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_name = "BOOL"
+    )]
+    pub strict_readiness: bool,
+
     /// Ensemble specs (TOML, `version = 1`); see docs/configuration.md. With `--etcd` the file is
     /// optional: specs under /chorus/v1/ensembles/ in etcd apply on top of it.
     #[arg(long, env = "CHORUS_ENSEMBLES", default_value = DEFAULT_ENSEMBLES)]

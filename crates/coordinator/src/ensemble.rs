@@ -5,7 +5,7 @@ use crate::combine::{self, Vote};
 use crate::metrics::MemberFailure;
 use crate::pool::CallError;
 use crate::router::Router;
-use crate::spec::{CombinerKind, EnsembleSpec};
+use crate::spec::{CombinerKind, EnsembleSpec, Member};
 use chorus_common::rpc::{InferCall, InferReply};
 use chorus_common::{Tensor, WorkerError};
 use futures::future::join_all;
@@ -101,8 +101,8 @@ pub async fn run(
         let call = InferCall {
             model: member.model.clone(),
             version: member.version.clone(),
-            inputs: inputs.clone(),
-            outputs: vec![spec.member_output.clone()],
+            inputs: member_inputs(member, &inputs),
+            outputs: vec![member_output(spec, member).to_string()],
             request_id: request_id.to_string(),
             trace_context: None,
         };
@@ -136,17 +136,19 @@ pub async fn run(
         }
         match outcome {
             MemberOutcome::Answered(reply) => {
-                match reply
-                    .outputs
-                    .into_iter()
-                    .find(|t| t.name == spec.member_output)
-                {
-                    Some(tensor) => {
+                let member = &spec.members[index];
+                let output = member_output(spec, member);
+                match reply.outputs.into_iter().find(|t| t.name == output) {
+                    Some(mut tensor) => {
+                        // The combiners read the role's name, whatever the member calls it.
+                        if output != spec.member_output {
+                            tensor.name.clone_from(&spec.member_output);
+                        }
                         report.used.push(name);
                         answered.push((index, tensor));
                     }
                     None => {
-                        warn!(ensemble = %spec.name, member = %name, request_id = %request_id, output = %spec.member_output, "member answered without the combined output");
+                        warn!(ensemble = %spec.name, member = %name, request_id = %request_id, output = %output, role = %spec.member_output, "member answered without the combined output");
                         metrics.member_failed(&name, MemberFailure::Failed);
                         report.failed.push(name);
                     }
@@ -198,7 +200,7 @@ pub async fn run(
         .collect();
     metrics.answer_health(
         &spec.name,
-        combine::agreement(&votes, &outputs),
+        combine::agreement(&votes, &outputs, spec.threshold),
         combine::mean_entropy_bits(&outputs),
     );
     Ok(EnsembleAnswer {
@@ -206,6 +208,28 @@ pub async fn run(
         report,
         members: answered,
     })
+}
+
+/// The request's inputs as `member` names them: shared unchanged (the tensors' bytes are
+/// reference-counted) unless its `input_map` renames some.
+fn member_inputs(member: &Member, inputs: &[Tensor]) -> Vec<Tensor> {
+    let mut mine = inputs.to_vec();
+    if !member.input_map.is_empty() {
+        for tensor in &mut mine {
+            if let Some(name) = member.input_map.get(&tensor.name) {
+                tensor.name.clone_from(name);
+            }
+        }
+    }
+    mine
+}
+
+/// The output `member` is asked for: the one its `output_map` gives the combiner's role (derive
+/// checked there is one), else the role's own name.
+fn member_output<'a>(spec: &'a EnsembleSpec, member: &'a Member) -> &'a str {
+    member
+        .output_for(&spec.member_output)
+        .unwrap_or(&spec.member_output)
 }
 
 /// Share of a fusion ensemble's time budget that its members may use; the rest is kept for
@@ -244,8 +268,12 @@ async fn combine_answers(
         })
         .collect();
     match spec.combiner {
-        CombinerKind::SoftVote => combine::soft_vote(&votes).map_err(combine_error),
-        CombinerKind::HardVote => combine::hard_vote(&votes).map_err(combine_error),
+        CombinerKind::SoftVote => {
+            combine::soft_vote_at(&votes, spec.threshold).map_err(combine_error)
+        }
+        CombinerKind::HardVote => {
+            combine::hard_vote_at(&votes, spec.threshold).map_err(combine_error)
+        }
         CombinerKind::Average => combine::average(&votes, &spec.member_output)
             .map(|t| vec![t])
             .map_err(combine_error),
@@ -279,9 +307,12 @@ async fn run_meta_model(
         .clone()
         .expect("fusion specs are validated to name a meta-model");
     let input_name = meta_input_name(router, &model, version.as_deref());
-    let input = combine::fusion_input(blocks, &input_name).map_err(|e| EnsembleError::Combine {
-        ensemble: spec.name.clone(),
-        message: e.to_string(),
+    let binary_pairs = spec.member_output == combine::PROBABILITIES;
+    let input = combine::fusion_input(blocks, &input_name, binary_pairs).map_err(|e| {
+        EnsembleError::Combine {
+            ensemble: spec.name.clone(),
+            message: e.to_string(),
+        }
     })?;
     let call = InferCall {
         model: model.clone(),
@@ -336,7 +367,6 @@ fn list_or_none(names: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Member;
     use std::time::Duration;
 
     fn spec(combiner: CombinerKind) -> EnsembleSpec {
@@ -352,12 +382,17 @@ mod tests {
                 model: "m".into(),
                 version: None,
                 weight: 1.0,
+                input_map: Default::default(),
+                output_map: Default::default(),
             }],
             labels: None,
             limits: Default::default(),
             online: None,
             feedback: None,
             log: Default::default(),
+            threshold: None,
+            version: "1".into(),
+            routing: None,
         }
     }
 

@@ -23,6 +23,7 @@ pub mod prediction_log;
 pub mod router;
 pub mod rpc_tls;
 pub mod server;
+pub mod shadow;
 pub mod spec;
 pub mod stats;
 #[cfg(test)]

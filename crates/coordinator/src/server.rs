@@ -59,13 +59,18 @@ pub async fn run(
         Arc::clone(&metrics),
     ));
     let catalog = Catalog::new(specs, Arc::clone(&pool));
+    let spec_reload = reload_specs_on_hangup(&config, etcd.is_some(), &catalog);
     let weights_backend = config.feedback.backend(etcd.clone().map(|endpoints| {
         (
             endpoints,
             config.etcd_settings().with_connect(&config.etcd_connect),
         )
     }));
-    let sources = Sources::start(&config, etcd, &pool, &catalog);
+    let mut sources = Sources::start(&config, etcd, &pool, &catalog);
+    // Specs that do not fit the models workers describe show in the log, not only in answers.
+    sources
+        .followers
+        .push(catalog.warn_underivable(Duration::from_secs(1)));
     observe_cluster(&metrics, &pool, &sources);
     sources.wait_for_first_view(&pool, FIRST_VIEW_TIMEOUT).await;
     let mut app = Infer::new(
@@ -84,6 +89,7 @@ pub async fn run(
         weights_backend,
         Arc::clone(&metrics),
     ));
+    app = app.with_strict_readiness(config.strict_readiness);
     let log_closer = match config.prediction_log.settings() {
         Some(settings) => {
             let args = &config.prediction_log;
@@ -99,6 +105,8 @@ pub async fn run(
         None => None,
     };
     let app = Arc::new(app);
+    // With etcd: feedback other coordinators relay for this one's answers (docs/data.md).
+    let feedback_inbox = app.feedback().inbox(&app);
     info!(
         http = %listeners.http.local_addr()?,
         grpc = %listeners.grpc.local_addr()?,
@@ -146,6 +154,8 @@ pub async fn run(
         closer.close(PREDICTION_LOG_CLOSE_TIMEOUT).await;
     }
     sources.stop();
+    spec_reload.abort();
+    drop(feedback_inbox);
     served?;
     info!("coordinator stopped");
     Ok(())
@@ -196,12 +206,65 @@ fn warn_if_open(access: &crate::access::Access, listeners: &Listeners) -> anyhow
     Ok(())
 }
 
+/// Reloads the spec file on SIGHUP (docs/operations.md#canary-shadow-and-rollback): a file that
+/// loads replaces the file's ensembles at once, all versions and splits together; one that does
+/// not is logged and the specs in use stay. Requests already running keep the spec they started
+/// with. The handler is installed before this returns, so a SIGHUP after start-up never takes
+/// the signal's default action (exit).
+fn reload_specs_on_hangup(
+    config: &CoordinatorConfig,
+    etcd: bool,
+    catalog: &Catalog,
+) -> JoinHandle<()> {
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    let (reloads, follower) = {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        (tx, catalog.follow_file_specs(rx))
+    };
+    let path = config.ensembles.clone();
+    tokio::spawn(async move {
+        let _follower = AbortOnDrop(follower);
+        let mut hangups = match hangups {
+            Ok(hangups) => hangups,
+            Err(e) => {
+                warn!(error = %e, "cannot watch SIGHUP; the ensemble spec file will not be reloaded");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            match load_spec_file(&path, etcd) {
+                Ok(specs) => {
+                    info!(path = %path.display(), ensembles = specs.len(), reason = "SIGHUP", "ensemble spec file reloaded");
+                    if reloads.send(specs).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    warn!(path = %path.display(), reason = "SIGHUP", error = %e, "ensemble spec file not reloaded; keeping the specs in use")
+                }
+            }
+        }
+    })
+}
+
+/// Aborts a task when dropped (with the task that owns it).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The spec file's ensembles. Without etcd the file is required; with etcd it is optional, since
 /// etcd can hold every spec.
 fn load_specs(config: &CoordinatorConfig, etcd: bool) -> anyhow::Result<Vec<EnsembleSpec>> {
-    let path = &config.ensembles;
+    load_spec_file(&config.ensembles, etcd)
+}
+
+fn load_spec_file(path: &std::path::Path, etcd: bool) -> anyhow::Result<Vec<EnsembleSpec>> {
     if etcd && !path.exists() {
-        if path.as_path() == std::path::Path::new(crate::config::DEFAULT_ENSEMBLES) {
+        if path == std::path::Path::new(crate::config::DEFAULT_ENSEMBLES) {
             info!(path = %path.display(), "no ensemble spec file; ensembles come from etcd only");
         } else {
             warn!(path = %path.display(), "ensemble spec file not found; ensembles come from etcd only");

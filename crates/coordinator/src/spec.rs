@@ -3,9 +3,11 @@
 use crate::admission::{EnsembleLimits, RateLimit};
 use crate::prediction_log::LogPolicy;
 use serde::Deserialize;
-use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
+
+pub mod roles;
+pub mod versions;
 
 /// The only spec-file version this coordinator reads.
 pub const SPEC_VERSION: u32 = 1;
@@ -90,8 +92,16 @@ struct RawEnsemble {
     feedback: Option<bool>,
     accuracy_window: Option<usize>,
     min_member_accuracy: Option<f64>,
+    /// P(class 1) above which a binary ensemble answers class 1 (spec/roles.rs).
+    threshold: Option<f64>,
     #[serde(default)]
     member: Vec<RawMember>,
+    /// This table's version of the ensemble (docs/configuration.md#versions-traffic-and-shadow).
+    version: Option<versions::RawVersion>,
+    /// How unversioned requests are split over the name's versions: weights by version.
+    traffic: Option<std::collections::BTreeMap<String, u32>>,
+    /// A version that gets a copy of the split traffic, compared and never returned.
+    shadow: Option<versions::RawVersion>,
 }
 
 /// `weights = "static"` (the members' `weight`s, the default) or `"online"` (learnt from
@@ -126,6 +136,12 @@ struct RawMember {
     version: Option<String>,
     #[serde(default = "one")]
     weight: f64,
+    /// Ensemble input name → this member's input name (spec/roles.rs).
+    #[serde(default)]
+    input_map: std::collections::BTreeMap<String, String>,
+    /// This member's output name → the role the combiner reads (spec/roles.rs).
+    #[serde(default)]
+    output_map: std::collections::BTreeMap<String, String>,
 }
 
 fn one() -> f64 {
@@ -138,6 +154,11 @@ pub struct Member {
     pub model: String,
     pub version: Option<String>,
     pub weight: f64,
+    /// Ensemble input name → this member's input name; empty: the same names.
+    pub input_map: std::collections::BTreeMap<String, String>,
+    /// This member's output name → role (`label`, `probabilities`, `score`); empty: the
+    /// member's outputs carry the role names.
+    pub output_map: std::collections::BTreeMap<String, String>,
 }
 
 /// A validated ensemble.
@@ -168,6 +189,15 @@ pub struct EnsembleSpec {
     /// (`feedback = true`, implied by `weights = "online"` and `min_member_accuracy`); `None`:
     /// nothing is kept and feedback is refused.
     pub feedback: Option<FeedbackPolicy>,
+    /// Binary ensembles: the combined P(class 1) above which the label is 1 (`threshold`);
+    /// `None`: argmax, which is 0.5 for probabilities that sum to 1.
+    pub threshold: Option<f64>,
+    /// Its version (`version`; [`versions::DEFAULT_VERSION`] when absent). Several specs may
+    /// share a name with distinct versions (spec/versions.rs).
+    pub version: String,
+    /// The traffic split and shadow of every version of its name, on the one table of the name
+    /// that carries them.
+    pub routing: Option<versions::Routing>,
 }
 
 /// What feedback measures of an ensemble (docs/data.md#accuracy-against-feedback).
@@ -224,17 +254,12 @@ pub fn parse(text: &str, origin: &str) -> Result<Vec<EnsembleSpec>, SpecError> {
             file.version
         )));
     }
-    let mut seen = HashSet::new();
     let mut specs = Vec::with_capacity(file.ensemble.len());
     for raw in file.ensemble {
-        if !seen.insert(raw.name.clone()) {
-            return Err(invalid(format!(
-                "ensemble name '{}' is used twice; `name` must be unique",
-                raw.name
-            )));
-        }
         specs.push(validate(raw).map_err(invalid)?);
     }
+    // Names, versions, splits and shadows are checked across the file's tables.
+    versions::check(&specs).map_err(invalid)?;
     Ok(specs)
 }
 
@@ -291,7 +316,9 @@ fn validate(raw: RawEnsemble) -> Result<EnsembleSpec, String> {
                 m.model
             ));
         }
+        roles::check_maps(&name, &m.model, &m.input_map, &m.output_map)?;
     }
+    let threshold = roles::threshold(&name, raw.combiner, raw.threshold)?;
     let member_output = raw
         .member_output
         .or_else(|| raw.combiner.default_member_output().map(str::to_string))
@@ -362,7 +389,11 @@ fn validate(raw: RawEnsemble) -> Result<EnsembleSpec, String> {
         raw.accuracy_window,
         raw.min_member_accuracy,
     )?;
+    let (version, routing) = versions::of_table(&name, raw.version, raw.traffic, raw.shadow)?;
     Ok(EnsembleSpec {
+        threshold,
+        version,
+        routing,
         log,
         online,
         feedback,
@@ -385,6 +416,8 @@ fn validate(raw: RawEnsemble) -> Result<EnsembleSpec, String> {
                 model: m.model,
                 version: m.version,
                 weight: m.weight,
+                input_map: m.input_map,
+                output_map: m.output_map,
             })
             .collect(),
         name,
@@ -455,10 +488,14 @@ fn feedback_policy(
         None if !implied => return Ok(None),
         _ => {}
     }
-    // Accuracy needs a class per row, which only the voting combiners answer.
-    if !matches!(combiner, CombinerKind::SoftVote | CombinerKind::HardVote) {
+    // Accuracy needs a class per row: the voting combiners answer one, and so does fusion's
+    // meta-model (a classifier over the members' probabilities); average and median do not.
+    if !matches!(
+        combiner,
+        CombinerKind::SoftVote | CombinerKind::HardVote | CombinerKind::Fusion
+    ) {
         return Err(format!(
-            "ensemble '{name}': feedback needs the soft_vote or hard_vote combiner, not {}",
+            "ensemble '{name}': feedback needs the soft_vote, hard_vote or fusion combiner, not {}",
             combiner.as_str()
         ));
     }
@@ -663,8 +700,23 @@ model = "a"
                 .unwrap_err()
                 .contains("accuracy_window")
         );
+        // Fusion takes feedback (accuracy only: online weights stay voting-only, see above).
         let fused = GOOD.replace("deadline_ms = 800", "deadline_ms = 800\nfeedback = true");
-        assert!(error_of(&fused).contains("soft_vote or hard_vote"));
+        let specs = parse(&fused, "t").unwrap();
+        let fusion = specs
+            .iter()
+            .find(|s| s.combiner == CombinerKind::Fusion)
+            .unwrap();
+        assert_eq!(fusion.feedback, default);
+        assert_eq!(fusion.online, None);
+        let averaged = fused
+            .replace("combiner = \"fusion\"", "combiner = \"average\"")
+            .replace(
+                "meta_model = \"stacker\"\n",
+                "member_output = \"variable\"\n",
+            );
+        let e = error_of(&averaged);
+        assert!(e.contains("soft_vote, hard_vote or fusion"), "{e}");
     }
 
     #[test]

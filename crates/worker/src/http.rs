@@ -1,35 +1,141 @@
-//! The worker's small HTTP listener: Prometheus `/metrics` and a `/health` check for container
-//! healthchecks and Kubernetes readiness probes. The binary binds it (`--metrics-addr`); it
-//! stops with the worker.
+//! The worker's small HTTP listener: Prometheus `/metrics`, a `/health` check for container
+//! healthchecks and Kubernetes readiness probes, and the operator's `POST /admin/reload` (what
+//! `chorus reload` sends; the same as SIGHUP). The binary binds it (`--metrics-addr`); it stops
+//! with the worker. Like the coordinator's admin port it takes no key: bind it where only
+//! operators and scrapers reach it (docs/security.md).
 
 use crate::metrics::CONTENT_TYPE;
+use crate::reload::{ReloadError, ReloadHandle, ReloadReport};
 use crate::service::Shared;
+use axum::Json;
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
-/// `/metrics` and `/health` over the worker's shared state.
-pub fn router(shared: Arc<Shared>) -> Router {
+/// What the handlers see: the worker's shared state and, when it can reload, its reloader.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    shared: Arc<Shared>,
+    reload: Option<ReloadHandle>,
+}
+
+impl HttpState {
+    pub fn new(shared: Arc<Shared>, reload: Option<ReloadHandle>) -> Self {
+        HttpState { shared, reload }
+    }
+}
+
+impl FromRef<HttpState> for Arc<Shared> {
+    fn from_ref(state: &HttpState) -> Self {
+        Arc::clone(&state.shared)
+    }
+}
+
+impl FromRef<HttpState> for Option<ReloadHandle> {
+    fn from_ref(state: &HttpState) -> Self {
+        state.reload.clone()
+    }
+}
+
+/// A refusal's body.
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// A partial reload's body: the report, and what failed in one line.
+#[derive(Serialize)]
+struct PartialBody {
+    #[serde(flatten)]
+    report: ReloadReport,
+    error: String,
+}
+
+/// `/metrics`, `/health` and `POST /admin/reload` over the worker's state.
+pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
-        .with_state(shared)
+        .route("/admin/reload", post(reload))
+        .with_state(state)
 }
 
 /// Serves [`router`] on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
-    shared: Arc<Shared>,
+    state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(shared))
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// How a reload answers: 200 with the report when everything in the repository now serves;
+/// 422 with the report and an `error` naming each failure when some version could not be
+/// loaded or model scanned (those serve as before); 422 with only `error` when the repository
+/// was refused whole (nothing changed); 500 if the reload itself broke; 404 where this listener
+/// has no reloader.
+enum ReloadOutcome {
+    Done(ReloadReport),
+    Refused(ReloadError),
+    Unavailable,
+}
+
+impl IntoResponse for ReloadOutcome {
+    fn into_response(self) -> Response {
+        match self {
+            ReloadOutcome::Done(report) if report.is_complete() => {
+                (StatusCode::OK, Json(report)).into_response()
+            }
+            ReloadOutcome::Done(report) => {
+                let error = format!(
+                    "some models could not be reloaded and serve as before: {}",
+                    report.failure_summary()
+                );
+                let body = PartialBody { report, error };
+                (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+            }
+            ReloadOutcome::Refused(e) => {
+                let status = match e {
+                    ReloadError::Repository(_) | ReloadError::Empty { .. } => {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    }
+                    ReloadError::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                let error = e.to_string();
+                (status, Json(ErrorBody { error })).into_response()
+            }
+            ReloadOutcome::Unavailable => (
+                StatusCode::NOT_FOUND,
+                Json(ErrorBody {
+                    error: "this listener cannot reload models".into(),
+                }),
+            )
+                .into_response(),
+        }
+    }
+}
+
+/// `POST /admin/reload`: rescans the model repository (see `reload.rs`) and answers when the
+/// new versions serve (retired ones unload in the background as their calls end).
+async fn reload(State(handle): State<Option<ReloadHandle>>) -> ReloadOutcome {
+    let Some(handle) = handle else {
+        return ReloadOutcome::Unavailable;
+    };
+    match handle.reload().await {
+        Ok(report) => ReloadOutcome::Done(report),
+        Err(e) => {
+            tracing::warn!(error = %e, "model repository reload refused");
+            ReloadOutcome::Refused(e)
+        }
+    }
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -71,7 +177,7 @@ mod tests {
     }
 
     async fn get(shared: &Arc<Shared>, path: &str) -> (StatusCode, String, Option<String>) {
-        let response = router(Arc::clone(shared))
+        let response = router(HttpState::new(Arc::clone(shared), None))
             .oneshot(Request::get(path).body(Body::empty()).unwrap())
             .await
             .unwrap();
@@ -144,5 +250,19 @@ mod tests {
         let (_, body, _) = get(&shared, "/metrics").await;
         assert!(body.contains("\nchorus_worker_registered 0\n"), "{body}");
         assert_eq!(get(&shared, "/nope").await.0, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn reload_is_a_post_and_says_when_it_cannot() {
+        let shared = shared();
+        assert_eq!(
+            get(&shared, "/admin/reload").await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        let response = router(HttpState::new(Arc::clone(&shared), None))
+            .oneshot(Request::post("/admin/reload").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
     }
 }

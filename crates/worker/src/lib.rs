@@ -5,7 +5,8 @@
 //! library, loads and warms every model), binds a listener, hands it to
 //! [`LoadedWorker::register`] (which registers the worker in etcd when `--etcd` is given),
 //! optionally binds the `/metrics` listener and hands it to [`ReadyWorker::with_metrics_listener`],
-//! and serves with [`ReadyWorker::serve`] until a shutdown future resolves.
+//! and serves with [`ReadyWorker::serve`] until a shutdown future resolves. The binary reloads
+//! the model repository on SIGHUP through [`ReadyWorker::reload_handle`] (see [`reload`]).
 
 pub mod batch;
 pub mod closable;
@@ -20,6 +21,7 @@ pub mod ort_library;
 pub mod pool;
 pub mod registration;
 pub mod registry;
+pub mod reload;
 pub mod repository;
 pub mod rows;
 pub mod rpc_tls;
@@ -36,6 +38,7 @@ use chorus_common::ModelInfo;
 use metrics::Metrics;
 use registration::Registration;
 use registry::Registry;
+use reload::{ReloadHandle, ReloadSettings, Reloader};
 use server::LinkSettings;
 use service::Shared;
 use std::future::Future;
@@ -49,6 +52,7 @@ use tokio::net::TcpListener;
 pub struct LoadedWorker {
     worker_id: String,
     registry: Registry,
+    reloader: Arc<Reloader>,
     metrics: Arc<Metrics>,
     links: LinkSettings,
     drain_timeout: Duration,
@@ -63,10 +67,16 @@ impl LoadedWorker {
         // TLS files first: a bad certificate should not wait for every model to load.
         let tls = config.rpc_tls.acceptor()?;
         let metrics = Arc::new(Metrics::new());
-        let registry = loader::load_registry(config, &metrics)?;
+        let catalog = loader::load_catalog(config, &metrics)?;
+        let reloader = Reloader::new(
+            ReloadSettings::from_config(config),
+            Arc::clone(&metrics),
+            catalog.stamps,
+        );
         Ok(LoadedWorker {
             worker_id: config.resolved_worker_id(),
-            registry,
+            registry: catalog.registry,
+            reloader: Arc::new(reloader),
             metrics,
             links: LinkSettings {
                 max_frame_bytes: config.max_frame_bytes,
@@ -116,11 +126,14 @@ impl LoadedWorker {
         };
         if let Some(registration) = &registration {
             shared.set_drain_publisher(registration.drain_publisher());
+            self.reloader.set_publisher(registration.models_publisher());
         }
+        let reload = ReloadHandle::new(self.reloader, Arc::clone(&shared));
         // Registered in etcd, or listed statically by coordinators.
         shared.set_lease_lost(false);
         Ok(ReadyWorker {
             shared,
+            reload,
             listener,
             metrics_listener: None,
             links: self.links,
@@ -143,6 +156,7 @@ impl LoadedWorker {
 #[derive(Debug)]
 pub struct ReadyWorker {
     shared: Arc<Shared>,
+    reload: ReloadHandle,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
     links: LinkSettings,
@@ -167,6 +181,12 @@ impl ReadyWorker {
         self.listener.local_addr()
     }
 
+    /// Reloads the model repository while the worker serves (what the binary calls on SIGHUP;
+    /// `POST /admin/reload` on the metrics listener calls the same).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
+    }
+
     /// The etcd registration, when etcd is configured.
     pub fn registration(&self) -> Option<&RegistrationHandle> {
         self.registration.as_ref()
@@ -177,8 +197,8 @@ impl ReadyWorker {
         &self.shared.metrics
     }
 
-    /// Serves `/metrics` and `/health` on `listener` while the worker serves (see [`http`]);
-    /// `/health` answers 503 from the start of the drain.
+    /// Serves `/metrics`, `/health` and `POST /admin/reload` on `listener` while the worker
+    /// serves (see [`http`]); `/health` answers 503 from the start of the drain.
     pub fn with_metrics_listener(mut self, listener: TcpListener) -> Self {
         self.metrics_listener = Some(listener);
         self
@@ -197,7 +217,8 @@ impl ReadyWorker {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let http = self.metrics_listener.map(|listener| {
-            tokio::spawn(http::serve(listener, Arc::clone(&self.shared), async {
+            let state = http::HttpState::new(Arc::clone(&self.shared), Some(self.reload.clone()));
+            tokio::spawn(http::serve(listener, state, async {
                 let _ = http_stopped.await;
             }))
         });

@@ -8,18 +8,34 @@ use crate::model_config::ModelSettings;
 use crate::ort_library;
 use crate::pool::{InstancePool, PoolSettings, Runner};
 use crate::registry::{LoadedModel, Registry};
+use crate::reload::diff::VersionKey;
+use crate::reload::stamp::VersionStamp;
 use crate::repository::{self, ModelSource, VersionSource};
 use crate::session::{ModelSession, ProviderRequest, SessionError, SessionTarget};
 use chorus_common::model::ONNX_PLATFORM;
 use chorus_common::validate::InputPolicy;
 use chorus_common::{DataType, ExecutionProvider, ModelInfo, TensorSpec};
 use ort::environment::Environment;
+use std::collections::BTreeMap;
 use std::time::Instant;
 use tracing::{info, warn};
 
 /// Scans the repository, creates every session on its provider and warms it up, with its
 /// metrics in `metrics`. Blocking.
 pub fn load_registry(config: &WorkerConfig, metrics: &Metrics) -> Result<Registry, LoadError> {
+    load_catalog(config, metrics).map(|catalog| catalog.registry)
+}
+
+/// The registry, and what each version was loaded from (for reloads to compare).
+#[derive(Debug)]
+pub struct Catalog {
+    pub registry: Registry,
+    pub stamps: BTreeMap<VersionKey, VersionStamp>,
+}
+
+/// [`load_registry`], with each version's stamp, read before its files are: a file changed while
+/// it loads is seen as changed by the next reload.
+pub fn load_catalog(config: &WorkerConfig, metrics: &Metrics) -> Result<Catalog, LoadError> {
     config.validate()?;
     let defaults = ModelSettings::defaults(config);
     // Scan before touching ORT so that layout and config mistakes are reported even where the
@@ -27,16 +43,25 @@ pub fn load_registry(config: &WorkerConfig, metrics: &Metrics) -> Result<Registr
     let sources = repository::scan(&config.model_repository, &config.models, &defaults)?;
     let env = ort_library::environment()?;
     let mut registry = Registry::default();
+    let mut stamps = BTreeMap::new();
     for source in &sources {
         for version in &source.versions {
+            let stamp =
+                VersionStamp::read(source, version).map_err(|message| LoadError::Model {
+                    model: source.name.clone(),
+                    version: version.version,
+                    message,
+                })?;
             let loaded = load_version(&env, source, version, config.queue_capacity, metrics)?;
             registry.insert(version.version, loaded);
+            stamps.insert((source.name.clone(), version.version), stamp);
         }
     }
-    Ok(registry)
+    Ok(Catalog { registry, stamps })
 }
 
-fn load_version(
+/// Creates the sessions of one model version, warms them up and starts its pool. Blocking.
+pub fn load_version(
     env: &Environment,
     source: &ModelSource,
     version: &VersionSource,
@@ -127,23 +152,77 @@ fn load_version(
     )?;
     log_loaded(source, version, provider, pool.batching(), started);
     Ok(LoadedModel {
-        info: ModelInfo {
-            name: source.name.clone(),
-            version: version.version.to_string(),
-            platform: ONNX_PLATFORM.to_string(),
-            inputs,
-            outputs,
-            execution_provider: provider,
-            allow_non_finite: settings.allow_non_finite,
-            max_input_elements: settings.max_input_elements,
-            labels: source.labels.clone(),
-        },
+        info: model_info(source, version, inputs, outputs, provider),
         policy: InputPolicy {
             allow_non_finite: settings.allow_non_finite,
             max_elements: settings.max_input_elements,
         },
         pool,
     })
+}
+
+/// What a worker would report for one model version, without serving it: one CPU session is
+/// created and warmed up as [`load_registry`] does, then dropped (no instance threads, no
+/// metrics, no provider options, nothing written to `optimized_model_path`). Blocking. For
+/// `chorus validate`, which checks specs against a repository offline.
+pub fn describe_version(
+    env: &Environment,
+    source: &ModelSource,
+    version: &VersionSource,
+) -> Result<ModelInfo, LoadError> {
+    let model_error = |message: String| LoadError::Model {
+        model: source.name.clone(),
+        version: version.version,
+        message,
+    };
+    // The signature does not depend on the provider; CPU keeps validation off the GPU.
+    let settings = ModelSettings {
+        accel: Default::default(),
+        ..source.settings.clone()
+    };
+    let target = SessionTarget {
+        model: &source.name,
+        version: version.version,
+        path: &version.path,
+    };
+    let mut session = ModelSession::create(env, target, &settings, ProviderRequest::Cpu).map_err(
+        |e| match e {
+            SessionError::ProviderUnavailable { reason, .. } | SessionError::Other(reason) => {
+                model_error(reason)
+            }
+        },
+    )?;
+    session
+        .warm_up()
+        .map_err(|e| model_error(format!("warm-up run failed: {e}")))?;
+    Ok(model_info(
+        source,
+        version,
+        session.inputs().to_vec(),
+        session.outputs().to_vec(),
+        session.provider(),
+    ))
+}
+
+/// The description of a loaded version, as registered and sent to coordinators.
+fn model_info(
+    source: &ModelSource,
+    version: &VersionSource,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+    provider: ExecutionProvider,
+) -> ModelInfo {
+    ModelInfo {
+        name: source.name.clone(),
+        version: version.version.to_string(),
+        platform: ONNX_PLATFORM.to_string(),
+        inputs,
+        outputs,
+        execution_provider: provider,
+        allow_non_finite: source.settings.allow_non_finite,
+        max_input_elements: source.settings.max_input_elements,
+        labels: source.labels.clone(),
+    }
 }
 
 fn log_loaded(

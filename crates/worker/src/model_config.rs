@@ -1,8 +1,10 @@
 //! A model's `config.toml`: per-model settings over the worker's defaults.
 
 mod accel;
+mod version_policy;
 
 pub use accel::{AccelSettings, OptimizationLevel, TensorRt};
+pub use version_policy::VersionPolicy;
 
 use crate::batch::{BatchPolicy, MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US};
 use crate::config::{ProviderChoice, WorkerConfig};
@@ -36,6 +38,8 @@ struct ModelConfigFile {
     tensorrt_engine_cache_path: Option<std::path::PathBuf>,
     graph_optimization_level: Option<OptimizationLevel>,
     optimized_model_path: Option<std::path::PathBuf>,
+    io_binding: Option<bool>,
+    version_policy: Option<VersionPolicy>,
 }
 
 /// Effective settings of one model, after the file is merged over the worker defaults.
@@ -58,6 +62,9 @@ pub struct ModelSettings {
     pub preferred_batch_sizes: Vec<u32>,
     /// Provider and graph-optimisation options (`model_config/accel.rs`).
     pub accel: AccelSettings,
+    /// Which version directories are loaded (`model_config/version_policy.rs`); per model only,
+    /// with Triton's default (the newest version).
+    pub version_policy: VersionPolicy,
 }
 
 impl ModelSettings {
@@ -75,6 +82,7 @@ impl ModelSettings {
             max_queue_delay_us: config.max_queue_delay_us,
             preferred_batch_sizes: Vec::new(),
             accel: AccelSettings::default(),
+            version_policy: VersionPolicy::default(),
         }
     }
 
@@ -127,6 +135,7 @@ impl ModelSettings {
             tensorrt_engine_cache_path: file.tensorrt_engine_cache_path,
             graph_optimization_level: file.graph_optimization_level,
             optimized_model_path: file.optimized_model_path,
+            io_binding: file.io_binding,
         }
         // These keys have no worker flags: a model without them gets ORT's defaults.
         .resolve(
@@ -134,8 +143,13 @@ impl ModelSettings {
             path.parent().unwrap_or(Path::new(".")),
         )
         .map_err(error)?;
+        let version_policy = file
+            .version_policy
+            .unwrap_or_else(|| defaults.version_policy.clone());
+        version_policy.validate().map_err(error)?;
         let settings = ModelSettings {
             accel,
+            version_policy,
             instances: file.instances.unwrap_or(defaults.instances),
             intra_op_threads: file.intra_op_threads.unwrap_or(defaults.intra_op_threads),
             provider,
@@ -240,6 +254,7 @@ mod tests {
             tensorrt_fp16 = true
             tensorrt_engine_cache_path = "trt"
             graph_optimization_level = "basic"
+            version_policy = { specific = [1, 3] }
             "#,
         )
         .unwrap();
@@ -266,7 +281,9 @@ mod tests {
                     }),
                     graph_optimization_level: Some(OptimizationLevel::Basic),
                     optimized_model_path: None,
+                    io_binding: None,
                 },
+                version_policy: VersionPolicy::Specific(vec![1, 3]),
             }
         );
         let policy = s.batch_policy();
@@ -327,6 +344,9 @@ mod tests {
             ),
             ("tensorrt_fp16 = true", "tensorrt_fp16"),
             ("gpu_mem_limit_bytes = 0", "gpu_mem_limit_bytes"),
+            ("version_policy = { latest = 0 }", "version_policy"),
+            ("version_policy = { specific = [] }", "version_policy"),
+            ("version_policy = \"newest\"", "version_policy"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains("models/m/config.toml"), "{text}: {e}");

@@ -1,9 +1,15 @@
 //! The loaded models: name → version → signature, input policy and instance pool.
+//!
+//! A registry is immutable once serving: a reload builds a new one (sharing the versions it
+//! keeps, each behind an `Arc`) and swaps it in whole (`service::Shared::swap_registry`). A call
+//! holds the `Arc` of the version it resolved, so a version taken out of the registry keeps
+//! serving its calls in flight, and unloads when the last of them ends.
 
 use crate::pool::InstancePool;
 use chorus_common::validate::InputPolicy;
 use chorus_common::{ModelInfo, WorkerError};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// One servable model version.
 #[derive(Debug)]
@@ -14,21 +20,53 @@ pub struct LoadedModel {
 }
 
 /// Every model version this worker serves.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Registry {
-    models: BTreeMap<String, BTreeMap<u64, LoadedModel>>,
+    models: BTreeMap<String, BTreeMap<u64, Arc<LoadedModel>>>,
 }
 
 impl Registry {
     pub fn insert(&mut self, version: u64, model: LoadedModel) {
+        self.insert_shared(version, Arc::new(model));
+    }
+
+    /// Inserts (or replaces) a version already shared with another registry.
+    pub fn insert_shared(&mut self, version: u64, model: Arc<LoadedModel>) {
         self.models
             .entry(model.info.name.clone())
             .or_default()
             .insert(version, model);
     }
 
+    /// Takes a version out (new calls no longer find it); the model itself lives on while
+    /// anyone holds it.
+    pub fn remove(&mut self, model: &str, version: u64) -> Option<Arc<LoadedModel>> {
+        let versions = self.models.get_mut(model)?;
+        let removed = versions.remove(&version);
+        if versions.is_empty() {
+            self.models.remove(model);
+        }
+        removed
+    }
+
+    /// One exact version, if loaded.
+    pub fn get(&self, model: &str, version: u64) -> Option<&Arc<LoadedModel>> {
+        self.models.get(model)?.get(&version)
+    }
+
+    /// Every (model, version) loaded, by name then version.
+    pub fn versions(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.models
+            .iter()
+            .flat_map(|(name, versions)| versions.keys().map(move |v| (name.as_str(), *v)))
+    }
+
     /// The model version a call names; `None` means the highest version.
-    pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<&LoadedModel, WorkerError> {
+    pub fn resolve(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<&Arc<LoadedModel>, WorkerError> {
         let not_found = || WorkerError::ModelNotFound {
             model: model.to_string(),
             version: version.map(str::to_string),
@@ -149,5 +187,25 @@ mod tests {
         assert_eq!(listed, ["a:1", "b:1", "b:2", "b:10"]);
         assert_eq!(r.capacity(), 5);
         assert!(!r.is_empty());
+    }
+
+    #[test]
+    fn removing_versions_keeps_the_model_for_its_holders() {
+        let mut r = registry();
+        let held = Arc::clone(r.resolve("b", None).unwrap());
+        let before = r.clone();
+        assert!(r.remove("b", 10).is_some());
+        assert_eq!(r.resolve("b", None).unwrap().info.version, "2");
+        assert!(r.get("b", 10).is_none());
+        // The call that resolved it, and the registry it came from, still have it.
+        assert_eq!(held.info.version, "10");
+        assert!(before.get("b", 10).is_some());
+        assert!(r.remove("a", 1).is_some());
+        assert!(
+            r.resolve("a", None).is_err(),
+            "a model without versions is gone"
+        );
+        let listed: Vec<_> = r.versions().collect();
+        assert_eq!(listed, [("b", 1), ("b", 2)]);
     }
 }

@@ -1,6 +1,11 @@
 //! Scans a Triton-style model repository: `<repo>/<model>/<version>/model.onnx` plus an optional
 //! `<repo>/<model>/config.toml` and an optional `<repo>/<model>/labels.txt` (class names, one per
-//! line, as Triton's `label_filename`).
+//! line, as Triton's `label_filename`). Of a model's version directories, the ones its
+//! `version_policy` selects are loaded (Triton's default: the newest only).
+//!
+//! A Triton `config.pbtxt` is not read (Chorus takes its settings from `config.toml`); a model
+//! directory with one and no `config.toml` is warned about here, at every scan, so that a Triton
+//! user's batching or instance settings are not silently dropped.
 
 use crate::error::LoadError;
 use crate::model_config::ModelSettings;
@@ -13,17 +18,24 @@ pub const MODEL_FILE: &str = "model.onnx";
 pub const CONFIG_FILE: &str = "config.toml";
 /// File name of a model's class names.
 pub const LABELS_FILE: &str = "labels.txt";
+/// File name of a Triton model configuration, which Chorus does not read.
+pub const TRITON_CONFIG_FILE: &str = "config.pbtxt";
 /// Largest labels file read: far more than any class list, far less than memory.
 const MAX_LABELS_BYTES: u64 = 4 * 1024 * 1024;
 
-/// One model found in the repository, with its versions in ascending order.
+/// One model found in the repository, with the versions to load in ascending order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSource {
     pub name: String,
+    /// The versions its `version_policy` selects, ascending.
     pub versions: Vec<VersionSource>,
+    /// Every version directory on disk, ascending (a superset of `versions`).
+    pub on_disk: Vec<u64>,
     pub settings: ModelSettings,
     /// Class names by index, from `labels.txt`; empty without one.
     pub labels: Vec<String>,
+    /// A Triton `config.pbtxt` in a directory without `config.toml`: ignored (and warned about).
+    pub ignored_triton_config: Option<PathBuf>,
 }
 
 /// One numbered version directory and its `model.onnx`.
@@ -69,14 +81,29 @@ pub fn scan(
         .into_iter()
         .map(|name| {
             let dir = repo.join(&name);
-            let versions = versions(&name, &dir)?;
-            let settings = ModelSettings::load(&dir.join(CONFIG_FILE), defaults)?;
+            let on_disk = versions(&name, &dir)?;
+            let config = dir.join(CONFIG_FILE);
+            let settings = ModelSettings::load(&config, defaults)?;
+            let versions = select_versions(&config, &settings, &on_disk)?;
+            if versions.len() < on_disk.len() {
+                // Triton's default (latest 1) is new here: every version directory used to load,
+                // so say which ones are now left on disk, and why.
+                let left: Vec<u64> = on_disk
+                    .iter()
+                    .map(|v| v.version)
+                    .filter(|v| !versions.iter().any(|chosen| chosen.version == *v))
+                    .collect();
+                tracing::info!(model = %name, not_loaded = ?left, policy = %settings.version_policy, "versions on disk not loaded by the model's version_policy");
+            }
             let labels = labels(&name, &dir.join(LABELS_FILE))?;
+            let ignored_triton_config = ignored_triton_config(&name, &dir);
             Ok(ModelSource {
                 name,
                 versions,
+                on_disk: on_disk.iter().map(|v| v.version).collect(),
                 settings,
                 labels,
+                ignored_triton_config,
             })
         })
         .collect()
@@ -110,6 +137,45 @@ pub fn model_names(repo: &Path) -> Result<Vec<String>, LoadError> {
     }
     names.sort();
     Ok(names)
+}
+
+/// The versions of `on_disk` that the model's `version_policy` selects; a `specific` version
+/// without a directory is an error in `config` (the model's `config.toml`).
+fn select_versions(
+    config: &Path,
+    settings: &ModelSettings,
+    on_disk: &[VersionSource],
+) -> Result<Vec<VersionSource>, LoadError> {
+    let numbers: Vec<u64> = on_disk.iter().map(|v| v.version).collect();
+    let chosen = settings
+        .version_policy
+        .select(&numbers)
+        .map_err(|message| LoadError::ModelConfig {
+            path: config.to_path_buf(),
+            message,
+        })?;
+    Ok(on_disk
+        .iter()
+        .filter(|v| chosen.contains(&v.version))
+        .cloned()
+        .collect())
+}
+
+/// `dir/config.pbtxt` when the model has no `config.toml` beside it: Triton's settings
+/// (batching, instances, version policy) would be expected to apply and do not.
+fn ignored_triton_config(model: &str, dir: &Path) -> Option<PathBuf> {
+    let pbtxt = dir.join(TRITON_CONFIG_FILE);
+    if !pbtxt.is_file() || dir.join(CONFIG_FILE).exists() {
+        return None;
+    }
+    warn!(
+        model,
+        file = %pbtxt.display(),
+        "config.pbtxt is not read: Chorus takes instances, batching (max_batch_size, \
+         max_queue_delay_us, preferred_batch_sizes), execution_provider and version_policy from \
+         config.toml in the same directory (docs/models.md); the worker defaults apply"
+    );
+    Some(pbtxt)
 }
 
 /// The class names in `path`, one per line (trailing blank lines dropped); none if the file
@@ -224,9 +290,80 @@ mod tests {
         assert_eq!(names, ["a", "b"]);
         assert_eq!(found[0].settings.instances, 3);
         assert_eq!(found[1].settings, defaults());
+        // Triton's default policy: every directory is seen, only the newest is loaded.
+        assert_eq!(found[1].on_disk, [2, 10]);
         let versions: Vec<_> = found[1].versions.iter().map(|v| v.version).collect();
-        assert_eq!(versions, [2, 10]);
-        assert_eq!(found[1].versions[1].path, repo.join("b/10/model.onnx"));
+        assert_eq!(versions, [10]);
+        assert_eq!(found[1].versions[0].path, repo.join("b/10/model.onnx"));
+    }
+
+    fn loaded(repo: &Path, name: &str) -> Result<Vec<u64>, LoadError> {
+        let found = scan(repo, &[name.to_string()], &defaults())?;
+        Ok(found[0].versions.iter().map(|v| v.version).collect())
+    }
+
+    #[test]
+    fn version_policy_selects_the_versions_loaded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path();
+        model(repo, "m", &["1", "2", "3", "10"]);
+        assert_eq!(loaded(repo, "m").unwrap(), [10], "default: latest 1");
+        for (policy, expected) in [
+            ("\"all\"", vec![1, 2, 3, 10]),
+            ("{ latest = 2 }", vec![3, 10]),
+            ("{ latest = 7 }", vec![1, 2, 3, 10]),
+            ("{ specific = [3, 1] }", vec![1, 3]),
+        ] {
+            fs::write(
+                repo.join("m/config.toml"),
+                format!("version_policy = {policy}"),
+            )
+            .unwrap();
+            assert_eq!(loaded(repo, "m").unwrap(), expected, "{policy}");
+        }
+    }
+
+    #[test]
+    fn a_specific_version_without_a_directory_names_the_file_and_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        model(tmp.path(), "m", &["1", "2"]);
+        fs::write(
+            tmp.path().join("m/config.toml"),
+            "version_policy = { specific = [2, 5] }",
+        )
+        .unwrap();
+        let e = loaded(tmp.path(), "m").unwrap_err().to_string();
+        assert!(
+            e.contains("m/config.toml") && e.contains("specific") && e.contains("[5]"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_triton_config_without_config_toml_is_reported() {
+        let tmp = tempfile::tempdir().unwrap();
+        model(tmp.path(), "triton", &["1"]);
+        model(tmp.path(), "both", &["1"]);
+        model(tmp.path(), "plain", &["1"]);
+        for dir in ["triton", "both"] {
+            fs::write(
+                tmp.path().join(dir).join("config.pbtxt"),
+                "max_batch_size: 8",
+            )
+            .unwrap();
+        }
+        fs::write(tmp.path().join("both/config.toml"), "instances = 1").unwrap();
+        let found = scan(tmp.path(), &[], &defaults()).unwrap();
+        let ignored: Vec<_> = found
+            .iter()
+            .map(|m| m.ignored_triton_config.is_some())
+            .collect();
+        // both, plain, triton (sorted)
+        assert_eq!(ignored, [false, false, true]);
+        assert_eq!(
+            found[2].ignored_triton_config.as_deref(),
+            Some(tmp.path().join("triton/config.pbtxt").as_path())
+        );
     }
 
     #[test]

@@ -97,7 +97,7 @@ pub async fn run_registered(
     info!(
         worker_id = %shared.worker_id,
         addr = %shared.rpc_addr,
-        capacity = shared.registry.capacity(),
+        capacity = shared.registry().capacity(),
         mtls = links.tls.is_some(),
         "worker serving"
     );

@@ -12,7 +12,7 @@ use chorus_common::{
     WorkerState,
 };
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Instant;
 use tarpc::context::Context;
 use tokio::sync::{Notify, oneshot};
@@ -23,7 +23,10 @@ use tracing::{Instrument, debug, debug_span, field, info, warn};
 pub struct Shared {
     pub worker_id: String,
     pub rpc_addr: String,
-    pub registry: Registry,
+    /// The models served, swapped whole by a reload (see [`Shared::swap_registry`]). Each call
+    /// takes the read lock only to resolve its version and clone its `Arc`: a reload's write
+    /// lock is held for a pointer swap, never while loading.
+    registry: RwLock<Arc<Registry>>,
     pub metrics: Arc<Metrics>,
     /// Shutting down: no new work, and `/health` fails.
     draining: AtomicBool,
@@ -51,7 +54,7 @@ impl Shared {
         Shared {
             worker_id,
             rpc_addr,
-            registry,
+            registry: RwLock::new(Arc::new(registry)),
             metrics,
             draining: AtomicBool::new(false),
             drained: AtomicBool::new(false),
@@ -74,13 +77,35 @@ impl Shared {
 
     /// What the worker says about itself: `metadata`'s answer and its etcd record.
     pub fn info(&self) -> WorkerInfo {
+        let registry = self.registry();
         WorkerInfo {
             worker_id: self.worker_id.clone(),
             rpc_addr: self.rpc_addr.clone(),
             state: self.state(),
-            capacity: self.registry.capacity(),
-            models: self.registry.infos(),
+            capacity: registry.capacity(),
+            models: registry.infos(),
         }
+    }
+
+    /// The models served now.
+    pub fn registry(&self) -> Arc<Registry> {
+        Arc::clone(&self.registry.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Serves `registry` from the next call on and returns the one it replaces. Calls already
+    /// routed keep the version they resolved.
+    pub fn swap_registry(&self, registry: Arc<Registry>) -> Arc<Registry> {
+        let mut slot = self
+            .registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *slot, registry)
+    }
+
+    /// The version a call names, held for the call's life.
+    fn resolve(&self, model: &str, version: Option<&str>) -> Result<Arc<LoadedModel>, WorkerError> {
+        let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
+        registry.resolve(model, version).map(Arc::clone)
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -194,9 +219,13 @@ impl Shared {
         let request_id = std::mem::take(&mut call.request_id);
         let asked_model = std::mem::take(&mut call.model);
         let asked_version = call.version.take();
-        let model = self
-            .registry
-            .resolve(&asked_model, asked_version.as_deref());
+        // Held until the call ends: a reload that takes this version out leaves it serving
+        // this call.
+        let model = self.resolve(&asked_model, asked_version.as_deref());
+        let resolved = match &model {
+            Ok(model) => Ok(&**model),
+            Err(e) => Err(e.clone()),
+        };
         let version = match &model {
             Ok(model) => model.info.version.as_str(),
             Err(_) => asked_version.as_deref().unwrap_or(""),
@@ -219,12 +248,12 @@ impl Shared {
             otel.kind = "server",
             error = field::Empty
         );
-        trace::adopt_remote(&traced, call.trace_context.as_deref());
+        trace::adopt_remote(&traced, call.trace_context.as_ref());
         // Resolved once: the hot path bumps the version's own counters, not a label lookup.
         let counters = model.as_ref().ok().map(|model| model.pool.metrics());
         let started = Instant::now();
         let result = self
-            .run_call(deadline, call, model, &request_id)
+            .run_call(deadline, call, resolved, &request_id)
             .instrument(span.clone())
             .instrument(traced.clone())
             .await;

@@ -1,8 +1,11 @@
 //! ONNX Runtime sessions: creation on the chosen execution provider, signatures, warm-up and runs.
 
 mod arena;
+mod binding;
 
 pub use arena::ArenaProbe;
+
+use binding::Binding;
 
 use crate::config::ProviderChoice;
 use crate::convert;
@@ -12,8 +15,9 @@ use crate::signature;
 use chorus_common::{ExecutionProvider, Tensor, TensorSpec, WorkerError};
 use ort::environment::Environment;
 use ort::ep;
-use ort::session::Session;
 use ort::session::builder::SessionBuilder;
+use ort::session::{Session, SessionOutputs};
+use ort::value::DynValue;
 use prometheus_client::metrics::gauge::Gauge;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -67,6 +71,8 @@ pub struct ModelSession {
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
     arena: Option<ArenaGauge>,
+    /// Present when the model's `io_binding` is on.
+    binding: Option<Binding>,
 }
 
 /// How often, at most, a run reads the arena's statistics: they cost a few string conversions.
@@ -144,6 +150,12 @@ impl ModelSession {
         };
         let inputs = signature::tensor_specs(session.inputs()).map_err(SessionError::Other)?;
         let outputs = signature::tensor_specs(session.outputs()).map_err(SessionError::Other)?;
+        // Bound to the memory of the provider obtained, not the one asked for.
+        let binding = if accel.io_binding_on() {
+            Some(Binding::new(&session, provider, &outputs).map_err(SessionError::Other)?)
+        } else {
+            None
+        };
         Ok(ModelSession {
             label,
             session,
@@ -151,6 +163,7 @@ impl ModelSession {
             inputs,
             outputs,
             arena: None,
+            binding,
         })
     }
 
@@ -196,6 +209,11 @@ impl ModelSession {
 
     pub fn provider(&self) -> ExecutionProvider {
         self.provider
+    }
+
+    /// Whether runs go through an ORT `IoBinding` (`session/binding.rs`).
+    pub fn io_binding(&self) -> bool {
+        self.binding.is_some()
     }
 
     pub fn inputs(&self) -> &[TensorSpec] {
@@ -308,18 +326,37 @@ fn commit(mut builder: SessionBuilder, model_path: &Path) -> Result<Session, Ses
 impl Runner for ModelSession {
     fn run(&mut self, inputs: &[Tensor], outputs: &[String]) -> Result<Vec<Tensor>, WorkerError> {
         let answer = self.run_once(inputs, outputs);
-        self.sample_arena();
+        self.after_run();
         answer
     }
 
     fn run_batch(&mut self, members: &[BatchMember<'_>]) -> Result<Vec<Vec<Tensor>>, BatchError> {
         let answer = self.run_batch_once(members);
-        self.sample_arena();
+        self.after_run();
         answer
     }
 }
 
+/// Runs `session` on `values`, through `binding` when there is one.
+fn run_values<'s>(
+    session: &'s mut Session,
+    binding: Option<&'s mut Binding>,
+    values: Vec<(&str, DynValue)>,
+) -> Result<SessionOutputs<'s>, String> {
+    match binding {
+        Some(binding) => binding.run(session, values),
+        None => session.run(values).map_err(|e| e.to_string()),
+    }
+}
+
 impl ModelSession {
+    fn after_run(&mut self) {
+        if let Some(binding) = &mut self.binding {
+            binding.release();
+        }
+        self.sample_arena();
+    }
+
     fn run_once(
         &mut self,
         inputs: &[Tensor],
@@ -330,9 +367,7 @@ impl ModelSession {
             .map(|t| convert::to_ort_value(t).map(|v| (t.name.as_str(), v)))
             .collect::<Result<Vec<_>, _>>()?;
         let label = &self.label;
-        let results = self
-            .session
-            .run(values)
+        let results = run_values(&mut self.session, self.binding.as_mut(), values)
             .map_err(|e| WorkerError::Internal(format!("{label}: {e}")))?;
         let wanted: Vec<&str> = if outputs.is_empty() {
             self.outputs.iter().map(|s| s.name.as_str()).collect()
@@ -374,10 +409,8 @@ impl ModelSession {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(BatchError::Failed)?;
-        let results = self
-            .session
-            .run(values)
-            .map_err(|e| failed(e.to_string()))?;
+        let results =
+            run_values(&mut self.session, self.binding.as_mut(), values).map_err(failed)?;
         let rows: Vec<usize> = members.iter().map(|m| m.rows).collect();
         // Each declared output, split into the pieces of the members that want it.
         let mut pieces: Vec<Vec<Option<Tensor>>> = Vec::with_capacity(self.outputs.len());

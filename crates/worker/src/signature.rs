@@ -61,8 +61,24 @@ pub fn tensor_spec(outlet: &Outlet) -> Result<TensorSpec, String> {
             // ORT reports symbolic and unknown dims as -1; anything negative means "any size".
             shape: shape.iter().map(|&d| if d < 0 { -1 } else { d }).collect(),
         }),
+        ValueType::Sequence(inner) if matches!(**inner, ValueType::Map { .. }) => {
+            Err(zipmap(outlet.name()))
+        }
+        ValueType::Map { .. } => Err(zipmap(outlet.name())),
         _ => Err(unsupported()),
     }
+}
+
+/// What to do about a ZipMap output (skl2onnx's default `output_probability`, a sequence of
+/// maps from class to probability): Chorus carries tensors only, and the same exporter writes
+/// one when asked.
+fn zipmap(name: &str) -> String {
+    format!(
+        "output '{name}' is a sequence of maps (skl2onnx's ZipMap), which Chorus cannot serve; \
+         export the classifier with ZipMap off, e.g. `to_onnx(clf, X, options={{id(clf): {{'zipmap': False}}}})` \
+         (or `convert_sklearn(..., options={{id(clf): {{'zipmap': False}}}})`), which makes the \
+         probabilities a float tensor [N, classes] named 'probabilities'"
+    )
 }
 
 /// Specs of every outlet, in the session's declared order.
@@ -125,6 +141,7 @@ mod tests {
         );
         let e = tensor_spec(&map).unwrap_err();
         assert!(e.contains("output_probability"), "{e}");
+        assert!(e.contains("ZipMap") && e.contains("'zipmap': False"), "{e}");
         let complex = Outlet::new(
             "z",
             ValueType::Tensor {

@@ -237,7 +237,8 @@ async fn a_full_queue_is_overloaded_and_bad_calls_never_queue() {
     gate.wait_started();
     // ...and a job queued directly takes the one waiting place.
     let (reply, queued) = oneshot::channel();
-    let model = shared.registry.resolve("slow", None).unwrap();
+    let registry = shared.registry();
+    let model = registry.resolve("slow", None).unwrap();
     model
         .pool
         .submit(Job::new(slow_call().inputs, vec![], deadline(), reply))

@@ -5,7 +5,7 @@
 //! before accuracy can be measured. It is counted per member vote and row, for the classifying
 //! combiners only; an average or a median has no class to agree with.
 
-use super::check::{FLOATS, argmax, float_values};
+use super::check::{FLOATS, argmax, decide, float_values, read_probabilities};
 use super::{LABEL, PROBABILITIES};
 use chorus_common::{DataType, Tensor};
 
@@ -26,22 +26,36 @@ impl Agreement {
 
 /// Compares each member's class per row with the ensemble's:
 /// - a member's `[N, C]` float output votes for its argmax, compared with the argmax of the
-///   ensemble's `probabilities` (class indices on both sides);
+///   ensemble's `probabilities` (class indices on both sides); a binary member's single column
+///   (`[N]` or `[N, 1]`) counts as `[1 − p, p]`, as the combiners read it;
 /// - a member's `[N]` integer output votes for that label, compared with the ensemble's
 ///   `label` (class labels on both sides).
+///
+/// With an ensemble `threshold`, binary rows are decided by it on both sides, as the combiners
+/// decide them: a member's row is class 1 when P(1) is above it, and the ensemble's class is its
+/// `label` (the argmax of its probabilities would ignore the threshold).
 ///
 /// Returns each voting member's tally, keyed as given (the spec's member index). A member whose
 /// output is neither, or whose row count differs, casts no vote; the answer has nothing to
 /// compare with for an average or a median, and then nobody votes.
-pub fn agreement<K: Copy>(members: &[(K, &Tensor)], outputs: &[Tensor]) -> Vec<(K, Agreement)> {
+pub fn agreement<K: Copy>(
+    members: &[(K, &Tensor)],
+    outputs: &[Tensor],
+    threshold: Option<f64>,
+) -> Vec<(K, Agreement)> {
     let by_name = |name: &str| outputs.iter().find(|t| t.name == name);
-    let answer_classes = by_name(PROBABILITIES).and_then(row_argmax);
+    let answer_classes = match threshold {
+        Some(_) => by_name(LABEL).and_then(labels),
+        None => by_name(PROBABILITIES).and_then(row_argmax),
+    };
     let answer_labels = by_name(LABEL).and_then(labels);
     let mut tallies = Vec::with_capacity(members.len());
     for &(key, member) in members {
-        let (mine, answer) = match member.shape.len() {
-            2 => (row_argmax(member), answer_classes.as_ref()),
-            1 => (labels(member), answer_labels.as_ref()),
+        let (mine, answer) = match (member.datatype, member.shape.len()) {
+            (DataType::Fp32 | DataType::Fp64, 1 | 2) => {
+                (member_classes(member, threshold), answer_classes.as_ref())
+            }
+            (_, 1) => (labels(member), answer_labels.as_ref()),
             _ => continue,
         };
         let (Some(mine), Some(answer)) = (mine, answer) else {
@@ -78,6 +92,19 @@ fn row_argmax(tensor: &Tensor) -> Option<Vec<i64>> {
             .map(|row| argmax(row) as i64)
             .collect(),
     )
+}
+
+/// The class of each row of a member's probabilities, one-column binary members expanded: the
+/// argmax, or for binary rows under a threshold, whether P(1) is above it.
+fn member_classes(tensor: &Tensor, threshold: Option<f64>) -> Option<Vec<i64>> {
+    let matrix = read_probabilities("", tensor, FLOATS).ok()?;
+    (0..matrix.rows)
+        .map(|row| {
+            decide("", matrix.row(row), threshold)
+                .ok()
+                .map(|c| c as i64)
+        })
+        .collect()
 }
 
 /// The values of an `[N]` integer tensor.
@@ -137,7 +164,7 @@ mod tests {
         let refs: Vec<(usize, &Tensor)> = members.iter().enumerate().collect();
         // Member 2 (c) is the one that disagreed, on row 0.
         assert_eq!(
-            agreement(&refs, &outputs),
+            agreement(&refs, &outputs, None),
             vec![(0, tally(2, 2)), (1, tally(2, 2)), (2, tally(2, 1))]
         );
     }
@@ -152,8 +179,41 @@ mod tests {
         let outputs = hard_vote(&votes(&members)).unwrap();
         let refs: Vec<(usize, &Tensor)> = members.iter().enumerate().collect();
         assert_eq!(
-            agreement(&refs, &outputs),
+            agreement(&refs, &outputs, None),
             vec![(0, tally(2, 1)), (1, tally(2, 2)), (2, tally(2, 1))]
+        );
+    }
+
+    #[test]
+    fn one_column_members_vote_as_binary() {
+        // Row 0: the sigmoid says 0.9 (class 1), the two-column member 0 -> mean [0.55, 0.45],
+        // answer 0. Row 1: both say class 1.
+        let members = [
+            Tensor::from_values(PROBABILITIES, vec![2, 1], &[0.9f32, 0.75]),
+            probs(&[&[1.0, 0.0], &[0.25, 0.75]]),
+        ];
+        let outputs = soft_vote(&votes(&members)).unwrap();
+        let refs: Vec<(usize, &Tensor)> = members.iter().enumerate().collect();
+        assert_eq!(
+            agreement(&refs, &outputs, None),
+            vec![(0, tally(2, 1)), (1, tally(2, 2))]
+        );
+    }
+
+    #[test]
+    fn a_threshold_decides_both_sides() {
+        // Mean P(1): row 0 0.6, row 1 0.8. At 0.7 the answer is [0, 1]; the sigmoid (0.65,
+        // 0.75) says [0, 1] and agrees on both rows, the two-column member (0.55, 0.85) too,
+        // though an argmax would have called row 0 class 1 for both.
+        let members = [
+            Tensor::from_values(PROBABILITIES, vec![2, 1], &[0.65f32, 0.75]),
+            probs(&[&[0.45, 0.55], &[0.15, 0.85]]),
+        ];
+        let outputs = crate::combine::soft_vote_at(&votes(&members), Some(0.7)).unwrap();
+        let refs: Vec<(usize, &Tensor)> = members.iter().enumerate().collect();
+        assert_eq!(
+            agreement(&refs, &outputs, Some(0.7)),
+            vec![(0, tally(2, 2)), (1, tally(2, 2))]
         );
     }
 
@@ -162,8 +222,8 @@ mod tests {
         let member = probs(&[&[0.5, 0.5]]);
         // An average's output: no `label`, no `probabilities`.
         let averaged = Tensor::from_values("y", vec![1, 2], &[0.5f32, 0.5]);
-        assert_eq!(agreement(&[(0, &member)], &[averaged]), vec![]);
-        assert_eq!(agreement::<usize>(&[], &[label_tensor(&[1])]), vec![]);
+        assert_eq!(agreement(&[(0, &member)], &[averaged], None), vec![]);
+        assert_eq!(agreement::<usize>(&[], &[label_tensor(&[1])], None), vec![]);
     }
 
     #[test]
@@ -173,7 +233,7 @@ mod tests {
         let floats_1d = Tensor::from_values(LABEL, vec![2], &[1.0f32, 2.0]);
         let good = label_tensor(&[1, 0]);
         assert_eq!(
-            agreement(&[(0, &short), (1, &floats_1d), (2, &good)], &answer),
+            agreement(&[(0, &short), (1, &floats_1d), (2, &good)], &answer, None),
             vec![(2, tally(2, 1))]
         );
     }

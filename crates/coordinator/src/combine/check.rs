@@ -73,21 +73,78 @@ impl Matrix {
     }
 }
 
-/// Reads a `[N, C]` tensor of one of the `accepted` float datatypes.
-pub(super) fn read_matrix(
+/// Reads a member's class probabilities as `[N, C]`: an `[N, C]` tensor as it is, and a binary
+/// classifier's single column (`[N]` or `[N, 1]`, P(class 1), as a sigmoid output gives) as
+/// `[N, 2]` rows `[1 − p, p]`, computed in f64. Values are not checked to lie in [0, 1]: a
+/// member's scores are its own business, as they were before binary members existed.
+pub(super) fn read_probabilities(
     member: &str,
     tensor: &Tensor,
     accepted: &[DataType],
 ) -> Result<Matrix, CombineError> {
-    // Values first: decoding checks that every dimension is positive, so the casts below are safe.
+    // Values first: decoding checks that every dimension is positive, so the cast below is safe.
     let values = float_values(member, tensor, accepted)?;
     match tensor.shape[..] {
+        [_] | [_, 1] => Ok(Matrix {
+            rows: values.len(),
+            cols: 2,
+            values: values.iter().flat_map(|&p| [1.0 - p, p]).collect(),
+        }),
         [rows, cols] => Ok(Matrix {
             rows: rows as usize,
             cols: cols as usize,
             values,
         }),
-        _ => Err(wrong_shape(member, tensor, "shape [N, C]".to_string())),
+        _ => Err(wrong_shape(
+            member,
+            tensor,
+            "shape [N, C], or [N] or [N, 1] for P(class 1) of a binary classifier".to_string(),
+        )),
+    }
+}
+
+/// Reads a member's block as it is: `[N, C]` as `C` columns, `[N]` as one.
+pub(super) fn read_columns(
+    member: &str,
+    tensor: &Tensor,
+    accepted: &[DataType],
+) -> Result<Matrix, CombineError> {
+    let values = float_values(member, tensor, accepted)?;
+    match tensor.shape[..] {
+        [_] => Ok(Matrix {
+            rows: values.len(),
+            cols: 1,
+            values,
+        }),
+        [rows, cols] => Ok(Matrix {
+            rows: rows as usize,
+            cols: cols as usize,
+            values,
+        }),
+        _ => Err(wrong_shape(
+            member,
+            tensor,
+            "shape [N, C] or [N]".to_string(),
+        )),
+    }
+}
+
+/// The class a row of probabilities stands for: with a `threshold`, a binary row is class 1
+/// when P(class 1) is above it (strictly, as scikit-learn's `predict` and `p > t` in Keras
+/// code compare); otherwise the argmax. A threshold on a row that is not binary is refused.
+pub(super) fn decide(
+    member: &str,
+    row: &[f64],
+    threshold: Option<f64>,
+) -> Result<usize, CombineError> {
+    match threshold {
+        None => Ok(argmax(row)),
+        Some(t) if row.len() == 2 => Ok(usize::from(row[1] > t)),
+        Some(threshold) => Err(CombineError::ThresholdNotBinary {
+            member: member.to_string(),
+            classes: row.len(),
+            threshold,
+        }),
     }
 }
 

@@ -74,6 +74,15 @@ pub enum CombineError {
         index: usize,
         value: f64,
     },
+    #[error(
+        "the ensemble's `threshold = {threshold}` decides between two classes, but member \
+         '{member}' scores {classes}; remove `threshold` or use binary members"
+    )]
+    ThresholdNotBinary {
+        member: String,
+        classes: usize,
+        threshold: f64,
+    },
     #[error("member '{member}' returned a malformed tensor: {source}")]
     Malformed { member: String, source: TensorError },
 }

@@ -1,11 +1,17 @@
 //! Fusion: the input of a stacking meta-model, the members' outputs side by side.
 
 use super::CombineError;
-use super::check::{Matrix, read_matrix, same_rows};
+use super::check::{Matrix, read_columns, read_probabilities, same_rows};
 use chorus_common::{DataType, Tensor};
 
 /// Concatenates each member's FP32 `[N, Cᵢ]` block along axis 1, in member order, into one FP32
 /// `[N, Σ Cᵢ]` tensor named `input_name` for the meta-model.
+///
+/// When the members' blocks are class probabilities (`binary_pairs`: the ensemble combines the
+/// `probabilities` role), a binary member's single column (`[N]` or `[N, 1]`, P(class 1)) is the
+/// block `[1 − p, p]`, so the meta-model sees two columns per binary member however each was
+/// exported, and a one-column member can stand in for a two-column one. Other blocks (a score,
+/// a logit) are stacked as they are, one column for `[N]`.
 ///
 /// A member that did not answer (`None`) is imputed with the elementwise mean of the blocks that
 /// are present (in f64, summed in member order, then cast to f32). The meta-model was trained on
@@ -17,11 +23,17 @@ use chorus_common::{DataType, Tensor};
 pub fn fusion_input(
     blocks: &[(&str, Option<&Tensor>)],
     input_name: &str,
+    binary_pairs: bool,
 ) -> Result<Tensor, CombineError> {
     let mut present: Vec<(&str, Matrix)> = Vec::with_capacity(blocks.len());
     for &(member, tensor) in blocks {
         if let Some(tensor) = tensor {
-            present.push((member, read_matrix(member, tensor, &[DataType::Fp32])?));
+            let block = if binary_pairs {
+                read_probabilities(member, tensor, &[DataType::Fp32])?
+            } else {
+                read_columns(member, tensor, &[DataType::Fp32])?
+            };
+            present.push((member, block));
         }
     }
     let Some((reference, first)) = present.first() else {
@@ -103,20 +115,25 @@ mod tests {
     #[test]
     fn concatenates_in_member_order() {
         let a = probs(&[&[1.0, 2.0], &[3.0, 4.0]]);
-        let b = probs(&[&[5.0], &[6.0]]);
+        let b = probs(&[&[5.0, 5.5, 5.75, 5.875], &[6.0, 6.5, 6.75, 6.875]]);
         let c = probs(&[&[7.0, 8.0, 9.0], &[10.0, 11.0, 12.0]]);
-        let out = fusion_input(&[("a", Some(&a)), ("b", Some(&b)), ("c", Some(&c))], "x").unwrap();
+        let out = fusion_input(
+            &[("a", Some(&a)), ("b", Some(&b)), ("c", Some(&c))],
+            "x",
+            true,
+        )
+        .unwrap();
         assert_eq!(out.name, "x");
         assert_eq!(out.datatype, DataType::Fp32);
-        assert_eq!(out.shape, vec![2, 6]);
+        assert_eq!(out.shape, vec![2, 9]);
         assert_eq!(
             rows_of(&out),
             vec![
-                vec![1.0, 2.0, 5.0, 7.0, 8.0, 9.0],
-                vec![3.0, 4.0, 6.0, 10.0, 11.0, 12.0]
+                vec![1.0, 2.0, 5.0, 5.5, 5.75, 5.875, 7.0, 8.0, 9.0],
+                vec![3.0, 4.0, 6.0, 6.5, 6.75, 6.875, 10.0, 11.0, 12.0]
             ]
         );
-        let out = fusion_input(&[("c", Some(&c)), ("a", Some(&a))], "x").unwrap();
+        let out = fusion_input(&[("c", Some(&c)), ("a", Some(&a))], "x", true).unwrap();
         assert_eq!(
             rows_of(&out),
             vec![
@@ -130,7 +147,8 @@ mod tests {
     fn imputes_missing_blocks_with_the_mean_of_present_ones() {
         let a = probs(&[&[0.0, 1.0], &[0.5, 0.5]]);
         let c = probs(&[&[1.0, 0.0], &[0.25, 0.75]]);
-        let out = fusion_input(&[("a", Some(&a)), ("b", None), ("c", Some(&c))], "x").unwrap();
+        let out =
+            fusion_input(&[("a", Some(&a)), ("b", None), ("c", Some(&c))], "x", true).unwrap();
         assert_eq!(out.shape, vec![2, 6]);
         assert_eq!(
             rows_of(&out),
@@ -140,7 +158,7 @@ mod tests {
             ]
         );
         // Two missing, one present: both take the present block.
-        let out = fusion_input(&[("a", None), ("b", Some(&c)), ("c", None)], "x").unwrap();
+        let out = fusion_input(&[("a", None), ("b", Some(&c)), ("c", None)], "x", true).unwrap();
         assert_eq!(
             rows_of(&out),
             vec![
@@ -149,9 +167,9 @@ mod tests {
             ]
         );
         // The mean is taken in f64 and rounded once.
-        let p = probs(&[&[0.1]]);
-        let q = probs(&[&[0.2]]);
-        let r = probs(&[&[0.7]]);
+        let p = probs(&[&[0.1, 0.5, 0.4]]);
+        let q = probs(&[&[0.2, 0.5, 0.3]]);
+        let r = probs(&[&[0.7, 0.25, 0.05]]);
         let out = fusion_input(
             &[
                 ("p", Some(&p)),
@@ -160,23 +178,72 @@ mod tests {
                 ("s", None),
             ],
             "x",
+            true,
         )
         .unwrap();
-        let mean = ((f64::from(0.1f32) + f64::from(0.2f32) + f64::from(0.7f32)) / 3.0) as f32;
-        assert_eq!(rows_of(&out), vec![vec![0.1, 0.2, 0.7, mean]]);
+        let mean =
+            |a: f32, b: f32, c: f32| ((f64::from(a) + f64::from(b) + f64::from(c)) / 3.0) as f32;
+        assert_eq!(
+            rows_of(&out),
+            vec![vec![
+                0.1,
+                0.5,
+                0.4,
+                0.2,
+                0.5,
+                0.3,
+                0.7,
+                0.25,
+                0.05,
+                mean(0.1, 0.2, 0.7),
+                mean(0.5, 0.5, 0.25),
+                mean(0.4, 0.3, 0.05)
+            ]]
+        );
+    }
+
+    #[test]
+    fn blocks_that_are_not_probabilities_are_stacked_as_they_are() {
+        let score = Tensor::from_values("score", vec![2, 1], &[0.25f32, 0.875]);
+        let flat = Tensor::from_values("score", vec![2], &[3.0f32, -1.0]);
+        let out = fusion_input(&[("s", Some(&score)), ("f", Some(&flat))], "x", false).unwrap();
+        assert_eq!(out.shape, vec![2, 2]);
+        assert_eq!(rows_of(&out), vec![vec![0.25, 3.0], vec![0.875, -1.0]]);
+    }
+
+    #[test]
+    fn one_column_members_give_two_columns() {
+        let sigmoid = Tensor::from_values("p", vec![2, 1], &[0.25f32, 0.875]);
+        let two = probs(&[&[0.5, 0.5], &[1.0, 0.0]]);
+        let out = fusion_input(&[("s", Some(&sigmoid)), ("t", Some(&two))], "x", true).unwrap();
+        assert_eq!(out.shape, vec![2, 4]);
+        assert_eq!(
+            rows_of(&out),
+            vec![vec![0.75, 0.25, 0.5, 0.5], vec![0.125, 0.875, 1.0, 0.0]]
+        );
+        // A missing two-column member is imputed from the expanded one.
+        let out = fusion_input(&[("s", Some(&sigmoid)), ("t", None)], "x", true).unwrap();
+        assert_eq!(
+            rows_of(&out),
+            vec![
+                vec![0.75, 0.25, 0.75, 0.25],
+                vec![0.125, 0.875, 0.125, 0.875]
+            ]
+        );
     }
 
     #[test]
     fn imputation_needs_equal_widths() {
         let a = probs(&[&[1.0, 2.0]]);
-        let b = probs(&[&[3.0]]);
-        let err = fusion_input(&[("a", Some(&a)), ("b", Some(&b)), ("c", None)], "x").unwrap_err();
+        let b = probs(&[&[3.0, 4.0, 5.0]]);
+        let err =
+            fusion_input(&[("a", Some(&a)), ("b", Some(&b)), ("c", None)], "x", true).unwrap_err();
         assert_eq!(
             err,
             CombineError::ImputeWidthMismatch {
                 missing: "c".into(),
                 member: "b".into(),
-                columns: 1,
+                columns: 3,
                 reference: "a".into(),
                 reference_columns: 2
             }
@@ -189,15 +256,19 @@ mod tests {
 
     #[test]
     fn rejects_no_blocks_mismatched_batch_and_wrong_types() {
-        assert_eq!(fusion_input(&[], "x"), Err(CombineError::NoMembers));
+        assert_eq!(fusion_input(&[], "x", true), Err(CombineError::NoMembers));
         assert_eq!(
-            fusion_input(&[("a", None), ("b", None)], "x"),
+            fusion_input(&[("a", None), ("b", None)], "x", true),
             Err(CombineError::NoMembers)
         );
         let two = probs(&[&[1.0], &[2.0]]);
         let one = probs(&[&[1.0]]);
-        let err =
-            fusion_input(&[("a", Some(&two)), ("b", None), ("c", Some(&one))], "x").unwrap_err();
+        let err = fusion_input(
+            &[("a", Some(&two)), ("b", None), ("c", Some(&one))],
+            "x",
+            true,
+        )
+        .unwrap_err();
         assert_eq!(
             err,
             CombineError::BatchMismatch {
@@ -208,24 +279,24 @@ mod tests {
             }
         );
         let f64s = probs64(&[&[1.0]]);
-        let err = fusion_input(&[("a", Some(&one)), ("d", Some(&f64s))], "x").unwrap_err();
+        let err = fusion_input(&[("a", Some(&one)), ("d", Some(&f64s))], "x", true).unwrap_err();
         assert!(matches!(
             &err,
             CombineError::WrongDatatype { member, got: DataType::Fp64, .. } if member == "d"
         ));
         let ints = labels(&[1]);
         assert!(matches!(
-            fusion_input(&[("i", Some(&ints))], "x"),
+            fusion_input(&[("i", Some(&ints))], "x", true),
             Err(CombineError::WrongDatatype { .. })
         ));
-        let flat = Tensor::from_values("p", vec![2], &[1.0f32, 2.0]);
+        let cube = Tensor::from_values("p", vec![1, 2, 1], &[1.0f32, 2.0]);
         assert!(matches!(
-            fusion_input(&[("f", Some(&flat))], "x"),
+            fusion_input(&[("f", Some(&cube))], "x", true),
             Err(CombineError::WrongShape { .. })
         ));
         let nan = probs(&[&[f32::NAN]]);
         assert!(matches!(
-            fusion_input(&[("n", Some(&nan)), ("m", None)], "x"),
+            fusion_input(&[("n", Some(&nan)), ("m", None)], "x", true),
             Err(CombineError::NonFinite { .. })
         ));
     }

@@ -1,24 +1,33 @@
 //! Hard voting: each member votes one label per row; the label with the most weight wins.
 
-use super::check::{FLOATS, argmax, malformed, read_matrix, same_rows, total_weight, wrong_shape};
+use super::check::{
+    FLOATS, decide, malformed, read_probabilities, same_rows, total_weight, wrong_shape,
+};
 use super::{AGREEMENT, CombineError, LABEL, Vote};
 use chorus_common::{DataType, Tensor};
+
+/// [`hard_vote_at`] without a threshold: probability members vote their argmax.
+pub fn hard_vote(votes: &[Vote]) -> Result<Vec<Tensor>, CombineError> {
+    hard_vote_at(votes, None)
+}
 
 /// Combines the members' votes into `[label INT64 [N], agreement FP32 [N]]`.
 ///
 /// A member's tensor is either INT64 (or INT32) labels of shape `[N]`, or FP32 (or FP64)
 /// probabilities of shape `[N, C]`, in which case it votes for its row argmax (lowest index on
-/// ties). Members may mix the two forms, and probability members need not agree on `C`: only the
-/// label each one votes for matters here.
+/// ties), or with a `threshold` (binary members only) for class 1 where P(class 1) is above it.
+/// A float `[N]` or `[N, 1]` is a binary member's P(class 1), read as `[1 − p, p]`: it votes 1
+/// where p > 0.5 (or the threshold). Members may mix the forms, and probability members need not
+/// agree on `C`: only the label each one votes for matters here.
 ///
 /// Per row, each label's weight is summed in member order; the largest sum wins and exact ties go
 /// to the smallest label value. `agreement` is the winner's weight divided by the total weight of
 /// the members present, so it lies in (0, 1] and is 1 when they all agree.
-pub fn hard_vote(votes: &[Vote]) -> Result<Vec<Tensor>, CombineError> {
+pub fn hard_vote_at(votes: &[Vote], threshold: Option<f64>) -> Result<Vec<Tensor>, CombineError> {
     let total = total_weight(votes)?;
     let ballots = votes
         .iter()
-        .map(ballot)
+        .map(|vote| ballot(vote, threshold))
         .collect::<Result<Vec<Vec<i64>>, _>>()?;
     let rows = ballots[0].len();
     for (vote, ballot) in votes.iter().zip(&ballots).skip(1) {
@@ -53,7 +62,7 @@ pub fn hard_vote(votes: &[Vote]) -> Result<Vec<Tensor>, CombineError> {
 }
 
 /// The label a member votes for in each row.
-fn ballot(vote: &Vote) -> Result<Vec<i64>, CombineError> {
+fn ballot(vote: &Vote, threshold: Option<f64>) -> Result<Vec<i64>, CombineError> {
     let (member, tensor) = (vote.member, vote.tensor);
     let labels = match tensor.datatype {
         DataType::Int64 => tensor.to_values::<i64>(),
@@ -61,10 +70,10 @@ fn ballot(vote: &Vote) -> Result<Vec<i64>, CombineError> {
             .to_values::<i32>()
             .map(|labels| labels.into_iter().map(i64::from).collect()),
         DataType::Fp32 | DataType::Fp64 => {
-            let matrix = read_matrix(member, tensor, FLOATS)?;
-            return Ok((0..matrix.rows)
-                .map(|row| argmax(matrix.row(row)) as i64)
-                .collect());
+            let matrix = read_probabilities(member, tensor, FLOATS)?;
+            return (0..matrix.rows)
+                .map(|row| decide(member, matrix.row(row), threshold).map(|class| class as i64))
+                .collect();
         }
         got => {
             return Err(CombineError::WrongDatatype {
@@ -190,6 +199,41 @@ mod tests {
     }
 
     #[test]
+    fn one_column_members_vote_by_threshold() {
+        let sigmoid = Tensor::from_values("p", vec![3, 1], &[0.3f32, 0.6, 0.9]);
+        let flat = Tensor::from_values("p", vec![3], &[0.3f32, 0.6, 0.9]);
+        let two = probs(&[&[0.6, 0.4], &[0.35, 0.65], &[0.45, 0.55]]);
+        let l = labels(&[1, 0, 1]);
+        // Default: p > 0.5 for the one-column members, argmax for the two-column one.
+        let (won, agreement) = run(&[
+            vote("s", 1.0, &sigmoid),
+            vote("f", 1.0, &flat),
+            vote("t", 1.0, &two),
+        ]);
+        assert_eq!(won, vec![0, 1, 1]);
+        assert_eq!(agreement, vec![1.0, 1.0, 1.0]);
+        let at = |t| {
+            let votes = [
+                vote("s", 1.0, &sigmoid),
+                vote("t", 1.0, &two),
+                vote("l", 1.0, &l),
+            ];
+            hard_vote_at(&votes, t).unwrap()[0]
+                .to_values::<i64>()
+                .unwrap()
+        };
+        assert_eq!(at(None), vec![0, 1, 1]);
+        // At 0.62 row 1: s (0.6) votes 0, t (0.65) votes 1, l votes 0.
+        // Row 2: s 1, t (0.55) 0, l 1.
+        assert_eq!(at(Some(0.62)), vec![0, 0, 1]);
+        let three = probs(&[&[0.2, 0.3, 0.5]]);
+        assert!(matches!(
+            hard_vote_at(&[vote("w", 1.0, &three)], Some(0.5)),
+            Err(CombineError::ThresholdNotBinary { .. })
+        ));
+    }
+
+    #[test]
     fn int32_labels_are_accepted() {
         let a = int32_labels(&[3, -2]);
         let b = labels(&[3, 5]);
@@ -249,9 +293,9 @@ mod tests {
         let column = Tensor::from_values("label", vec![2, 1], &[0i64, 1]);
         let err = hard_vote(&[vote("c", 1.0, &column)]).unwrap_err();
         assert!(matches!(&err, CombineError::WrongShape { member, .. } if member == "c"));
-        let flat_probs = Tensor::from_values("p", vec![2], &[0.5f32, 0.5]);
+        let cube = Tensor::from_values("p", vec![1, 2, 1], &[0.5f32, 0.5]);
         assert!(matches!(
-            hard_vote(&[vote("f", 1.0, &flat_probs)]),
+            hard_vote(&[vote("f", 1.0, &cube)]),
             Err(CombineError::WrongShape { .. })
         ));
         let mut short = labels(&[1, 2]);

@@ -24,9 +24,9 @@ pub use average::average;
 pub use entropy::mean_entropy_bits;
 pub use error::CombineError;
 pub use fusion::fusion_input;
-pub use hard_vote::hard_vote;
+pub use hard_vote::{hard_vote, hard_vote_at};
 pub use median::median;
-pub use soft_vote::soft_vote;
+pub use soft_vote::{soft_vote, soft_vote_at};
 
 /// Name of the INT64 `[N]` winning-label output of [`soft_vote`] and [`hard_vote`].
 pub const LABEL: &str = "label";

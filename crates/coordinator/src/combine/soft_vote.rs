@@ -1,20 +1,29 @@
 //! Soft voting: the weighted mean of the members' class probabilities, and its argmax per row.
 
-use super::check::{FLOATS, Matrix, argmax, read_matrix, same_rows, total_weight};
+use super::check::{FLOATS, Matrix, decide, read_probabilities, same_rows, total_weight};
 use super::{CombineError, LABEL, PROBABILITIES, Vote};
 use chorus_common::Tensor;
+
+/// [`soft_vote_at`] without a threshold: the label is the argmax.
+pub fn soft_vote(votes: &[Vote]) -> Result<Vec<Tensor>, CombineError> {
+    soft_vote_at(votes, None)
+}
 
 /// Combines FP32 (or FP64) `[N, C]` probabilities from every member into
 /// `[label INT64 [N], probabilities FP32 [N, C]]`.
 ///
+/// A binary member's single column (`[N]` or `[N, 1]`, P(class 1)) counts as `[1 − p, p]`, so
+/// one- and two-column members of a binary ensemble mix.
+///
 /// `probabilities = Σ wᵢ·pᵢ / Σ wᵢ`, in f64, summed in member order, then cast to f32; dividing by
 /// the weights present renormalises them over the members that answered. `label` is the argmax of
-/// the f64 mean per row, exact ties going to the lowest class index (as `numpy.argmax` does).
-pub fn soft_vote(votes: &[Vote]) -> Result<Vec<Tensor>, CombineError> {
+/// the f64 mean per row, exact ties going to the lowest class index (as `numpy.argmax` does); with
+/// a `threshold` (binary members only), it is 1 where the mean P(class 1) is above it.
+pub fn soft_vote_at(votes: &[Vote], threshold: Option<f64>) -> Result<Vec<Tensor>, CombineError> {
     let total = total_weight(votes)?;
     let matrices = votes
         .iter()
-        .map(|vote| read_matrix(vote.member, vote.tensor, FLOATS))
+        .map(|vote| read_probabilities(vote.member, vote.tensor, FLOATS))
         .collect::<Result<Vec<Matrix>, _>>()?;
     let (first_vote, first) = (&votes[0], &matrices[0]);
     for (vote, matrix) in votes.iter().zip(&matrices).skip(1) {
@@ -39,8 +48,8 @@ pub fn soft_vote(votes: &[Vote]) -> Result<Vec<Tensor>, CombineError> {
 
     let labels: Vec<i64> = mean
         .chunks_exact(first.cols)
-        .map(|row| argmax(row) as i64)
-        .collect();
+        .map(|row| decide(first_vote.member, row, threshold).map(|class| class as i64))
+        .collect::<Result<_, _>>()?;
     let probabilities: Vec<f32> = mean.iter().map(|&p| p as f32).collect();
     let (rows, cols) = (first.rows as i64, first.cols as i64);
     Ok(vec![
@@ -52,6 +61,7 @@ pub fn soft_vote(votes: &[Vote]) -> Result<Vec<Tensor>, CombineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::combine::check::argmax;
     use crate::combine::testing::{Lcg, equal_votes, labels, probs, probs64, vote};
     use chorus_common::DataType;
 
@@ -211,10 +221,10 @@ mod tests {
         ));
         assert!(err.to_string().contains("FP32 or FP64"), "{err}");
 
-        let flat = Tensor::from_values("p", vec![2], &[1.0f32, 0.0]);
-        let err = soft_vote(&[vote("a", 1.0, &flat)]).unwrap_err();
+        let cube = Tensor::from_values("p", vec![1, 2, 1], &[1.0f32, 0.0]);
+        let err = soft_vote(&[vote("a", 1.0, &cube)]).unwrap_err();
         assert!(matches!(&err, CombineError::WrongShape { member, got, .. }
-            if member == "a" && got == &vec![2]));
+            if member == "a" && got == &vec![1, 2, 1]));
 
         let mut short = a.clone();
         short.shape = vec![2, 2];
@@ -228,6 +238,49 @@ mod tests {
             soft_vote(&[vote("a", 1.0, &zero)]),
             Err(CombineError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn one_column_members_are_p_of_class_one() {
+        // A sigmoid member ([N, 1]) and a flat one ([N]) read as [1 - p, p].
+        let column = Tensor::from_values("p", vec![3, 1], &[0.25f32, 0.75, 0.5]);
+        let flat = Tensor::from_values("p", vec![3], &[0.25f32, 0.75, 0.5]);
+        for member in [&column, &flat] {
+            let (won, p) = run(&[vote("s", 1.0, member)]);
+            // Exactly 0.5 is a tie: class 0, as argmax and `p > 0.5` both say.
+            assert_eq!(won, vec![0, 1, 0]);
+            assert_eq!(p, vec![0.75, 0.25, 0.25, 0.75, 0.5, 0.5]);
+        }
+        // Mixed with a two-column member: the mean is taken class by class.
+        let two = probs(&[&[0.5, 0.5], &[0.875, 0.125], &[0.0, 1.0]]);
+        let (won, p) = run(&[vote("s", 1.0, &column), vote("t", 1.0, &two)]);
+        assert_eq!(won, vec![0, 0, 1]);
+        assert_eq!(p, vec![0.625, 0.375, 0.5625, 0.4375, 0.25, 0.75]);
+    }
+
+    #[test]
+    fn a_threshold_decides_binary_labels() {
+        let column = Tensor::from_values("p", vec![4, 1], &[0.25f32, 0.6, 0.75, 0.9]);
+        let two = probs(&[&[0.75, 0.25], &[0.4, 0.6], &[0.25, 0.75], &[0.1, 0.9]]);
+        for member in [&column, &two] {
+            let at = |t| {
+                soft_vote_at(&[vote("s", 1.0, member)], t).unwrap()[0]
+                    .to_values::<i64>()
+                    .unwrap()
+            };
+            assert_eq!(at(None), vec![0, 1, 1, 1]);
+            assert_eq!(at(Some(0.5)), vec![0, 1, 1, 1]);
+            assert_eq!(at(Some(0.8)), vec![0, 0, 0, 1]);
+            // Strictly above: a row exactly at the threshold stays class 0.
+            assert_eq!(at(Some(0.75)), vec![0, 0, 0, 1]);
+            assert_eq!(at(Some(0.2)), vec![1, 1, 1, 1]);
+        }
+        let three = probs(&[&[0.2, 0.3, 0.5]]);
+        let err = soft_vote_at(&[vote("wide", 1.0, &three)], Some(0.5)).unwrap_err();
+        assert!(
+            matches!(&err, CombineError::ThresholdNotBinary { member, classes: 3, .. } if member == "wide"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -245,7 +298,8 @@ mod tests {
         let mut rng = Lcg(7);
         for _ in 0..50 {
             let rows = 1 + rng.below(5) as usize;
-            let cols = 1 + rng.below(6) as usize;
+            // From 2: one column is a binary member's P(class 1), expanded (tested above).
+            let cols = 2 + rng.below(5) as usize;
             let member = rng.matrix(rows, cols);
             let copies = 1 + rng.below(5) as usize;
             let weights: Vec<f64> = (0..copies)

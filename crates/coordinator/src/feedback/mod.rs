@@ -3,7 +3,8 @@
 //! member's accuracy over a sliding window and reports the ones below the spec's threshold
 //! ([`accuracy`]), and moves the member weights of `weights = "online"` ensembles by a
 //! multiplicative-weights rule ([`rule`]); the weights ([`weights`]) are shared through etcd or
-//! a local file ([`store`]). Both front doors (REST, gRPC) call [`submit`].
+//! a local file ([`store`]). Both front doors (REST, gRPC) call [`submit`]. With etcd, feedback
+//! for another coordinator's answer is relayed to it ([`relay`]).
 //!
 //! Only ensembles that take feedback (`feedback = true`, implied by online weights and by
 //! `min_member_accuracy`) pay anything: their answers are kept (the members' votes, compactly)
@@ -12,6 +13,7 @@
 
 pub mod accuracy;
 pub mod recent;
+pub mod relay;
 pub mod rule;
 pub mod store;
 pub mod weights;
@@ -107,6 +109,12 @@ pub struct Counts {
     pub duplicate: u64,
     /// Labels that do not fit the prediction (row count, class range).
     pub invalid: u64,
+    /// Ids another coordinator answered, written to etcd for it; the outcome is counted there
+    /// (its `chorus_feedback_total`), not known here.
+    pub relayed: u64,
+    /// Ids another coordinator answered that could not be relayed (etcd unreachable or too
+    /// slow): send them again, which is safe (an id is applied once).
+    pub relay_failed: u64,
     /// Whether the weights are frozen (accepted feedback then moves nothing).
     pub frozen: bool,
 }
@@ -135,7 +143,7 @@ impl From<FeedbackError> for InferError {
 /// Feedback for ensemble `name` from either front door, once the caller is authorized:
 /// `items` is the decoded request, or why it could not be decoded (counted as one invalid item
 /// of a served ensemble). An unknown ensemble is NOT_FOUND.
-pub fn submit(
+pub async fn submit(
     app: &Infer,
     name: &str,
     items: Result<Vec<Item>, InferError>,
@@ -146,7 +154,21 @@ pub fn submit(
         .ok_or_else(|| InferError::NotFound(format!("no ensemble '{name}' is served")))?;
     let feedback = app.feedback();
     let items = items.inspect_err(|_| feedback.malformed(&spec))?;
-    Ok(feedback.apply(&spec, &items)?)
+    let own = app.request_ids().prefix();
+    // Only ids another coordinator generated relay; a client's own ids stay local.
+    let relays = |id: &str| feedback.relay.is_some() && relay::owner(id).is_some_and(|p| p != own);
+    let (mut counts, elsewhere) = feedback.join(&spec, &items, relays)?;
+    if let Some(outbox) = &feedback.relay
+        && !elsewhere.is_empty()
+    {
+        let sent = outbox.send(&spec.name, &elsewhere).await;
+        counts.relayed = sent.relayed;
+        counts.relay_failed = sent.failed;
+        let metrics = feedback.metrics.feedback();
+        metrics.feedback(&spec.name, FeedbackOutcome::Relayed, sent.relayed);
+        metrics.feedback(&spec.name, FeedbackOutcome::RelayFailed, sent.failed);
+    }
+    Ok(counts)
 }
 
 /// Where an ensemble's accuracy against feedback stands (`/chorus/ensembles`).
@@ -179,19 +201,36 @@ pub struct Feedback {
     table: Arc<Table>,
     metrics: Arc<Metrics>,
     _store: Option<Store>,
+    /// With etcd: where feedback for other coordinators' answers goes.
+    relay: Option<relay::outbox::Outbox>,
+    /// With etcd: what [`Feedback::inbox`] follows.
+    etcd: Option<(Vec<String>, crate::membership::etcd::EtcdSettings)>,
 }
 
 impl Feedback {
     /// Feedback with the weights kept in `backend` (spawns its tasks: needs a Tokio runtime).
     pub fn start(args: &FeedbackArgs, backend: Backend, metrics: Arc<Metrics>) -> Self {
         let table = Arc::new(Table::new(Arc::clone(&metrics)));
+        let bounds = args.bounds();
+        let etcd = match &backend {
+            Backend::Etcd {
+                endpoints,
+                settings,
+            } => Some((endpoints.clone(), settings.clone())),
+            Backend::Memory | Backend::File(_) => None,
+        };
+        let relay = etcd.clone().map(|(endpoints, settings)| {
+            relay::outbox::Outbox::new(endpoints, settings, bounds.ttl)
+        });
         let store = Store::start(backend, Arc::clone(&table));
         Feedback {
-            recent: Mutex::new(Recent::new(args.bounds())),
+            recent: Mutex::new(Recent::new(bounds)),
             accuracy: Mutex::default(),
             table,
             metrics,
             _store: Some(store),
+            relay,
+            etcd,
         }
     }
 
@@ -207,7 +246,20 @@ impl Feedback {
             table: Arc::new(Table::new(Arc::clone(&metrics))),
             metrics,
             _store: None,
+            relay: None,
+            etcd: None,
         }
+    }
+
+    /// With etcd, starts taking in the feedback other coordinators relay for `app`'s answers
+    /// (keep it for as long as the coordinator serves); `None` without etcd.
+    pub fn inbox(&self, app: &Arc<Infer>) -> Option<relay::inbox::Inbox> {
+        let (endpoints, settings) = self.etcd.clone()?;
+        Some(relay::inbox::Inbox::start(
+            Arc::clone(app),
+            endpoints,
+            settings,
+        ))
     }
 
     /// The spec to run: for an online ensemble, `spec` with the current weights.
@@ -226,7 +278,7 @@ impl Feedback {
         let votes: Vec<(usize, Votes)> = answer
             .members
             .iter()
-            .filter_map(|(index, tensor)| Votes::of(tensor).map(|v| (*index, v)))
+            .filter_map(|(index, tensor)| Votes::of(tensor, spec.threshold).map(|v| (*index, v)))
             .collect();
         let Some(rows) = votes.first().map(|(_, v)| v.rows()) else {
             return;
@@ -236,7 +288,7 @@ impl Feedback {
             rows,
             votes,
             members: spec.members.len(),
-            combined: combined_classes(answer, rows),
+            combined: combined_classes(spec, answer, rows),
         };
         self.recent
             .lock()
@@ -244,9 +296,20 @@ impl Feedback {
             .insert(id.to_string(), prediction, Instant::now());
     }
 
-    /// Joins `items` to the predictions `spec` answered, records each row in the accuracy
+    /// Joins `items` to the predictions `spec` answered here, records each row in the accuracy
     /// windows and, for online weights, updates them.
     pub fn apply(&self, spec: &EnsembleSpec, items: &[Item]) -> Result<Counts, FeedbackError> {
+        self.join(spec, items, |_| false).map(|(counts, _)| counts)
+    }
+
+    /// [`apply`](Self::apply), except that items unknown here whose id `elsewhere` accepts
+    /// (another coordinator's) are not counted but returned, to be relayed.
+    fn join(
+        &self,
+        spec: &EnsembleSpec,
+        items: &[Item],
+        elsewhere: impl Fn(&str) -> bool,
+    ) -> Result<(Counts, Vec<Item>), FeedbackError> {
         let Some(policy) = spec.feedback else {
             return Err(FeedbackError::NotKept(spec.name.clone()));
         };
@@ -254,10 +317,12 @@ impl Feedback {
         let mut counts = Counts::default();
         let mut ops = Vec::new();
         let mut outcomes = Vec::new();
+        let mut relay = Vec::new();
         {
             let mut recent = self.recent.lock().expect("recent lock");
             for item in items {
                 match recent.peek(&item.id, &spec.name) {
+                    Err(Miss::Unknown) if elsewhere(&item.id) => relay.push(item.clone()),
                     Err(Miss::Unknown) => counts.unknown += 1,
                     Err(Miss::Duplicate) => counts.duplicate += 1,
                     Ok(prediction) if !fits(prediction, &item.labels) => counts.invalid += 1,
@@ -289,7 +354,7 @@ impl Feedback {
         metrics.feedback(&spec.name, FeedbackOutcome::Unknown, counts.unknown);
         metrics.feedback(&spec.name, FeedbackOutcome::Duplicate, counts.duplicate);
         metrics.feedback(&spec.name, FeedbackOutcome::Invalid, counts.invalid);
-        Ok(counts)
+        Ok((counts, relay))
     }
 
     /// Records feedback rows in `spec`'s accuracy windows, sets the gauges and reports the
@@ -426,19 +491,37 @@ fn fits(prediction: &Prediction, labels: &[i64]) -> bool {
             *label >= 0
                 && prediction.votes.iter().all(|(_, votes)| match votes {
                     Votes::Probabilities { classes, .. } => (*label as u64) < *classes as u64,
+                    Votes::Binary { .. } => *label <= 1,
                     Votes::Labels(_) => true,
                 })
         })
 }
 
 /// The ensemble's class per row, from its combined answer: the argmax of `probabilities`
-/// (class indices, as soft votes and feedback labels use), else its `label`s.
-fn combined_classes(answer: &EnsembleAnswer, rows: usize) -> Option<Box<[i64]>> {
+/// (class indices, as soft votes and feedback labels use), else its `label`s. Fusion answers
+/// with its meta-model's outputs, whatever their names: failing those two, the first output
+/// that reads as a class per row.
+fn combined_classes(
+    spec: &EnsembleSpec,
+    answer: &EnsembleAnswer,
+    rows: usize,
+) -> Option<Box<[i64]>> {
     let output = |name: &str| answer.outputs.iter().find(|t| t.name == name);
-    [crate::combine::PROBABILITIES, crate::combine::LABEL]
-        .into_iter()
-        .filter_map(output)
-        .filter_map(Votes::of)
+    // Under a `threshold` the combined label, not the argmax of the probabilities, is the
+    // ensemble's class.
+    let order = if spec.threshold.is_some() {
+        [crate::combine::LABEL, crate::combine::PROBABILITIES]
+    } else {
+        [crate::combine::PROBABILITIES, crate::combine::LABEL]
+    };
+    let named = order.into_iter().filter_map(output);
+    let fused = answer
+        .outputs
+        .iter()
+        .filter(|_| spec.combiner == crate::spec::CombinerKind::Fusion);
+    named
+        .chain(fused)
+        .filter_map(|tensor| Votes::of(tensor, spec.threshold))
         .find(|votes| votes.rows() == rows)
         .map(|votes| votes.classes())
 }
@@ -610,6 +693,53 @@ mod tests {
             text.contains("chorus_member_accuracy_alerts_total{model=\"e\",member=\"good\"} 0")
         );
         assert!(text.contains("chorus_ensemble_accuracy{model=\"e\"} 1.0"));
+    }
+
+    #[test]
+    fn fusion_ensembles_take_feedback_on_their_meta_models_answer() {
+        let text = "version = 1\n[[ensemble]]\nname = \"f\"\ncombiner = \"fusion\"\nmeta_model = \"meta\"\ndeadline_ms = 5\nfeedback = true\n[[ensemble.member]]\nmodel = \"good\"\n[[ensemble.member]]\nmodel = \"bad\"\n";
+        let spec = Arc::new(crate::spec::parse(text, "t").unwrap().remove(0));
+        let feedback = Feedback::unsaved(Arc::new(Metrics::new()));
+        let mut answer = answer();
+        // A meta-model whose outputs are not named `label` / `probabilities`: it says 0, 0.
+        answer.outputs = vec![Tensor::from_values("output_label", vec![2], &[0i64, 0])];
+        feedback.record(&spec, "r1", &answer);
+        let counts = feedback.apply(&spec, &[item("r1", &[0, 1])]).unwrap();
+        assert_eq!((counts.accepted, counts.frozen), (1, false));
+        let standing = feedback.standing(&spec).unwrap();
+        assert_eq!((standing.accuracy, standing.samples), (Some(0.5), 2));
+        assert_eq!(standing.members[0].accuracy, Some(1.0));
+        assert_eq!(standing.members[1].accuracy, Some(0.0));
+        assert_eq!(
+            feedback.weights(&spec),
+            None,
+            "online weights stay voting-only"
+        );
+    }
+
+    #[test]
+    fn unknown_ids_of_other_coordinators_are_set_aside_for_the_relay() {
+        let metrics = Arc::new(Metrics::new());
+        let feedback = Feedback::unsaved(Arc::clone(&metrics));
+        let spec = spec(true);
+        let own = "aaaaaaaaaaaaaaaa";
+        feedback.record(&spec, "aaaaaaaaaaaaaaaa-1", &answer());
+        let elsewhere = |id: &str| relay::owner(id).is_some_and(|p| p != own);
+        let items = [
+            item("aaaaaaaaaaaaaaaa-1", &[0, 1]),
+            item("bbbbbbbbbbbbbbbb-1", &[0]),
+            // Ours but unknown (expired), and a client's own id: unknown, not relayed.
+            item("aaaaaaaaaaaaaaaa-2", &[0]),
+            item("client-id", &[0]),
+        ];
+        let (counts, relay) = feedback.join(&spec, &items, elsewhere).unwrap();
+        assert_eq!((counts.accepted, counts.unknown), (1, 2));
+        assert_eq!(relay, vec![item("bbbbbbbbbbbbbbbb-1", &[0])]);
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains("chorus_feedback_total{model=\"e\",outcome=\"unknown\"} 2"),
+            "{text}"
+        );
     }
 
     #[test]

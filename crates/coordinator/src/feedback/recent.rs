@@ -19,29 +19,51 @@ pub enum Votes {
     Probabilities { classes: usize, values: Box<[f32]> },
     /// One class label per row.
     Labels(Box<[i64]>),
+    /// A binary classifier's P(class 1) per row (a one-column member, or any two-column one
+    /// under an ensemble `threshold`): class 1 when above `threshold`, as the combiners decide.
+    Binary { p1: Box<[f32]>, threshold: f64 },
 }
 
+/// The threshold a binary member is judged at when the ensemble sets none: the argmax of
+/// `[1 − p, p]`, which is class 1 when p is above one half.
+const DEFAULT_BINARY_THRESHOLD: f64 = 0.5;
+
 impl Votes {
-    /// Reads a member's `member_output` tensor: `[N, C]` floats or `[N]` integer labels;
-    /// anything else (a shape a classifier does not produce) is not kept.
-    pub fn of(tensor: &Tensor) -> Option<Votes> {
-        match (tensor.datatype, tensor.shape.as_slice()) {
-            (DataType::Fp32 | DataType::Fp64, [_, classes]) => {
-                let values: Vec<f32> = if tensor.datatype == DataType::Fp64 {
+    /// Reads a member's `member_output` tensor: `[N, C]` floats, `[N]` or `[N, 1]` floats
+    /// (P(class 1) of a binary classifier, as the combiners read them), or `[N]` integer
+    /// labels; anything else (a shape a classifier does not produce) is not kept. With an
+    /// ensemble `threshold`, binary rows are judged by it, as the combiners judge them.
+    pub fn of(tensor: &Tensor, threshold: Option<f64>) -> Option<Votes> {
+        let floats = || -> Option<Vec<f32>> {
+            if tensor.datatype == DataType::Fp64 {
+                Some(
                     tensor
                         .to_values::<f64>()
                         .ok()?
                         .into_iter()
                         .map(|v| v as f32)
-                        .collect()
-                } else {
-                    tensor.to_values::<f32>().ok()?
-                };
-                Some(Votes::Probabilities {
-                    classes: usize::try_from(*classes).ok()?,
-                    values: values.into(),
+                        .collect(),
+                )
+            } else {
+                tensor.to_values::<f32>().ok()
+            }
+        };
+        let threshold = threshold.unwrap_or(DEFAULT_BINARY_THRESHOLD);
+        match (tensor.datatype, tensor.shape.as_slice()) {
+            (DataType::Fp32 | DataType::Fp64, [_] | [_, 1]) => Some(Votes::Binary {
+                p1: floats()?.into(),
+                threshold,
+            }),
+            (DataType::Fp32 | DataType::Fp64, [_, 2]) if threshold != DEFAULT_BINARY_THRESHOLD => {
+                Some(Votes::Binary {
+                    p1: floats()?.chunks_exact(2).map(|row| row[1]).collect(),
+                    threshold,
                 })
             }
+            (DataType::Fp32 | DataType::Fp64, [_, classes]) => Some(Votes::Probabilities {
+                classes: usize::try_from(*classes).ok()?,
+                values: floats()?.into(),
+            }),
             (DataType::Int64, [_]) => Some(Votes::Labels(tensor.to_values::<i64>().ok()?.into())),
             (DataType::Int32, [_]) => Some(Votes::Labels(
                 tensor
@@ -59,6 +81,7 @@ impl Votes {
         match self {
             Votes::Probabilities { classes, values } => values.len() / (*classes).max(1),
             Votes::Labels(labels) => labels.len(),
+            Votes::Binary { p1, .. } => p1.len(),
         }
     }
 
@@ -77,6 +100,11 @@ impl Votes {
                 best.and_then(|(class, _)| i64::try_from(class).ok())
             }
             Votes::Labels(labels) => labels.get(row).copied(),
+            Votes::Binary { p1, threshold } => {
+                // In f64, as the combiners compare (`0.3f32 > 0.3` is true there).
+                let p = f64::from(*p1.get(row).filter(|p| !p.is_nan())?);
+                Some(i64::from(p > *threshold))
+            }
         }
     }
 
@@ -97,6 +125,14 @@ impl Votes {
                 Some(1.0 - f64::from(*p))
             }
             Votes::Labels(labels) => labels.get(row).map(|l| if *l == label { 0.0 } else { 1.0 }),
+            Votes::Binary { p1, .. } => {
+                let p = f64::from(*p1.get(row)?);
+                match label {
+                    0 => Some(p),
+                    1 => Some(1.0 - p),
+                    _ => None,
+                }
+            }
         }
     }
 
@@ -104,6 +140,7 @@ impl Votes {
         match self {
             Votes::Probabilities { values, .. } => values.len(),
             Votes::Labels(labels) => labels.len(),
+            Votes::Binary { p1, .. } => p1.len(),
         }
     }
 }
@@ -324,13 +361,13 @@ mod tests {
     #[test]
     fn votes_read_probabilities_and_labels() {
         let probs = Tensor::from_values("p", vec![2, 3], &[0.7f32, 0.2, 0.1, 0.0, 0.5, 0.5]);
-        let votes = Votes::of(&probs).unwrap();
+        let votes = Votes::of(&probs, None).unwrap();
         assert_eq!(votes.rows(), 2);
         assert!((votes.loss(0, 0).unwrap() - 0.3).abs() < 1e-6);
         assert_eq!(votes.loss(1, 0), Some(1.0));
         assert_eq!(votes.loss(0, 3), None, "no such class");
         assert_eq!(votes.loss(2, 0), None, "no such row");
-        let labels = Votes::of(&Tensor::from_values("l", vec![2], &[4i64, 1])).unwrap();
+        let labels = Votes::of(&Tensor::from_values("l", vec![2], &[4i64, 1]), None).unwrap();
         assert_eq!(labels.loss(0, 4), Some(0.0));
         assert_eq!(labels.loss(1, 4), Some(1.0));
         assert_eq!(votes.classes(), vec![0, 1].into());
@@ -341,8 +378,36 @@ mod tests {
         };
         assert_eq!(nan.class(0), Some(1));
         assert_eq!(
-            Votes::of(&Tensor::from_values("x", vec![1, 2, 3], &[0f32; 6])),
+            Votes::of(&Tensor::from_values("x", vec![1, 2, 3], &[0f32; 6]), None),
             None
+        );
+    }
+
+    #[test]
+    fn binary_members_vote_as_the_combiners_read_them() {
+        // One column (P(class 1)), judged at one half without a threshold.
+        let column = Tensor::from_values("p", vec![3, 1], &[0.9f32, 0.2, 0.6]);
+        let votes = Votes::of(&column, None).unwrap();
+        assert_eq!(votes.rows(), 3);
+        assert_eq!(votes.classes(), vec![1, 0, 1].into());
+        assert!((votes.loss(0, 1).unwrap() - 0.1).abs() < 1e-6);
+        assert!((votes.loss(1, 1).unwrap() - 0.8).abs() < 1e-6);
+        assert!((votes.loss(1, 0).unwrap() - 0.2).abs() < 1e-6);
+        assert_eq!(votes.loss(0, 2), None, "a binary member has no class 2");
+        // A threshold moves the one-column and the two-column members alike.
+        let flat = Tensor::from_values("p", vec![3], &[0.9f32, 0.2, 0.6]);
+        assert_eq!(
+            Votes::of(&flat, Some(0.7)).unwrap().classes(),
+            vec![1, 0, 0].into()
+        );
+        let two = Tensor::from_values("p", vec![3, 2], &[0.1f32, 0.9, 0.8, 0.2, 0.4, 0.6]);
+        assert_eq!(
+            Votes::of(&two, None).unwrap().classes(),
+            vec![1, 0, 1].into()
+        );
+        assert_eq!(
+            Votes::of(&two, Some(0.7)).unwrap().classes(),
+            vec![1, 0, 0].into()
         );
     }
 }

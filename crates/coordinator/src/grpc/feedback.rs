@@ -73,13 +73,15 @@ impl feedback_server::Feedback for Service {
         authorized(&self.app, &request, Some(&request.get_ref().model_name))?;
         let request = request.into_inner();
         let name = request.model_name.clone();
-        let counts = crate::feedback::submit(&self.app, &name, items(request))?;
+        let counts = crate::feedback::submit(&self.app, &name, items(request)).await?;
         Ok(Response::new(SubmitFeedbackResponse {
             accepted: counts.accepted,
             unknown: counts.unknown,
             duplicate: counts.duplicate,
             invalid: counts.invalid,
             frozen: counts.frozen,
+            relayed: counts.relayed,
+            relay_failed: counts.relay_failed,
         }))
     }
 }

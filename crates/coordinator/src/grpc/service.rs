@@ -173,10 +173,13 @@ impl GrpcInferenceService for Service {
         // checked against its model (and counted) as a unary call is.
         authorized(&self.app, &request, None)?;
         let credentials = credentials(request.metadata());
+        // The stream's `traceparent`, the parent of each message's trace (stream.rs).
+        let trace = trace_context(request.metadata()).to_owned();
         let limit = self.app.limits().max_request_bytes;
         Ok(Response::new(stream::serve(
             Arc::clone(&self.app),
             credentials,
+            trace,
             request.into_inner(),
             deadline,
             limit,

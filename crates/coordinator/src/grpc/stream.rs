@@ -3,11 +3,16 @@
 //! reads requests and runs up to [`MAX_IN_FLIGHT`] of them at once; when that many are running
 //! it stops reading, so HTTP/2 flow control pushes back on the client. A client that cancels the
 //! stream drops the task, and with it every member call still running.
+//!
+//! Traces: a stream opened with a `traceparent` (and `tracestate`) in its metadata is one trace,
+//! each message's request span a child of that parent; without one, each message starts a trace
+//! of its own, as a unary call does.
 
 use super::proto::{ModelInferRequest, ModelStreamInferResponse};
 use super::{encode, service, status};
 use crate::access::PresentedCredentials;
 use crate::infer::Infer;
+use chorus_common::trace::TraceContext;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use std::pin::Pin;
@@ -29,11 +34,13 @@ const ANSWER_BUFFER: usize = 64;
 pub type AnswerStream =
     Pin<Box<dyn futures::Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
 
-/// Starts serving `requests`; `deadline` is what the stream's gRPC deadline leaves the core,
-/// shared by every request on it; `limit` is the message limit, named in size errors.
+/// Starts serving `requests`; `trace` is the stream's trace context (`None` without one, or with
+/// traces off); `deadline` is what the stream's gRPC deadline leaves the core, shared by every
+/// request on it; `limit` is the message limit, named in size errors.
 pub fn serve(
     app: Arc<Infer>,
     credentials: PresentedCredentials,
+    trace: Option<TraceContext>,
     requests: Streaming<ModelInferRequest>,
     deadline: Option<Duration>,
     limit: usize,
@@ -43,6 +50,7 @@ pub fn serve(
     tokio::spawn(drive(
         app,
         Arc::new(credentials),
+        trace.map(Arc::new),
         requests,
         answers,
         ends,
@@ -54,6 +62,7 @@ pub fn serve(
 async fn drive(
     app: Arc<Infer>,
     credentials: Arc<PresentedCredentials>,
+    trace: Option<Arc<TraceContext>>,
     mut requests: Streaming<ModelInferRequest>,
     answers: mpsc::Sender<Result<ModelStreamInferResponse, Status>>,
     ends: Option<Instant>,
@@ -81,7 +90,7 @@ async fn drive(
             next = requests.message(), if reading && running.len() < MAX_IN_FLIGHT => match next {
                 Ok(Some(message)) => {
                     let left = ends.map(|ends| ends.saturating_duration_since(Instant::now()));
-                    running.push(answer_one(Arc::clone(&app), Arc::clone(&credentials), message, left));
+                    running.push(answer_one(Arc::clone(&app), Arc::clone(&credentials), trace.clone(), message, left));
                 }
                 Ok(None) => reading = false,
                 Err(error) => {
@@ -96,6 +105,7 @@ async fn drive(
 async fn answer_one(
     app: Arc<Infer>,
     credentials: Arc<PresentedCredentials>,
+    trace: Option<Arc<TraceContext>>,
     message: ModelInferRequest,
     deadline: Option<Duration>,
 ) -> ModelStreamInferResponse {
@@ -107,8 +117,10 @@ async fn answer_one(
     let result = service::infer(
         &app,
         &credentials,
-        // A stream's messages start traces of their own (the stream's metadata is not kept).
-        chorus_common::trace::Incoming::default(),
+        trace
+            .as_deref()
+            .map(TraceContext::incoming)
+            .unwrap_or_default(),
         message,
         Ok(deadline),
     )

@@ -38,6 +38,7 @@ pub async fn ensembles(State(app): State<App>) -> Json<Value> {
                 .collect();
             json!({
                 "name": spec.name,
+                "version": spec.version,
                 "combiner": spec.combiner.as_str(),
                 "deadline_ms": spec.deadline.as_millis() as u64,
                 "min_members": spec.min_members,

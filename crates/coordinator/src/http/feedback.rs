@@ -28,7 +28,7 @@ pub async fn feedback(
     // An unknown ensemble is a 404 before the body is read.
     ensemble(&app, &model)?;
     let body = read_body(&headers, body, app.limits().max_request_bytes).await?;
-    let counts = crate::feedback::submit(&app, &model, parse(&body))?;
+    let counts = crate::feedback::submit(&app, &model, parse(&body)).await?;
     Ok(Json(
         serde_json::to_value(counts).expect("counts serialise"),
     ))

@@ -26,7 +26,7 @@ pub use request::{InferAnswer, InferRequest, ParameterValue, Protocol, Requested
 
 use crate::access::{Access, Caller, Credentials};
 use crate::admission::Admission;
-use crate::catalog::{Catalog, ENSEMBLE_VERSION, Signature};
+use crate::catalog::{Catalog, Signature, Versions};
 use crate::ensemble;
 use crate::metrics::Metrics;
 use crate::prediction_log::{self, PredictionLog};
@@ -78,8 +78,11 @@ impl Limits {
 #[derive(Debug, Clone)]
 pub enum Target {
     Ensemble {
+        /// The version that answers: pinned by the client, or drawn by the name's split.
         spec: Arc<EnsembleSpec>,
         signature: Arc<Signature>,
+        /// The name's shadow version, which gets a copy of split (unpinned) requests.
+        shadow: Option<Arc<EnsembleSpec>>,
     },
     Model {
         info: ModelInfo,
@@ -104,10 +107,10 @@ impl Target {
         }
     }
 
-    /// The version metadata reports: the ensemble's one version, or the model version resolved.
+    /// The version metadata reports: the ensemble version resolved, or the model version.
     pub fn version(&self) -> &str {
         match self {
-            Target::Ensemble { .. } => ENSEMBLE_VERSION,
+            Target::Ensemble { spec, .. } => &spec.version,
             Target::Model { info, .. } => &info.version,
         }
     }
@@ -140,6 +143,10 @@ pub struct Infer {
     prediction_log: Option<PredictionLog>,
     /// Feedback and online member weights (docs/data.md).
     feedback: crate::feedback::Feedback,
+    /// Copies of split traffic to shadow versions (shadow.rs).
+    shadows: crate::shadow::Shadows,
+    /// `--strict-readiness`: server readiness needs every ensemble ready, not just one.
+    strict_readiness: bool,
 }
 
 tokio::task_local! {
@@ -158,6 +165,8 @@ impl Infer {
         admission: crate::admission::AdmissionSettings,
     ) -> Self {
         let metrics = Arc::clone(router.metrics());
+        let shadows =
+            crate::shadow::Shadows::new(Arc::clone(&router), crate::shadow::DEFAULT_MAX_INFLIGHT);
         Infer {
             admission: Admission::new(admission, metrics.admission().clone()),
             feedback: crate::feedback::Feedback::unsaved(Arc::clone(&metrics)),
@@ -169,7 +178,28 @@ impl Infer {
             limits,
             ids: RequestIds::new(),
             prediction_log: None,
+            shadows,
+            strict_readiness: true,
         }
+    }
+
+    /// This core with `--strict-readiness` set to `strict` (on by default).
+    pub fn with_strict_readiness(self, strict: bool) -> Self {
+        Infer {
+            strict_readiness: strict,
+            ..self
+        }
+    }
+
+    /// This core with at most `max_inflight` shadow calls at once (shadow.rs).
+    pub fn with_shadow_max_inflight(self, max_inflight: usize) -> Self {
+        let shadows = crate::shadow::Shadows::new(Arc::clone(&self.router), max_inflight);
+        Infer { shadows, ..self }
+    }
+
+    /// Whether server readiness needs every ensemble ready (`--strict-readiness`).
+    pub fn strict_readiness(&self) -> bool {
+        self.strict_readiness
     }
 
     /// This core with `feedback` (online weights kept in etcd or a file) instead of weights
@@ -287,17 +317,53 @@ impl Infer {
         result
     }
 
-    /// What `model` (at `version`, if pinned) names: an ensemble or a model some worker serves.
+    /// What `model` (at `version`, if pinned) names, for one infer request: an ensemble
+    /// version (an unpinned one drawn by the name's traffic split, with its shadow) or a model
+    /// some worker serves.
     pub fn resolve(&self, model: &str, version: Option<&str>) -> Result<Target, InferError> {
+        self.resolve_by(model, version, |versions| {
+            let spec = versions.pick();
+            (Arc::clone(spec), versions.shadow_of(spec).cloned())
+        })
+    }
+
+    /// What `model` (at `version`) names, to describe it (metadata, configuration): an unpinned
+    /// ensemble is the version most of its traffic goes to, without a draw or a shadow.
+    pub fn resolve_described(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<Target, InferError> {
+        self.resolve_by(model, version, |versions| {
+            (Arc::clone(versions.main()), None)
+        })
+    }
+
+    /// [`resolve`](Self::resolve), with `unpinned` choosing an ensemble version and its shadow
+    /// when the request pins none.
+    fn resolve_by(
+        &self,
+        model: &str,
+        version: Option<&str>,
+        unpinned: impl FnOnce(&Versions) -> (Arc<EnsembleSpec>, Option<Arc<EnsembleSpec>>),
+    ) -> Result<Target, InferError> {
         let catalog = &self.catalog;
-        if let Some(spec) = catalog.ensemble(model) {
-            if version.is_some_and(|v| v != ENSEMBLE_VERSION) {
-                return Err(InferError::model_not_found(model, version));
-            }
+        if let Some(versions) = catalog.ensemble_versions(model) {
+            let (spec, shadow) = match version {
+                Some(v) => match versions.get(v) {
+                    Some(spec) => (Arc::clone(spec), None),
+                    None => return Err(InferError::model_not_found(model, version)),
+                },
+                None => unpinned(&versions),
+            };
             let signature = catalog
                 .ensemble_signature(&spec)
                 .map_err(InferError::Unavailable)?;
-            return Ok(Target::Ensemble { spec, signature });
+            return Ok(Target::Ensemble {
+                spec,
+                signature,
+                shadow,
+            });
         }
         let info = catalog
             .model(model, version)
@@ -353,30 +419,39 @@ impl Infer {
         let id = request.id.unwrap_or_else(|| self.ids.next());
         tracing::Span::current().record("request_id", field::display(&id));
         match target {
-            Target::Ensemble { spec, .. } => {
-                debug!(ensemble = %spec.name, request_id = %id, "ensemble request");
+            Target::Ensemble { spec, shadow, .. } => {
+                debug!(ensemble = %spec.name, version = %spec.version, request_id = %id, "ensemble request");
                 let deadline = deadline(spec.deadline, request.timeout);
                 let rows = stats::rows_of(&request.inputs);
                 // The log's sampling decision comes first: an unsampled request pays nothing
                 // more, a sampled one clones handles, never tensor data (prediction_log/mod.rs).
                 let log = self.prediction_log.as_ref().filter(|_| spec.log.sample());
-                let logged_inputs = log
-                    .filter(|_| spec.log.inputs)
-                    .map(|_| request.inputs.clone());
+                // Taken kept or not (`log_inputs`): the writer thread hashes them for the
+                // record's `input_hash`, off the request path.
+                let logged_inputs = log.map(|_| request.inputs.clone());
                 let started = Instant::now();
                 // Boxed: the fan-out's state is several KiB, and every future that holds it
                 // inline (the front end's handler, the span, the metrics wrapper) would be
                 // copied whole each time it moves, several times per request.
                 // Online ensembles run with their current weights.
                 let weighted = self.feedback.weighted(spec);
+                // The shadow copy starts before the primary is awaited, on its own task.
+                let shadow = shadow.as_ref().and_then(|shadow| {
+                    self.shadows
+                        .start(shadow, &request.inputs, request.timeout, &id)
+                });
                 let fan_out = ensemble::run(&self.router, &weighted, request.inputs, deadline, &id);
                 let result = Box::pin(fan_out).await;
+                if let (Some(shadow), Ok(answer)) = (shadow, &result) {
+                    shadow.answered(&answer.outputs);
+                }
                 match &result {
                     Ok(_) => {
                         let elapsed = started.elapsed();
+                        self.metrics.versions().answered(&spec.name, &spec.version);
                         self.stats.record_success(
                             &spec.name,
-                            ENSEMBLE_VERSION,
+                            &spec.version,
                             rows,
                             elapsed,
                             started + elapsed,
@@ -384,7 +459,7 @@ impl Infer {
                     }
                     Err(_) => {
                         self.stats
-                            .record_failure(&spec.name, ENSEMBLE_VERSION, started.elapsed())
+                            .record_failure(&spec.name, &spec.version, started.elapsed())
                     }
                 }
                 let answer = result?;
@@ -400,7 +475,7 @@ impl Infer {
                 }
                 Ok(InferAnswer {
                     model_name: spec.name.clone(),
-                    model_version: ENSEMBLE_VERSION.to_string(),
+                    model_version: spec.version.clone(),
                     parameters: InferAnswer::member_parameters(&answer.report),
                     outputs,
                     members: Some(answer.report),
@@ -492,6 +567,7 @@ fn log_entry(
         protocol,
         caller,
         inputs,
+        keep_inputs: spec.log.inputs,
         members: answer.members.clone(),
         outputs: answer.outputs.clone(),
         report: answer.report.clone(),
@@ -522,5 +598,7 @@ fn shape_outputs(
 
 #[cfg(test)]
 mod ejection_tests;
+#[cfg(test)]
+mod shadow_tests;
 #[cfg(test)]
 mod tests;

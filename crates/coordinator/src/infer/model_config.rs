@@ -84,7 +84,9 @@ pub fn of_target(target: &Target) -> ModelConfig {
             )];
             config
         }
-        Target::Ensemble { spec, signature } => {
+        Target::Ensemble {
+            spec, signature, ..
+        } => {
             let mut config = base(&spec.name, ENSEMBLE_PLATFORM, signature);
             config.ensemble_steps = ensemble_steps(spec, signature);
             config.parameters = vec![

@@ -3,9 +3,10 @@
 
 use super::model_config::{self, ModelConfig};
 use super::{Infer, InferError, Target};
-use crate::catalog::{ENSEMBLE_PLATFORM, ENSEMBLE_VERSION};
+use crate::catalog::ENSEMBLE_PLATFORM;
 use crate::stats::ModelStatistics;
 use chorus_common::TensorSpec;
+use std::sync::Arc;
 
 /// The server name in server metadata.
 pub const SERVER_NAME: &str = "chorus";
@@ -64,31 +65,55 @@ impl IndexEntry {
 }
 
 impl Infer {
-    /// Ready when every ensemble can reach quorum (or, with no ensembles, when some model can
-    /// be served).
+    /// Server readiness (docs/decisions.md, "Readiness per ensemble"). Strict
+    /// (`--strict-readiness`, the default): every version the traffic of each ensemble reaches
+    /// can reach quorum
+    /// (or, with no ensembles, some model can be served). Not strict: something can be served,
+    /// an ensemble version or a model, so one broken ensemble leaves the others in service;
+    /// before any worker is known nothing can, and the coordinator is not ready.
     pub fn server_ready(&self) -> bool {
         let catalog = &self.catalog;
         let ensembles = catalog.ensembles();
-        if ensembles.is_empty() {
-            return catalog
+        let some_model = || {
+            catalog
                 .pool()
                 .models()
                 .keys()
-                .any(|name| catalog.model_ready(name, None));
+                .any(|name| catalog.model_ready(name, None))
+        };
+        let ready =
+            |spec: &Arc<crate::spec::EnsembleSpec>| catalog.ensemble_unready_reason(spec).is_none();
+        if !self.strict_readiness {
+            return ensembles.iter().any(ready) || some_model();
         }
-        ensembles
-            .iter()
-            .all(|spec| catalog.ensemble_unready_reason(spec).is_none())
+        if ensembles.is_empty() {
+            return some_model();
+        }
+        // Per name, the versions its traffic reaches: a broken shadow or a version at weight 0
+        // must not take the coordinator out of service (and so fail the primary's traffic).
+        let mut names: Vec<&str> = ensembles.iter().map(|spec| spec.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+            .into_iter()
+            .all(|name| self.model_ready(name, None).unwrap_or(false))
     }
 
-    /// Whether a model or ensemble (at `version`) can answer now; unknown names are errors.
+    /// Whether a model or ensemble (at `version`) can answer now; unknown names are errors. An
+    /// unpinned ensemble is ready when every version its traffic split reaches is.
     pub fn model_ready(&self, name: &str, version: Option<&str>) -> Result<bool, InferError> {
         let catalog = &self.catalog;
-        if let Some(spec) = catalog.ensemble(name) {
-            if version.is_some_and(|v| v != ENSEMBLE_VERSION) {
-                return Err(InferError::model_not_found(name, version));
-            }
-            return Ok(catalog.ensemble_unready_reason(&spec).is_none());
+        if let Some(versions) = catalog.ensemble_versions(name) {
+            let ready = |spec: &Arc<crate::spec::EnsembleSpec>| {
+                catalog.ensemble_unready_reason(spec).is_none()
+            };
+            return match version {
+                Some(v) => versions
+                    .get(v)
+                    .map(ready)
+                    .ok_or_else(|| InferError::model_not_found(name, version)),
+                None => Ok(versions.reached().into_iter().all(ready)),
+            };
         }
         if catalog.model(name, version).is_none() {
             return Err(InferError::model_not_found(name, version));
@@ -101,10 +126,19 @@ impl Infer {
         name: &str,
         version: Option<&str>,
     ) -> Result<ModelMetadata, InferError> {
-        match self.resolve(name, version)? {
-            Target::Ensemble { spec, signature } => Ok(ModelMetadata {
+        match self.resolve_described(name, version)? {
+            Target::Ensemble {
+                spec, signature, ..
+            } => Ok(ModelMetadata {
                 name: spec.name.clone(),
-                versions: vec![ENSEMBLE_VERSION.to_string()],
+                versions: match version {
+                    Some(v) => vec![v.to_string()],
+                    None => self
+                        .catalog
+                        .ensemble_versions(name)
+                        .map(|v| v.all().iter().map(|s| s.version.clone()).collect())
+                        .unwrap_or_default(),
+                },
                 platform: ENSEMBLE_PLATFORM.to_string(),
                 inputs: signature.inputs.clone(),
                 outputs: signature.outputs.clone(),
@@ -145,7 +179,7 @@ impl Infer {
         for spec in catalog.ensembles() {
             entries.push(IndexEntry {
                 name: spec.name.clone(),
-                version: ENSEMBLE_VERSION.to_string(),
+                version: spec.version.clone(),
                 unready_reason: catalog.ensemble_unready_reason(&spec),
             });
         }
@@ -172,7 +206,9 @@ impl Infer {
         name: &str,
         version: Option<&str>,
     ) -> Result<ModelConfig, InferError> {
-        Ok(model_config::of_target(&self.resolve(name, version)?))
+        Ok(model_config::of_target(
+            &self.resolve_described(name, version)?,
+        ))
     }
 
     /// Statistics of one model or ensemble (one version if given, else every version), or of
@@ -189,11 +225,17 @@ impl Infer {
                 .map(|e| self.stats.snapshot(&e.name, &e.version))
                 .collect());
         };
-        if self.catalog.ensemble(name).is_some() {
-            if version.is_some_and(|v| v != ENSEMBLE_VERSION) {
+        if let Some(versions) = self.catalog.ensemble_versions(name) {
+            let wanted: Vec<_> = versions
+                .all()
+                .iter()
+                .filter(|s| version.is_none_or(|wanted| s.version == wanted))
+                .map(|s| self.stats.snapshot(name, &s.version))
+                .collect();
+            if wanted.is_empty() {
                 return Err(InferError::model_not_found(name, version));
             }
-            return Ok(vec![self.stats.snapshot(name, ENSEMBLE_VERSION)]);
+            return Ok(wanted);
         }
         let versions = self
             .catalog

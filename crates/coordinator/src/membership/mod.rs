@@ -20,7 +20,8 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MembershipChange {
     /// A worker exists at `addr` (host:port of its RPC server) in `state`. Re-sending it for a
-    /// known id updates its state; with a new address it replaces the old one.
+    /// known id updates its state and has the pool re-read the worker's models (its etcd record
+    /// changed: it may have reloaded them); with a new address it replaces the old one.
     Joined {
         worker_id: String,
         addr: String,

@@ -276,9 +276,14 @@ impl Kind for Workers {
         Ok(info)
     }
 
-    /// Only what the pool is told (address and state); model lists reach it over RPC.
+    /// What the pool is told (address and state), and the model list and capacity: a worker
+    /// that reloaded its models re-publishes them, and the re-sent `Joined` has the pool fetch
+    /// its self-description again (the signatures themselves reach it over RPC).
     fn differs(old: &WorkerInfo, new: &WorkerInfo) -> bool {
-        old.rpc_addr != new.rpc_addr || old.state != new.state
+        old.rpc_addr != new.rpc_addr
+            || old.state != new.state
+            || old.capacity != new.capacity
+            || old.models != new.models
     }
 
     fn set(id: &str, info: &WorkerInfo) -> MembershipChange {
@@ -408,6 +413,20 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_model_list_is_told_again() {
+        let mut view = listed();
+        let mut info = decode_record("w1", &serving("w1", "a:1")).unwrap();
+        // The same record again: nothing to tell.
+        assert_eq!(put(&mut view, "w1", &encode_record(&info), 11), None);
+        info.capacity = 4;
+        assert_eq!(
+            put(&mut view, "w1", &encode_record(&info), 12),
+            Some(joined("w1", "a:1", WorkerState::Serving)),
+            "a reload re-publishes the record; the pool re-reads the worker's models"
+        );
+    }
+
+    #[test]
     fn a_newer_put_joins_or_updates() {
         let mut view = listed();
         assert_eq!(
@@ -434,14 +453,9 @@ mod tests {
     #[test]
     fn a_put_that_changes_nothing_the_pool_sees_is_silent() {
         let mut view = listed();
-        let mut info: WorkerInfo = serde_json::from_slice(&serving("w1", "a:1")).unwrap();
-        info.capacity = 8;
-        assert_eq!(put(&mut view, "w1", &encode_record(&info), 11), None);
-        assert_eq!(
-            view.get("w1").unwrap().capacity,
-            8,
-            "the record is still updated"
-        );
+        // Rewritten as it was (a renewal's re-put, a drain asked twice).
+        assert_eq!(put(&mut view, "w1", &serving("w1", "a:1"), 11), None);
+        assert_eq!(view.get("w1").unwrap().rpc_addr, "a:1");
         assert_eq!(view.applied_revision(), 11);
     }
 

@@ -22,6 +22,10 @@ pub enum FeedbackOutcome {
     Duplicate,
     /// Its label does not fit the prediction (wrong row count, a class out of range).
     Invalid,
+    /// Another coordinator answered it: written to etcd for that one, which counts the outcome.
+    Relayed,
+    /// Another coordinator answered it, and etcd did not take it (unreachable, too slow).
+    RelayFailed,
 }
 
 impl FeedbackOutcome {
@@ -31,6 +35,8 @@ impl FeedbackOutcome {
             FeedbackOutcome::Unknown => "unknown",
             FeedbackOutcome::Duplicate => "duplicate",
             FeedbackOutcome::Invalid => "invalid",
+            FeedbackOutcome::Relayed => "relayed",
+            FeedbackOutcome::RelayFailed => "relay_failed",
         }
     }
 }
@@ -72,7 +78,7 @@ impl FeedbackMetrics {
     pub(super) fn register(&self, r: &mut Registry) {
         r.register(
             "chorus_feedback",
-            "Feedback items by ensemble and outcome (accepted, unknown: id unknown or expired, duplicate: applied before, invalid: label does not fit)",
+            "Feedback items by ensemble and outcome (accepted, unknown: id unknown or expired, duplicate: applied before, invalid: label does not fit; relayed / relay_failed: another coordinator's answer, passed on through etcd or not, its outcome counted by that coordinator)",
             self.feedback.clone(),
         );
         r.register(

@@ -11,11 +11,13 @@ mod access;
 mod cluster;
 mod feedback;
 mod prediction_log;
+mod versions;
 
 pub use access::{AdmissionCounters, RejectReason};
 pub use cluster::ClusterView;
 pub use feedback::{FeedbackMetrics, FeedbackOutcome};
 pub use prediction_log::PredictionLogCounters;
+pub use versions::{ShadowOutcome, VersionMetrics};
 
 use crate::combine::Agreement;
 use crate::infer::{ErrorKind, Protocol};
@@ -211,6 +213,7 @@ pub struct Metrics {
     admission: AdmissionCounters,
     prediction_log: PredictionLogCounters,
     feedback: FeedbackMetrics,
+    versions: VersionMetrics,
     cluster: Arc<ClusterCollector>,
 }
 
@@ -241,6 +244,7 @@ impl Metrics {
             admission: AdmissionCounters::default(),
             prediction_log: PredictionLogCounters::default(),
             feedback: FeedbackMetrics::default(),
+            versions: VersionMetrics::default(),
             cluster: Arc::default(),
         };
         metrics.register()
@@ -337,6 +341,7 @@ impl Metrics {
         self.admission.register(r);
         self.prediction_log.register(r);
         self.feedback.register(r);
+        self.versions.register(r);
         r.register_collector(Box::new(Arc::clone(&self.cluster)));
         self
     }
@@ -448,6 +453,11 @@ impl Metrics {
 
     pub fn admission(&self) -> &AdmissionCounters {
         &self.admission
+    }
+
+    /// Ensemble versions answering and shadow agreement.
+    pub fn versions(&self) -> &VersionMetrics {
+        &self.versions
     }
 
     /// Feedback counters and online weight gauges.

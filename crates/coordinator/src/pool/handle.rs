@@ -9,7 +9,7 @@ use super::load::Load;
 use chorus_common::rpc::{InferCall, InferReply};
 use chorus_common::transport::MAX_RPC_DEADLINE;
 use chorus_common::{WorkerError, WorkerInfo, WorkerServiceClient};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tarpc::client::RpcError;
@@ -50,6 +50,9 @@ pub struct WorkerHandle {
     /// The pool's metadata generation, bumped when this worker (re)describes itself.
     generation: Arc<AtomicU64>,
     link: Mutex<Link>,
+    /// Set when the worker may have changed its models: its prober asks for its
+    /// self-description at once (see `describe.rs`).
+    describe_wanted: AtomicBool,
     pub(super) load: Load,
     pub(super) health: Health,
     pub(super) settings: PoolSettings,
@@ -70,6 +73,7 @@ impl WorkerHandle {
             addr,
             generation,
             link: Mutex::default(),
+            describe_wanted: AtomicBool::new(false),
             load: Load::default(),
             health,
             settings,
@@ -98,6 +102,30 @@ impl WorkerHandle {
         // about the new one, and replica choice would otherwise avoid the worker for ever at
         // light load: it only learns a new latency from calls it is given.
         self.load.forget_latency();
+    }
+
+    /// Replaces the self-description when its models or capacity changed (a reload on the
+    /// worker), bumping the pool's generation; returns whether they did.
+    pub(super) fn redescribed(&self, info: WorkerInfo) -> bool {
+        let mut link = self.link.lock().expect("link lock");
+        let changed = link
+            .info
+            .as_ref()
+            .is_none_or(|old| old.models != info.models || old.capacity != info.capacity);
+        if changed {
+            link.info = Some(Arc::new(info));
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        changed
+    }
+
+    /// Has the prober fetch the worker's self-description at its next tick.
+    pub(super) fn describe_soon(&self) {
+        self.describe_wanted.store(true, Ordering::Release);
+    }
+
+    pub(super) fn take_describe_wanted(&self) -> bool {
+        self.describe_wanted.swap(false, Ordering::AcqRel)
     }
 
     /// The worker's last known self-description, kept across reconnects.
@@ -218,6 +246,11 @@ impl WorkerHandle {
             Ok(Err(error)) => {
                 if matches!(error, WorkerError::Draining) {
                     self.health.set_draining(true);
+                }
+                // It was routed here because its description lists the model: the worker has
+                // reloaded without it since.
+                if matches!(error, WorkerError::ModelNotFound { .. }) {
+                    self.describe_soon();
                 }
                 Err(CallError::Worker {
                     worker: worker(),

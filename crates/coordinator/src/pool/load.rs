@@ -208,6 +208,9 @@ mod tests {
     #[test]
     fn a_worker_is_stalled_when_silent_far_beyond_its_usual_latency() {
         let load = Load::default();
+        // The process-wide zero point is set on first use; an instant taken before it would
+        // saturate to it, and this test may be the process's first user.
+        micros_since_start(Instant::now());
         let now = Instant::now();
         load.asked(now);
         assert!(!load.is_stalled(now + Duration::from_millis(50)));

@@ -5,16 +5,18 @@
 //! One job per file: [`error`] (why a call failed), [`connector`] (address → RPC client, the
 //! seam tests use), [`handle`] (one worker and calls on it), [`health`] (ejection and return),
 //! [`load`] (outstanding calls, latency EWMA, stall detection), [`probe`] (pings and
-//! reconnects), [`status`] (the operator view), [`drain`] (an operator's drain), and here:
-//! membership, the model map, choice.
+//! reconnects), [`describe`] (a linked worker's models kept fresh), [`status`] (the operator
+//! view), [`drain`] (an operator's drain), and here: membership, the model map, choice.
 
 mod connector;
+mod describe;
 mod drain;
 mod error;
 mod handle;
 mod health;
 mod load;
 mod probe;
+mod stall;
 mod status;
 
 pub use connector::{Connector, TcpConnector};
@@ -123,6 +125,8 @@ impl Pool {
                     if known.health.set_draining(draining) {
                         info!(worker = %worker_id, state = %state, "worker state changed");
                     }
+                    // Its record changed: its models may have (a reload).
+                    known.describe_soon();
                     return;
                 }
                 info!(worker = %worker_id, addr = %addr, "worker joined");

@@ -2,10 +2,13 @@
 //! rule 1), and it pings the worker every ping interval, or at once when the worker looks
 //! stalled (silent beyond its usual latency) or has been silent for half the silence limit, so
 //! that a slow-but-alive worker answers before the limit and a dead one does not. Without a
-//! link it reconnects every ping interval and fetches a fresh self-description. Pongs and
-//! failed pings feed the health rules.
+//! link it reconnects every ping interval and fetches a fresh self-description; with one, it
+//! refreshes that description now and then (`describe.rs`). Pongs and failed pings feed the
+//! health rules.
 
+use super::describe::Refresh;
 use super::handle::{WorkerHandle, rpc_context};
+use super::stall::StallWatch;
 use chorus_common::{Pong, WorkerState};
 use futures::future::BoxFuture;
 use std::sync::Arc;
@@ -32,9 +35,13 @@ pub(super) async fn probe_forever(handle: Arc<WorkerHandle>) {
     let tick = WATCH_TICK.min(interval);
     let mut next_ping = Instant::now();
     let mut ping: Option<BoxFuture<'static, PingResult>> = None;
+    let mut refresh = Refresh::new(Instant::now(), interval);
+    let mut stalls = StallWatch::new(Instant::now());
     loop {
         let now = Instant::now();
-        handle.eject_if_silent(now);
+        if stalls.woke(now, tick) {
+            handle.eject_if_silent(now);
+        }
         match handle.client() {
             None => {
                 ping = None;
@@ -45,9 +52,11 @@ pub(super) async fn probe_forever(handle: Arc<WorkerHandle>) {
                         debug!(worker = %handle.worker_id, addr = %handle.addr, reason, "worker not reachable");
                     }
                     handle.health.mark_probed();
+                    stalls.rearm(Instant::now(), tick);
                 }
             }
             Some(client) => {
+                refresh.tick(&handle, &client, now);
                 if ping.is_none() && (now >= next_ping || handle.wants_ping(now)) {
                     next_ping = now + interval;
                     handle.load.asked(now);
@@ -60,7 +69,7 @@ pub(super) async fn probe_forever(handle: Arc<WorkerHandle>) {
                 tokio::select! {
                     result = in_flight => {
                         ping = None;
-                        on_ping(&handle, result);
+                        on_ping(&handle, result, stalls.trusted(Instant::now()));
                         handle.health.mark_probed();
                     }
                     _ = tokio::time::sleep(tick) => {}
@@ -83,7 +92,9 @@ async fn ping_once(client: chorus_common::WorkerServiceClient, limit: Duration) 
     }
 }
 
-fn on_ping(handle: &WorkerHandle, result: PingResult) {
+/// `trusted`: no stall of the coordinator's own is in the way (see `stall.rs`); a ping that timed
+/// out across one says nothing about the worker.
+fn on_ping(handle: &WorkerHandle, result: PingResult, trusted: bool) {
     match result {
         PingResult::Pong(pong) => {
             handle.load.pong(Instant::now());
@@ -95,7 +106,10 @@ fn on_ping(handle: &WorkerHandle, result: PingResult) {
             }
         }
         PingResult::LinkDown(reason) => handle.drop_link(&reason),
-        PingResult::Failed(reason) => handle.record_failure(&reason),
+        PingResult::Failed(reason) if trusted => handle.record_failure(&reason),
+        PingResult::Failed(reason) => {
+            debug!(worker = %handle.worker_id, addr = %handle.addr, reason, "ping failed while the coordinator itself was stalled; not counted")
+        }
     }
 }
 

@@ -23,8 +23,11 @@ pub struct Entry {
     pub protocol: Option<Protocol>,
     /// The caller, whose key id is logged when it presented a key.
     pub caller: Option<Caller>,
-    /// The request's inputs; `None` when the spec says `log_inputs = false`.
+    /// The request's inputs: always hashed for the record's `input_hash` (on the writer
+    /// thread), written only when `keep_inputs`.
     pub inputs: Option<Vec<Tensor>>,
+    /// The spec's `log_inputs`.
+    pub keep_inputs: bool,
     /// Each answering member's `member_output` tensor, by its index in the spec.
     pub members: Vec<(usize, Tensor)>,
     /// The combined answer's outputs (all of them, before any classification was applied).

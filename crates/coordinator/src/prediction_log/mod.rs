@@ -1,6 +1,6 @@
 //! The prediction log: what each sampled ensemble answer was, kept after it is answered (its
 //! inputs, each member's output, the combined answer, who answered and how fast), as rotating
-//! JSON Lines files for feedback, re-weighting and analysis (docs/data.md).
+//! JSON Lines or Parquet files for feedback, re-weighting and analysis (docs/data.md).
 //!
 //! Rules, in the order a request meets them:
 //! 1. Off unless `--prediction-log DIR` is given; then on for every ensemble, at the spec's
@@ -14,12 +14,16 @@
 //!    drops the record and counts it (`chorus_prediction_log_dropped_total{reason="queue_full"}`):
 //!    the request path never blocks, awaits, encodes or writes.
 //! 4. One writer thread (blocking file I/O stays off the runtime) encodes each entry as a
-//!    [`Record`] and appends it to the [`sink`]'s current file, which rotates on size and age.
+//!    [`Record`] and appends it to the current file, which rotates on size and age: JSON Lines
+//!    ([`sink`]) by default, Parquet ([`parquet`]) with `--prediction-log-format parquet`.
 //!    Write errors drop the record, are counted and logged at most every few seconds.
 //! 5. On shutdown the server [`Closer::close`]s the log: the writer drains its queue, flushes
 //!    and fsyncs within a bounded time.
 
 mod entry;
+pub mod input_hash;
+mod output;
+pub mod parquet;
 pub mod read;
 pub mod record;
 mod sink;
@@ -28,7 +32,7 @@ mod writer;
 
 pub use entry::Entry;
 pub use record::{MemberRecord, Record, TensorRecord};
-pub use sink::{Rotation, SinkSettings, file_name};
+pub use sink::{LogFormat, Rotation, SinkSettings, file_name};
 pub use writer::Closer;
 
 use crate::metrics::PredictionLogCounters;
@@ -43,8 +47,9 @@ use std::time::Duration;
 /// them through to the coordinator it starts).
 #[derive(Debug, Clone, Args)]
 pub struct PredictionLogArgs {
-    /// Directory of the prediction log (JSON Lines; docs/data.md): sampled ensemble answers with
-    /// their inputs, members' outputs and latency. Created if missing; off unless given.
+    /// Directory of the prediction log (JSON Lines or Parquet; docs/data.md): sampled ensemble
+    /// answers with their inputs, members' outputs and latency. Created if missing; off unless
+    /// given.
     #[arg(
         long = "prediction-log",
         env = "CHORUS_PREDICTION_LOG",
@@ -65,9 +70,19 @@ pub struct PredictionLogArgs {
     pub prediction_log_max_age_secs: u64,
 
     /// Compress each rotated prediction log file with zstd (`.jsonl.zst`); the file being
-    /// written stays plain JSON Lines.
+    /// written stays plain JSON Lines. With `--prediction-log-format parquet`: zstd pages.
     #[arg(long, env = "CHORUS_PREDICTION_LOG_ZSTD")]
     pub prediction_log_zstd: bool,
+
+    /// Format of the prediction log's files: `jsonl` (JSON Lines, readable as written) or
+    /// `parquet` (for analysis; a file is readable once rotated or closed at shutdown).
+    #[arg(
+        long,
+        env = "CHORUS_PREDICTION_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Jsonl
+    )]
+    pub prediction_log_format: LogFormat,
 
     /// Records that may wait for the log's writer; beyond it new ones are dropped and counted.
     #[arg(long, env = "CHORUS_PREDICTION_LOG_QUEUE", default_value_t = 4096)]
@@ -90,6 +105,7 @@ impl PredictionLogArgs {
                 max_age: Duration::from_secs(self.prediction_log_max_age_secs.max(1)),
             },
             zstd: self.prediction_log_zstd,
+            format: self.prediction_log_format,
         })
     }
 
@@ -109,6 +125,10 @@ impl PredictionLogArgs {
                 self.prediction_log_max_age_secs
             ),
             format!("--prediction-log-queue={}", self.prediction_log_queue),
+            format!(
+                "--prediction-log-format={}",
+                self.prediction_log_format.as_str()
+            ),
             format!(
                 "--prediction-log-queue-bytes={}",
                 self.prediction_log_queue_bytes
@@ -232,6 +252,7 @@ mod tests {
                 vec![floats as i64],
                 &vec![0f32; floats],
             )]),
+            keep_inputs: true,
             members: Vec::new(),
             outputs: Vec::new(),
             report: Default::default(),
@@ -304,6 +325,15 @@ mod tests {
         assert_eq!(settings.rotation.max_bytes, 64 * 1024 * 1024);
         assert_eq!(settings.rotation.max_age, Duration::from_secs(3600));
         assert!(settings.zstd);
+        assert_eq!(settings.format, LogFormat::Jsonl);
+        let parquet = Cli::parse_from([
+            "x",
+            "--prediction-log=/tmp/l",
+            "--prediction-log-format=parquet",
+        ])
+        .log;
+        let again = Cli::parse_from(std::iter::once("x".to_string()).chain(parquet.to_flags())).log;
+        assert_eq!(again.settings().unwrap().format, LogFormat::Parquet);
         let again = Cli::parse_from(std::iter::once("x".to_string()).chain(on.to_flags())).log;
         assert_eq!(again.settings(), Some(settings));
     }

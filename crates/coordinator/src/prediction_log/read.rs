@@ -1,13 +1,21 @@
 //! Reading a prediction log directory back (`chorus logs`, and anything that joins on it):
-//! its files oldest first, plain or zstd-compressed, line by line.
+//! its files oldest first, plain or zstd-compressed, line by line; Parquet files through
+//! `parquet::read_records`.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
-/// Whether `name` is one of the log's files (a rotated `.jsonl.zst`, or a `.jsonl`).
+/// Whether `name` is one of the log's files (a rotated `.jsonl.zst`, a `.jsonl`, or a finished
+/// `.parquet`; never a `.parquet.part` still being written).
 pub fn is_log_file(name: &str) -> bool {
-    name.starts_with("predictions-") && (name.ends_with(".jsonl") || name.ends_with(".jsonl.zst"))
+    name.starts_with("predictions-")
+        && (name.ends_with(".jsonl") || name.ends_with(".jsonl.zst") || is_parquet(name))
+}
+
+/// Whether `name` is a finished Parquet log file.
+pub fn is_parquet(name: &str) -> bool {
+    name.ends_with(".parquet")
 }
 
 /// The log's files in `dir`, oldest first: names sort by the writing coordinator's start time,
@@ -47,6 +55,8 @@ mod tests {
             "predictions-20240101T000000Z-000001.jsonl.zst",
             "predictions-20231231T000000Z-000009.jsonl.zst",
             "predictions-20240101T000000Z-000003.jsonl.zst.part",
+            "predictions-20240101T000000Z-000004.parquet",
+            "predictions-20240101T000000Z-000005.parquet.part",
             "notes.txt",
         ];
         for name in names {
@@ -57,7 +67,7 @@ mod tests {
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
-        assert_eq!(found, [names[2], names[1], names[0]]);
+        assert_eq!(found, [names[2], names[1], names[0], names[4]]);
         let zst = dir.path().join("predictions-x.jsonl.zst");
         std::fs::write(&zst, zstd::encode_all(&b"{\"a\":1}\n"[..], 3).unwrap()).unwrap();
         let lines: Vec<String> = open(&zst).unwrap().lines().map(Result::unwrap).collect();

@@ -6,7 +6,6 @@
 
 use super::entry::Entry;
 use super::time;
-use crate::catalog::ENSEMBLE_VERSION;
 use chorus_common::tensor::Element;
 use chorus_common::{DataType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -35,6 +34,10 @@ pub struct Record {
     /// The request's inputs; absent when the spec sets `log_inputs = false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inputs: Option<Vec<TensorRecord>>,
+    /// XXH3-128 of the inputs (prediction_log/input_hash.rs), present even without `inputs`;
+    /// `None` only when read back from a file written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_hash: Option<String>,
     /// Every member of the spec, in spec order, with its output when it answered.
     pub members: Vec<MemberRecord>,
     /// The combined answer's outputs.
@@ -110,7 +113,7 @@ impl Record {
             time: time::format_rfc3339_ms(unix_ms),
             unix_ms,
             ensemble: spec.name.clone(),
-            ensemble_version: ENSEMBLE_VERSION.to_string(),
+            ensemble_version: spec.version.clone(),
             protocol: entry.protocol.map(|p| p.as_str().to_string()),
             key: entry
                 .caller
@@ -121,7 +124,12 @@ impl Record {
             inputs: entry
                 .inputs
                 .as_ref()
+                .filter(|_| entry.keep_inputs)
                 .map(|inputs| inputs.iter().map(TensorRecord::of).collect()),
+            input_hash: entry
+                .inputs
+                .as_deref()
+                .map(|inputs| super::input_hash::hex(super::input_hash::input_hash(inputs))),
             members,
             outputs: entry.outputs.iter().map(TensorRecord::of).collect(),
             used: report.used.clone(),
@@ -230,6 +238,7 @@ mod tests {
                 vec![1, 2],
                 &[0.5f32, 1.0],
             )]),
+            keep_inputs: true,
             members: vec![(
                 0,
                 Tensor::from_values("probabilities", vec![1, 2], &[0.25f32, 0.75]),
@@ -288,10 +297,13 @@ mod tests {
     #[test]
     fn inputs_are_left_out_when_not_kept() {
         let mut entry = entry();
-        entry.inputs = None;
+        entry.keep_inputs = false;
         let line = String::from_utf8(Record::of(&entry).to_line()).unwrap();
         assert!(!line.contains("\"inputs\""), "{line}");
         assert!(!line.contains("0.5"), "{line}");
+        let json: Value = serde_json::from_str(&line).unwrap();
+        let hash = super::super::input_hash::input_hash(entry.inputs.as_deref().unwrap());
+        assert_eq!(json["input_hash"], format!("{hash:032x}"));
     }
 
     #[test]

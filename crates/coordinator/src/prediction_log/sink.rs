@@ -1,5 +1,5 @@
-//! The prediction log's files: JSON Lines appended to `predictions-<start>-<seq>.jsonl` in the
-//! log directory, rotated when a file reaches `max_bytes` or `max_age`, and (with zstd on)
+//! The prediction log's JSON Lines files (the Parquet twin is `parquet.rs`): appended to
+//! `predictions-<start>-<seq>.jsonl` in the log directory, rotated when a file reaches `max_bytes` or `max_age`, and (with zstd on)
 //! compressed to `.jsonl.zst` once rotated. Plain blocking I/O: only the writer thread uses it.
 //!
 //! A failed write or open drops the file being written (the next record opens a new one), so a
@@ -30,22 +30,44 @@ impl Rotation {
     }
 }
 
+/// The format of the log's files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (`.jsonl`, rotated files optionally `.jsonl.zst`).
+    #[default]
+    Jsonl,
+    /// Parquet files (`.parquet`), one row per record, readable once rotated or closed.
+    Parquet,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Jsonl => "jsonl",
+            LogFormat::Parquet => "parquet",
+        }
+    }
+}
+
 /// Where and how the log is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SinkSettings {
     pub dir: PathBuf,
     pub rotation: Rotation,
-    /// Compress rotated files.
+    /// Compress rotated JSON Lines files; Parquet pages.
     pub zstd: bool,
+    pub format: LogFormat,
 }
 
-/// The name of the `seq`th file of a coordinator started at `start_ms`: names sort in the order
-/// they were written.
+/// The name, without extension, of the `seq`th file of a coordinator started at `start_ms`:
+/// names sort in the order they were written.
+pub fn file_stem(start_ms: i64, seq: u64) -> String {
+    format!("predictions-{}-{seq:06}", time::format_compact(start_ms))
+}
+
+/// The name of the `seq`th JSON Lines file of a coordinator started at `start_ms`.
 pub fn file_name(start_ms: i64, seq: u64) -> String {
-    format!(
-        "predictions-{}-{seq:06}.jsonl",
-        time::format_compact(start_ms)
-    )
+    format!("{}.jsonl", file_stem(start_ms, seq))
 }
 
 /// Checks that `dir` exists (creating it) as a directory this process can write to.
@@ -219,6 +241,7 @@ mod tests {
                 max_age: Duration::from_secs(60),
             },
             zstd,
+            format: LogFormat::Jsonl,
         }
     }
 

@@ -2,8 +2,9 @@
 //! flushing whenever the queue runs dry; on close it drains the queue, flushes and fsyncs.
 
 use super::entry::Entry;
+use super::output::Output;
 use super::record::Record;
-use super::sink::{Sink, SinkSettings};
+use super::sink::SinkSettings;
 use crate::metrics::PredictionLogCounters;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -56,10 +57,10 @@ pub fn spawn(
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as i64;
-    info!(dir = %settings.dir.display(), zstd = settings.zstd, max_bytes = settings.rotation.max_bytes, max_age_s = settings.rotation.max_age.as_secs(), "prediction log on");
+    info!(dir = %settings.dir.display(), format = settings.format.as_str(), zstd = settings.zstd, max_bytes = settings.rotation.max_bytes, max_age_s = settings.rotation.max_age.as_secs(), "prediction log on");
     let closing = Arc::new(AtomicBool::new(false));
     let writer = Writer {
-        sink: Sink::new(settings, start_ms),
+        sink: Output::new(settings, start_ms),
         queued_bytes,
         counters,
         warned: None,
@@ -73,7 +74,7 @@ pub fn spawn(
 }
 
 struct Writer {
-    sink: Sink,
+    sink: Output,
     queued_bytes: Arc<AtomicUsize>,
     counters: PredictionLogCounters,
     /// When a write error was last logged.
@@ -114,9 +115,9 @@ impl Writer {
     fn write(&mut self, entry: Entry) {
         self.queued_bytes
             .fetch_sub(entry.tensor_bytes(), Ordering::Relaxed);
-        let line = Record::of(&entry).to_line();
+        let record = Record::of(&entry);
         drop(entry);
-        match self.sink.write(&line, Instant::now()) {
+        match self.sink.write(&record, Instant::now()) {
             Ok(()) => {
                 self.counters.written.inc();
             }

@@ -11,6 +11,8 @@
 //! 4. `optimized_model_path` is refused with `tensorrt = true`: ORT cannot serialise a graph
 //!    holding TensorRT's compiled nodes.
 //! 5. Relative paths are relative to the model's directory (where `config.toml` lives).
+//! 6. `io_binding` is not a GPU key: it works on every provider. It is off unless the file turns
+//!    it on: the bound CUDA path has not yet run on a GPU (see `AccelSettings::io_binding_on`).
 
 use crate::config::ProviderChoice;
 use serde::Deserialize;
@@ -62,6 +64,7 @@ pub struct AccelKeys {
     pub tensorrt_engine_cache_path: Option<PathBuf>,
     pub graph_optimization_level: Option<OptimizationLevel>,
     pub optimized_model_path: Option<PathBuf>,
+    pub io_binding: Option<bool>,
 }
 
 /// Effective provider and optimisation options of one model; none of them have worker flags.
@@ -79,6 +82,20 @@ pub struct AccelSettings {
     pub graph_optimization_level: Option<OptimizationLevel>,
     /// Directory where ORT writes each version's optimised graph at load time.
     pub optimized_model_path: Option<PathBuf>,
+    /// Run through an ORT `IoBinding` (inputs bound per run, outputs bound to host-readable
+    /// memory of the session's device) instead of `Session::run`; none: by provider, rule 6.
+    pub io_binding: Option<bool>,
+}
+
+impl AccelSettings {
+    /// Whether a session runs through an `IoBinding`. On CUDA the binding lets ORT write
+    /// outputs straight into pinned host memory, which the device copies to by DMA; on CPU it
+    /// saves nothing. Off unless asked for, on every provider: a binding ORT refuses fails the
+    /// model's load, and the CUDA path has only been checked on CPU so far (`scripts/gpu-check.sh`
+    /// turns it on for the GPU check; the default turns on once that has passed on a GPU).
+    pub fn io_binding_on(&self) -> bool {
+        self.io_binding.unwrap_or(false)
+    }
 }
 
 impl AccelKeys {
@@ -142,6 +159,7 @@ impl AccelKeys {
             }),
             graph_optimization_level: self.graph_optimization_level,
             optimized_model_path: self.optimized_model_path.map(within),
+            io_binding: self.io_binding,
         })
     }
 }
@@ -166,6 +184,7 @@ mod tests {
             tensorrt_fp16 = true
             tensorrt_engine_cache_path = "trt-cache"
             graph_optimization_level = "extended"
+            io_binding = false
             "#,
             Some(ProviderChoice::Cuda),
         )
@@ -182,11 +201,27 @@ mod tests {
                 }),
                 graph_optimization_level: Some(OptimizationLevel::Extended),
                 optimized_model_path: None,
+                io_binding: Some(false),
             }
         );
         let s = resolve("optimized_model_path = \"/abs/opt\"", None).unwrap();
         assert_eq!(s.optimized_model_path, Some(PathBuf::from("/abs/opt")));
         assert_eq!(resolve("", None).unwrap(), AccelSettings::default());
+    }
+
+    #[test]
+    fn io_binding_follows_the_provider_unless_set_and_is_allowed_on_cpu() {
+        let auto = resolve("", None).unwrap();
+        assert!(!auto.io_binding_on());
+        let on = resolve("io_binding = true", Some(ProviderChoice::Cpu)).unwrap();
+        assert!(on.io_binding_on());
+        let off = resolve("io_binding = false", Some(ProviderChoice::Cuda)).unwrap();
+        assert!(!off.io_binding_on());
+        assert!(
+            resolve("io_binding = 1", None)
+                .unwrap_err()
+                .contains("io_binding")
+        );
     }
 
     #[test]

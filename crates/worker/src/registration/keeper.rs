@@ -20,7 +20,7 @@ use super::etcd::{Created, Etcd, EtcdError, KeepAlive};
 use super::schedule::{LeaseSchedule, Phase};
 use super::{Membership, RegistrationConfig, RegistrationError};
 use chorus_common::membership::encode_record;
-use chorus_common::{WorkerInfo, WorkerState};
+use chorus_common::{ModelInfo, WorkerInfo, WorkerState};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -37,6 +37,13 @@ pub enum Command {
     SetDraining(Reply),
     /// An operator's drain: mark the record `draining` and keep it so, re-registration included.
     Drain(Reply),
+    /// A reload changed what the worker serves: publish the new models and capacity in the
+    /// record (and in any record a later re-registration creates).
+    Describe {
+        models: Vec<ModelInfo>,
+        capacity: u32,
+        reply: Reply,
+    },
     Revoke(Reply),
 }
 
@@ -297,6 +304,14 @@ impl Keeper {
                     let _ = reply.send(self.mark_draining().await);
                     continue;
                 }
+                Some(Some(Command::Describe {
+                    models,
+                    capacity,
+                    reply,
+                })) => {
+                    let _ = reply.send(self.describe(models, capacity).await);
+                    continue;
+                }
                 Some(Some(Command::Revoke(reply))) => {
                     let _ = reply.send(self.revoke_all().await);
                     return Ok(());
@@ -537,6 +552,38 @@ impl Keeper {
                     worker_id = %self.info.worker_id,
                     lease = %format_args!("{lease_id:x}"),
                     "worker marked draining in etcd"
+                );
+                Ok(())
+            }
+            Ok(false) => Err(RegistrationError::Etcd(format!(
+                "key {} is no longer held by lease {lease_id:x}",
+                self.etcd.key()
+            ))),
+            Err(e) => Err(RegistrationError::Etcd(e.to_string())),
+        }
+    }
+
+    /// Publishes a reloaded model list under the live lease. Kept in `info` either way, so a
+    /// record created by a later re-registration lists it too.
+    async fn describe(
+        &mut self,
+        models: Vec<ModelInfo>,
+        capacity: u32,
+    ) -> Result<(), RegistrationError> {
+        self.info.models = models;
+        self.info.capacity = capacity;
+        let Some(lease_id) = self.schedule.lease_id() else {
+            // Not in etcd right now: the next registration publishes it.
+            return Ok(());
+        };
+        match self.etcd.update(lease_id, encode_record(&self.info)).await {
+            Ok(true) => {
+                info!(
+                    worker_id = %self.info.worker_id,
+                    lease = %format_args!("{lease_id:x}"),
+                    models = self.info.models.len(),
+                    capacity,
+                    "worker record updated in etcd with its reloaded models"
                 );
                 Ok(())
             }

@@ -13,15 +13,16 @@
 //!
 //! [`Registration::start`] returns a [`RegistrationHandle`]: the server reads [`Membership`]
 //! from it, awaits [`RegistrationHandle::failed`], and calls `set_draining` and `revoke`; the
-//! service publishes an operator's drain through a [`DrainPublisher`].
+//! service publishes an operator's drain through a [`DrainPublisher`], and a reload its new model
+//! list through a [`ModelsPublisher`].
 
 mod etcd;
 mod keeper;
 pub mod schedule;
 
-use chorus_common::WorkerInfo;
 use chorus_common::etcd_connect::EtcdConnectArgs;
 use chorus_common::membership::worker_key;
+use chorus_common::{ModelInfo, WorkerInfo};
 use keeper::Command;
 use std::future::pending;
 use std::time::Duration;
@@ -212,6 +213,14 @@ impl RegistrationHandle {
         }
     }
 
+    /// What a reload uses to publish the worker's new model list in its record.
+    pub fn models_publisher(&self) -> ModelsPublisher {
+        ModelsPublisher {
+            commands: self.commands.downgrade(),
+            reply_timeout: self.reply_timeout,
+        }
+    }
+
     /// Revokes the lease, deleting the record at once, and stops the keeper.
     pub async fn revoke(self) -> Result<(), RegistrationError> {
         self.ask(Command::Revoke).await
@@ -242,6 +251,31 @@ impl DrainPublisher {
     pub async fn publish(&self) -> Result<(), RegistrationError> {
         let commands = self.commands.upgrade().ok_or(RegistrationError::Stopped)?;
         ask(&commands, self.reply_timeout, Command::Drain).await
+    }
+}
+
+/// Publishes a reloaded model list and capacity in the etcd record: coordinators watching etcd
+/// then fetch the worker's signatures again at once (see `chorus_coordinator::pool`).
+#[derive(Debug, Clone)]
+pub struct ModelsPublisher {
+    /// Weak, for the same reason as [`DrainPublisher`]'s.
+    commands: mpsc::WeakSender<Command>,
+    reply_timeout: Duration,
+}
+
+impl ModelsPublisher {
+    pub async fn publish(
+        &self,
+        models: Vec<ModelInfo>,
+        capacity: u32,
+    ) -> Result<(), RegistrationError> {
+        let commands = self.commands.upgrade().ok_or(RegistrationError::Stopped)?;
+        ask(&commands, self.reply_timeout, |reply| Command::Describe {
+            models,
+            capacity,
+            reply,
+        })
+        .await
     }
 }
 
