@@ -82,19 +82,16 @@ pub(super) fn read_probabilities(
     tensor: &Tensor,
     accepted: &[DataType],
 ) -> Result<Matrix, CombineError> {
-    // Values first: decoding checks that every dimension is positive, so the cast below is safe.
-    let values = float_values(member, tensor, accepted)?;
     match tensor.shape[..] {
-        [_] | [_, 1] => Ok(Matrix {
-            rows: values.len(),
-            cols: 2,
-            values: values.iter().flat_map(|&p| [1.0 - p, p]).collect(),
-        }),
-        [rows, cols] => Ok(Matrix {
-            rows: rows as usize,
-            cols: cols as usize,
-            values,
-        }),
+        [_] | [_, 1] => {
+            let values = float_values(member, tensor, accepted)?;
+            Ok(Matrix {
+                rows: values.len(),
+                cols: 2,
+                values: values.iter().flat_map(|&p| [1.0 - p, p]).collect(),
+            })
+        }
+        [_, _] => read_columns(member, tensor, accepted),
         _ => Err(wrong_shape(
             member,
             tensor,
@@ -109,6 +106,8 @@ pub(super) fn read_columns(
     tensor: &Tensor,
     accepted: &[DataType],
 ) -> Result<Matrix, CombineError> {
+    // Values first: decoding checks that every dimension is positive, so the casts below are
+    // safe.
     let values = float_values(member, tensor, accepted)?;
     match tensor.shape[..] {
         [_] => Ok(Matrix {

@@ -542,25 +542,15 @@ impl Keeper {
     /// into rotation by losing its lease.
     async fn mark_draining(&mut self) -> Result<(), RegistrationError> {
         self.info.state = WorkerState::Draining;
-        let Some(lease_id) = self.schedule.lease_id() else {
-            // Not in etcd right now, so nobody routes here: nothing to mark.
-            return Ok(());
-        };
-        match self.etcd.update(lease_id, encode_record(&self.info)).await {
-            Ok(true) => {
-                info!(
-                    worker_id = %self.info.worker_id,
-                    lease = %format_args!("{lease_id:x}"),
-                    "worker marked draining in etcd"
-                );
-                Ok(())
-            }
-            Ok(false) => Err(RegistrationError::Etcd(format!(
-                "key {} is no longer held by lease {lease_id:x}",
-                self.etcd.key()
-            ))),
-            Err(e) => Err(RegistrationError::Etcd(e.to_string())),
+        // Not in etcd right now (so nobody routes here): nothing to mark.
+        if let Some(lease_id) = self.rewrite_record().await? {
+            info!(
+                worker_id = %self.info.worker_id,
+                lease = %format_args!("{lease_id:x}"),
+                "worker marked draining in etcd"
+            );
         }
+        Ok(())
     }
 
     /// Publishes a reloaded model list under the live lease. Kept in `info` either way, so a
@@ -572,21 +562,27 @@ impl Keeper {
     ) -> Result<(), RegistrationError> {
         self.info.models = models;
         self.info.capacity = capacity;
+        // Not in etcd right now: the next registration publishes it.
+        if let Some(lease_id) = self.rewrite_record().await? {
+            info!(
+                worker_id = %self.info.worker_id,
+                lease = %format_args!("{lease_id:x}"),
+                models = self.info.models.len(),
+                capacity,
+                "worker record updated in etcd with its reloaded models"
+            );
+        }
+        Ok(())
+    }
+
+    /// Rewrites the record from `info` under the live lease; `None` when there is none (the next
+    /// registration writes `info` anyway), the lease when it was rewritten.
+    async fn rewrite_record(&mut self) -> Result<Option<i64>, RegistrationError> {
         let Some(lease_id) = self.schedule.lease_id() else {
-            // Not in etcd right now: the next registration publishes it.
-            return Ok(());
+            return Ok(None);
         };
         match self.etcd.update(lease_id, encode_record(&self.info)).await {
-            Ok(true) => {
-                info!(
-                    worker_id = %self.info.worker_id,
-                    lease = %format_args!("{lease_id:x}"),
-                    models = self.info.models.len(),
-                    capacity,
-                    "worker record updated in etcd with its reloaded models"
-                );
-                Ok(())
-            }
+            Ok(true) => Ok(Some(lease_id)),
             Ok(false) => Err(RegistrationError::Etcd(format!(
                 "key {} is no longer held by lease {lease_id:x}",
                 self.etcd.key()
