@@ -2,7 +2,9 @@
 //! paths with their own golden answers, unversioned requests follow the traffic split (50/50
 //! and 90/10 within binomial bounds), a spec file rewrite + SIGHUP or an etcd put swaps the split
 //! with no failed request, a shadow version's answers are counted and never returned, bad splits
-//! are refused, and one ensemble nobody can serve leaves a non-strict coordinator ready.
+//! are refused, and one ensemble nobody can serve leaves a non-strict coordinator ready. A
+//! rollback (by SIGHUP and through etcd) under open-loop load at 200 req/s fails no request, and
+//! a broken spec pushed through etcd leaves two non-strict coordinators ready and serving.
 //!
 //! `digits` version 1 is a soft vote of logreg and mlp; version 2 adds random_forest (it is the
 //! sample `digits_soft`). Golden answers come from the Python-computed member probabilities in
@@ -573,4 +575,441 @@ fn an_ensemble_nobody_can_serve_leaves_a_non_strict_coordinator_ready() {
         || (strict_http.get("/v2/models/digits/ready").0 == 200).then_some(()),
     );
     assert_eq!(strict_http.get("/v2/health/ready").0, 400);
+}
+
+/// Open-loop load: request `i` is sent at `start + i / RATE` whatever happened to the ones
+/// before it, so a stall in the cluster shows as failures rather than as a slower client.
+const RATE: u32 = 200;
+/// Requests in flight at most; a request due while this many are outstanding is a failure.
+const OUTSTANDING: usize = 256;
+
+/// What one open-loop request got. `status` 0 is a transport error (the text is in `body`).
+struct Sent {
+    at: Instant,
+    row: usize,
+    status: u16,
+    body: Vec<u8>,
+}
+
+/// The outcome of a finished open-loop run.
+struct OpenLoopReport {
+    /// Every request sent, with its answer.
+    answers: Vec<Sent>,
+    /// Requests due while `OUTSTANDING` were in flight, never sent: failures.
+    overflow: usize,
+    /// From the first request's slot to the last one's dispatch.
+    send_span: Duration,
+}
+
+/// `n` unversioned one-row `digits` requests at `RATE` per second from a tokio runtime of its
+/// own; `answered` counts the requests that have an outcome.
+struct OpenLoop {
+    answered: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<OpenLoopReport>,
+}
+
+impl OpenLoop {
+    fn start(addr: std::net::SocketAddr, rows: &[Vec<f32>], n: usize) -> OpenLoop {
+        let bodies: Arc<Vec<String>> = Arc::new(
+            (0..rows.len())
+                .map(|r| json_request(&rows[r..r + 1]).to_string())
+                .collect(),
+        );
+        let answered = Arc::new(AtomicUsize::new(0));
+        let counter = answered.clone();
+        let thread = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+                .block_on(open_loop(addr, bodies, n, counter))
+        });
+        OpenLoop { answered, thread }
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    fn finish(self) -> OpenLoopReport {
+        self.thread.join().expect("open-loop load")
+    }
+}
+
+async fn open_loop(
+    addr: std::net::SocketAddr,
+    bodies: Arc<Vec<String>>,
+    n: usize,
+    answered: Arc<AtomicUsize>,
+) -> OpenLoopReport {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .pool_max_idle_per_host(OUTSTANDING)
+        .build()
+        .expect("http client");
+    let url = format!("http://{addr}/v2/models/digits/infer");
+    let permits = Arc::new(tokio::sync::Semaphore::new(OUTSTANDING));
+    let period = Duration::from_secs(1) / RATE;
+    let start = tokio::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut overflow = 0;
+    for i in 0..n {
+        // A late slot (the runtime was starved) sends at once: the schedule stays fixed.
+        tokio::time::sleep_until(start + period * i as u32).await;
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            overflow += 1;
+            answered.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let row = i % bodies.len();
+        let request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(bodies[row].clone());
+        let answered = answered.clone();
+        tasks.spawn(async move {
+            let at = Instant::now();
+            let (status, body) = match request.send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    match response.bytes().await {
+                        Ok(body) => (status, body.to_vec()),
+                        Err(e) => (0, format!("reading the body: {e}").into_bytes()),
+                    }
+                }
+                Err(e) => (0, e.to_string().into_bytes()),
+            };
+            drop(permit);
+            answered.fetch_add(1, Ordering::Relaxed);
+            Sent {
+                at,
+                row,
+                status,
+                body,
+            }
+        });
+    }
+    let send_span = start.elapsed();
+    let mut answers = Vec::with_capacity(n);
+    while let Some(sent) = tasks.join_next().await {
+        answers.push(sent.expect("request task"));
+    }
+    OpenLoopReport {
+        answers,
+        overflow,
+        send_span,
+    }
+}
+
+/// The version 1 routing of the canary (90/10) and of the rollback (100/0). The description
+/// tells which file a coordinator applied: `GET /v2/models/digits` shows version 1's.
+const CANARY: &str = "traffic = { \"1\" = 90, \"2\" = 10 }\ndescription = \"canary\"";
+const ROLLED_BACK: &str = "traffic = { \"1\" = 100, \"2\" = 0 }\ndescription = \"rolled back\"";
+
+/// Runs 6 s of open-loop load (1,200 requests at 200/s) against the 90/10 canary at `http`,
+/// calls `roll_back` half-way, and checks that no request failed, every one was answered with
+/// its version's golden answer, and every request sent once the rollback was applied was
+/// answered by version 1.
+fn roll_back_under_open_loop(http: &Http, roll_back: impl FnOnce()) {
+    let expected = Expected::load();
+    let rows = expected.rows();
+    let goldens = [
+        golden(&expected, &["logreg", "mlp"]),
+        golden(&expected, &MEMBERS),
+    ];
+    let description = |http: &Http| {
+        let (status, body) = http.get("/v2/models/digits");
+        assert_eq!(status, 200, "{body}");
+        let metadata: Value = serde_json::from_str(&body).unwrap();
+        metadata["parameters"]["description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(description(http), "canary");
+
+    let n = 6 * RATE as usize;
+    let load = OpenLoop::start(http.addr, &rows, n);
+    wait_until("half of the load", Duration::from_secs(10), || {
+        (load.answered() >= n / 2).then_some(())
+    });
+    let rolling = Instant::now();
+    roll_back();
+    wait_until("the rollback to apply", Duration::from_secs(5), || {
+        (description(http) == "rolled back").then_some(())
+    });
+    let applied = Instant::now();
+    let report = load.finish();
+
+    let failures: Vec<String> = report
+        .answers
+        .iter()
+        .filter(|s| s.status != 200)
+        .take(5)
+        .map(|s| format!("{} {}", s.status, String::from_utf8_lossy(&s.body)))
+        .collect();
+    assert!(failures.is_empty(), "requests failed: {failures:?}");
+    assert_eq!(report.overflow, 0, "requests over {OUTSTANDING} in flight");
+    assert_eq!(report.answers.len(), n, "every request answered");
+    // Open loop kept its schedule: the last request went out close to its slot.
+    let schedule = Duration::from_secs(1) / RATE * (n as u32 - 1);
+    assert!(
+        report.send_span < schedule + Duration::from_secs(1),
+        "sending {n} took {:?}",
+        report.send_span
+    );
+
+    let mut canary_before = 0;
+    let mut after = 0;
+    for sent in &report.answers {
+        let response: Value = serde_json::from_slice(&sent.body).expect("answer is JSON");
+        let version = response["model_version"].as_str().expect("model_version");
+        let index = match version {
+            "1" => 0,
+            "2" => 1,
+            other => panic!("answered by version {other}"),
+        };
+        check_answer(
+            &response,
+            &goldens[index],
+            sent.row,
+            &format!("version {version}"),
+        );
+        if sent.at < rolling && version == "2" {
+            canary_before += 1;
+        }
+        if sent.at > applied {
+            assert_eq!(version, "1", "a request sent after the rollback applied");
+            after += 1;
+        }
+    }
+    // 600 requests at 10%: sd 7; 0 would be 8 sd below.
+    assert!(
+        canary_before > 0,
+        "the canary answered nothing before the rollback"
+    );
+    assert!(after >= n / 4, "only {after} requests after the rollback");
+}
+
+#[test]
+fn a_rollback_by_sighup_under_open_loop_load_fails_no_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ensembles.toml");
+    write(&path, &spec(CANARY, ""));
+    let (_worker, coordinator, http) = start(&path, &[]);
+    roll_back_under_open_loop(&http, || {
+        write(&path, &spec(ROLLED_BACK, ""));
+        coordinator.signal(libc::SIGHUP);
+    });
+}
+
+#[test]
+fn a_rollback_through_etcd_under_open_loop_load_fails_no_request() {
+    let etcd = Etcd::start();
+    let _worker = start_worker_with("w-digits", &MEMBERS, &[format!("--etcd={}", etcd.endpoint)]);
+    let key = "/chorus/v1/ensembles/digits";
+    etcd.etcdctl(&["put", key, &spec(CANARY, "")]);
+    let coordinator = spawn_coordinator(&[
+        "--ensembles=/nonexistent/ensembles.toml".into(),
+        format!("--etcd={}", etcd.endpoint),
+        "--ping-interval-ms=200".into(),
+    ]);
+    let http = Http::new(coordinator.field("http_addr").parse().unwrap());
+    wait_until("digits to be ready", Duration::from_secs(60), || {
+        (http.get("/v2/models/digits/ready").0 == 200).then_some(())
+    });
+    roll_back_under_open_loop(&http, || {
+        etcd.etcdctl(&["put", key, &spec(ROLLED_BACK, "")]);
+    });
+}
+
+/// Keeps asking each coordinator in `https` for both healthy ensembles (checked against their
+/// golden answers) and for server readiness (must be 200), counting rounds, until stopped.
+struct HealthyCheck {
+    stop: Arc<AtomicBool>,
+    /// Set when a round found a problem (the panic message is on stderr).
+    broken: Arc<AtomicBool>,
+    rounds: Arc<AtomicUsize>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl HealthyCheck {
+    fn start(https: &[&Http]) -> HealthyCheck {
+        let stop = Arc::new(AtomicBool::new(false));
+        let broken = Arc::new(AtomicBool::new(false));
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let clients: Vec<Http> = https.iter().map(|h| Http::new(h.addr)).collect();
+        let (stop_, broken_, rounds_) = (stop.clone(), broken.clone(), rounds.clone());
+        let thread = std::thread::spawn(move || {
+            let expected = Expected::load();
+            let rows = expected.rows();
+            let digits = golden(&expected, &["logreg", "mlp"]);
+            let forest = golden(&expected, &["random_forest"]);
+            let mut start = 0;
+            while !stop_.load(Ordering::Relaxed) {
+                let round = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    for http in &clients {
+                        assert_eq!(http.get("/v2/health/ready").0, 200, "server readiness");
+                        for (name, golden, version) in
+                            [("digits", &digits, "1"), ("forest", &forest, "1")]
+                        {
+                            let reply = http.post_json(
+                                &format!("/v2/models/{name}/infer"),
+                                &json_request(&rows[start..start + 2]),
+                            );
+                            let response = reply.expect_status(200).json();
+                            assert_eq!(response["model_version"], version, "{name}");
+                            check_answer(&response, golden, start, name);
+                        }
+                    }
+                }));
+                if round.is_err() {
+                    broken_.store(true, Ordering::Relaxed);
+                    return;
+                }
+                start = (start + 2) % (rows.len() - 2);
+                rounds_.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        HealthyCheck {
+            stop,
+            broken,
+            rounds,
+            thread,
+        }
+    }
+
+    /// Waits for `more` clean rounds beyond now.
+    fn wait_rounds(&self, more: usize) {
+        let from = self.rounds.load(Ordering::Relaxed);
+        wait_until(
+            &format!("{more} more healthy rounds"),
+            Duration::from_secs(20),
+            || {
+                assert!(
+                    !self.broken.load(Ordering::Relaxed),
+                    "a healthy ensemble or the server's readiness failed (see stderr)"
+                );
+                (self.rounds.load(Ordering::Relaxed) >= from + more).then_some(())
+            },
+        );
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("healthy check");
+        assert!(
+            !self.broken.load(Ordering::Relaxed),
+            "a healthy ensemble or the server's readiness failed (see stderr)"
+        );
+    }
+}
+
+#[test]
+fn a_broken_spec_pushed_through_etcd_leaves_non_strict_coordinators_ready_and_serving() {
+    let etcd = Etcd::start();
+    let _worker = start_worker_with("w-digits", &MEMBERS, &[format!("--etcd={}", etcd.endpoint)]);
+    let prefix = "/chorus/v1/ensembles/";
+    let put = |key: &str, value: &str| {
+        etcd.etcdctl(&["put", &format!("{prefix}{key}"), value]);
+    };
+    let forest = "version = 1\n[[ensemble]]\nname = \"forest\"\ncombiner = \"soft_vote\"\n\
+                  deadline_ms = 5000\n[[ensemble.member]]\nmodel = \"random_forest\"\n";
+    put("digits", &spec("traffic = { \"1\" = 100, \"2\" = 0 }", ""));
+    put("forest", forest);
+    let coordinators: Vec<(Proc, Http)> = (0..2)
+        .map(|_| {
+            let coordinator = spawn_coordinator(&[
+                "--ensembles=/nonexistent/ensembles.toml".into(),
+                format!("--etcd={}", etcd.endpoint),
+                "--ping-interval-ms=200".into(),
+                "--strict-readiness=false".into(),
+            ]);
+            let http = Http::new(coordinator.field("http_addr").parse().unwrap());
+            (coordinator, http)
+        })
+        .collect();
+    let https: Vec<&Http> = coordinators.iter().map(|(_, h)| h).collect();
+    for http in &https {
+        wait_until(
+            "digits and forest to be ready",
+            Duration::from_secs(60),
+            || {
+                (http.get("/v2/models/digits/ready").0 == 200
+                    && http.get("/v2/models/forest/ready").0 == 200)
+                    .then_some(())
+            },
+        );
+    }
+    let check = HealthyCheck::start(&https);
+    check.wait_rounds(5);
+
+    // Valid TOML naming a model nobody serves: accepted, and unservable.
+    let orphan = "version = 1\n[[ensemble]]\nname = \"orphan\"\ncombiner = \"soft_vote\"\n\
+                  deadline_ms = 100\n[[ensemble.member]]\nmodel = \"nobody\"\n";
+    put("orphan", orphan);
+    for http in &https {
+        wait_until("orphan to be known", Duration::from_secs(20), || {
+            (http.get("/v2/models/orphan/ready").0 != 404).then_some(())
+        });
+        assert_eq!(
+            http.get("/v2/models/orphan/ready").0,
+            400,
+            "orphan's own readiness"
+        );
+        assert_eq!(
+            http.get("/v2/health/ready").0,
+            200,
+            "the server's readiness"
+        );
+        let index = http
+            .post_json("/v2/repository/index", &json!({}))
+            .expect_status(200)
+            .json();
+        let entry = index
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "orphan")
+            .expect("orphan in the index")
+            .clone();
+        assert_eq!(entry["state"], "UNAVAILABLE");
+        assert!(
+            entry["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("nobody"),
+            "{entry}"
+        );
+    }
+    check.wait_rounds(10);
+
+    // Values that do not load are refused: a new key keeps nothing, and a key that held good
+    // specs keeps them.
+    put(
+        "garbage",
+        "version = 1\n[[ensemble]]\nname = \"garbage\"\ncombiner = soft_vote [[",
+    );
+    put(
+        "forest",
+        "version = 1\n[[ensemble]]\nname = \"forest\"\ncombiner = \"soft_vote\"\n",
+    );
+    // etcd orders events by revision: once a later put shows, the refused ones were seen.
+    put(
+        "marker",
+        "version = 1\n[[ensemble]]\nname = \"marker\"\ncombiner = \"soft_vote\"\n\
+         deadline_ms = 5000\n[[ensemble.member]]\nmodel = \"logreg\"\n",
+    );
+    for http in &https {
+        wait_until("the marker to be ready", Duration::from_secs(20), || {
+            (http.get("/v2/models/marker/ready").0 == 200).then_some(())
+        });
+        assert_eq!(http.get("/v2/models/garbage/ready").0, 404);
+        assert_eq!(http.get("/v2/models/forest/ready").0, 200);
+        assert_eq!(http.get("/v2/models/orphan/ready").0, 400);
+        assert_eq!(http.get("/v2/health/ready").0, 200);
+    }
+    check.wait_rounds(10);
+    check.stop();
 }

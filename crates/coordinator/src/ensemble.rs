@@ -244,7 +244,10 @@ fn members_deadline(spec: &EnsembleSpec, now: Instant, deadline: Instant) -> Ins
                 .saturating_duration_since(now)
                 .mul_f64(FUSION_MEMBER_SHARE)
         }
-        _ => deadline,
+        CombinerKind::SoftVote
+        | CombinerKind::HardVote
+        | CombinerKind::Average
+        | CombinerKind::Median => deadline,
     }
 }
 
@@ -268,18 +271,14 @@ async fn combine_answers(
         })
         .collect();
     match spec.combiner {
-        CombinerKind::SoftVote => {
-            combine::soft_vote_at(&votes, spec.threshold).map_err(combine_error)
-        }
-        CombinerKind::HardVote => {
-            combine::hard_vote_at(&votes, spec.threshold).map_err(combine_error)
-        }
-        CombinerKind::Average => combine::average(&votes, &spec.member_output)
-            .map(|t| vec![t])
+        CombinerKind::SoftVote
+        | CombinerKind::HardVote
+        | CombinerKind::Average
+        | CombinerKind::Median => spec
+            .combiner
+            .combine(&votes, &spec.member_output, spec.threshold)
             .map_err(combine_error),
-        CombinerKind::Median => combine::median(&votes, &spec.member_output)
-            .map(|t| vec![t])
-            .map_err(combine_error),
+        // The one combiner that is not pure: its meta-model runs on a worker.
         CombinerKind::Fusion => {
             let blocks: Vec<(&str, Option<&Tensor>)> = spec
                 .members

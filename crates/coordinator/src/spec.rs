@@ -23,42 +23,8 @@ const MAX_DEADLINE_MS: u64 = 3_600_000;
 /// Largest `max_inflight` a spec may set: more requests than a coordinator has connections.
 const MAX_INFLIGHT: usize = 1_000_000;
 
-/// How an ensemble turns its members' answers into one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CombinerKind {
-    /// Weighted majority over member labels (or argmax of probabilities).
-    HardVote,
-    /// Weighted mean of member probabilities, plus its argmax.
-    SoftVote,
-    /// Weighted element-wise mean of a regression output.
-    Average,
-    /// Element-wise median of a regression output.
-    Median,
-    /// Stacking: members' outputs concatenated in member order feed a meta-model.
-    Fusion,
-}
-
-impl CombinerKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CombinerKind::HardVote => "hard_vote",
-            CombinerKind::SoftVote => "soft_vote",
-            CombinerKind::Average => "average",
-            CombinerKind::Median => "median",
-            CombinerKind::Fusion => "fusion",
-        }
-    }
-
-    /// The member output a combiner reads when the spec does not name one.
-    fn default_member_output(self) -> Option<&'static str> {
-        match self {
-            CombinerKind::HardVote => Some("label"),
-            CombinerKind::SoftVote | CombinerKind::Fusion => Some("probabilities"),
-            CombinerKind::Average | CombinerKind::Median => None,
-        }
-    }
-}
+/// Re-exported so that `spec::CombinerKind` keeps naming the one home in `combine/kind.rs`.
+pub use crate::combine::CombinerKind;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -141,15 +141,10 @@ impl Floor {
                 tensor,
             })
             .collect();
-        let output = &self.member_output[0];
-        let combined = match self.combiner.expect("single models returned above") {
-            CombinerKind::SoftVote => combine::soft_vote(&votes)?,
-            CombinerKind::HardVote => combine::hard_vote(&votes)?,
-            CombinerKind::Average => vec![combine::average(&votes, output)?],
-            CombinerKind::Median => vec![combine::median(&votes, output)?],
-            CombinerKind::Fusion => unreachable!("refused at load"),
-        };
-        Ok(combined)
+        let combiner = self.combiner.expect("single models returned above");
+        // No threshold: the floor measures the plain argmax vote, as it always has. Fusion was
+        // refused at load, so `combine` never sees it.
+        Ok(combiner.combine(&votes, &self.member_output[0], None)?)
     }
 }
 

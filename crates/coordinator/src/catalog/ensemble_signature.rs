@@ -264,31 +264,9 @@ fn combined_output(
         }
         return None;
     };
-    let fits = match spec.combiner {
-        CombinerKind::SoftVote => float(output.datatype) && probability_shape(&output.shape),
-        CombinerKind::Fusion => {
-            output.datatype == DataType::Fp32 && probability_shape(&output.shape)
-        }
-        CombinerKind::HardVote => {
-            (float(output.datatype) && probability_shape(&output.shape))
-                || (matches!(output.datatype, DataType::Int64 | DataType::Int32)
-                    && output.shape.len() == 1)
-        }
-        CombinerKind::Average | CombinerKind::Median => float(output.datatype),
-    };
+    let fits = spec.combiner.fits(output);
     if !fits {
-        let needs = match spec.combiner {
-            CombinerKind::SoftVote => {
-                "FP32 or FP64 probabilities [N, C] (or [N] / [N, 1] for a binary classifier's P(class 1))"
-            }
-            CombinerKind::Fusion => {
-                "FP32 probabilities [N, C] (or [N] / [N, 1] for a binary classifier's P(class 1))"
-            }
-            CombinerKind::HardVote => {
-                "INT64 or INT32 labels [N], or float probabilities [N, C] (or [N] / [N, 1])"
-            }
-            CombinerKind::Average | CombinerKind::Median => "an FP32 or FP64 tensor",
-        };
+        let needs = spec.combiner.reads();
         problems.push(format!(
             "{}: output '{}' (role '{role}') is {} {:?}, but the {} combiner reads {needs}; map an output that is (`output_map`), or use another combiner",
             at(spec, member),
@@ -305,19 +283,11 @@ fn combined_output(
     })
 }
 
-fn float(datatype: DataType) -> bool {
-    matches!(datatype, DataType::Fp32 | DataType::Fp64)
-}
-
-fn probability_shape(shape: &[i64]) -> bool {
-    matches!(shape.len(), 1 | 2)
-}
-
 /// The classes a probability output scores: `C` of `[N, C]`; 2 for a binary member's single
 /// column (`[N]` or `[N, 1]`), which the combiners expand to `[1 − p, p]`; `None` when the
 /// model declares the width as dynamic or the output holds labels.
 fn classes_of(output: &TensorSpec) -> Option<i64> {
-    if !float(output.datatype) {
+    if !matches!(output.datatype, DataType::Fp32 | DataType::Fp64) {
         return None;
     }
     match output.shape[..] {
@@ -371,27 +341,8 @@ fn outputs(
     meta_info: Option<&ModelInfo>,
     problems: &mut Vec<String>,
 ) -> Option<Vec<TensorSpec>> {
-    let spec_of = |name: &str, datatype, shape| TensorSpec {
-        name: name.to_string(),
-        datatype,
-        shape,
-    };
     let first = &read.first()?.1;
-    let batch = first.shape.first().copied().unwrap_or(-1);
-    Some(match spec.combiner {
-        CombinerKind::SoftVote => vec![
-            spec_of("label", DataType::Int64, vec![batch]),
-            spec_of(
-                "probabilities",
-                DataType::Fp32,
-                vec![batch, classes.unwrap_or(-1)],
-            ),
-        ],
-        CombinerKind::HardVote => vec![
-            spec_of("label", DataType::Int64, vec![batch]),
-            spec_of("agreement", DataType::Fp32, vec![batch]),
-        ],
-        CombinerKind::Average | CombinerKind::Median => vec![first.clone()],
+    let meta_outputs = match spec.combiner {
         CombinerKind::Fusion => {
             let Some((meta, _)) = spec.meta_model.as_ref() else {
                 problems.push(format!(
@@ -408,9 +359,14 @@ fn outputs(
                 return None;
             };
             check_meta_width(spec, read, meta_info, problems);
-            meta_info.outputs.clone()
+            Some(&meta_info.outputs[..])
         }
-    })
+        CombinerKind::SoftVote
+        | CombinerKind::HardVote
+        | CombinerKind::Average
+        | CombinerKind::Median => None,
+    };
+    spec.combiner.output_signature(first, classes, meta_outputs)
 }
 
 /// The meta-model reads every member's block side by side: its input width must be the sum of

@@ -8,6 +8,10 @@ use chorus_common::{DataType, TensorError};
 pub enum CombineError {
     #[error("no ensemble member answered, so there is nothing to combine")]
     NoMembers,
+    #[error(
+        "the fusion combiner runs a meta-model, which is not a pure combine; call it through the ensemble"
+    )]
+    NeedsMetaModel,
     #[error("member '{member}' has weight {weight}: weights must be finite and greater than zero")]
     BadWeight { member: String, weight: f64 },
     #[error(

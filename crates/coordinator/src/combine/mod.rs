@@ -12,6 +12,7 @@ mod entropy;
 mod error;
 mod fusion;
 mod hard_vote;
+mod kind;
 mod median;
 mod soft_vote;
 #[cfg(test)]
@@ -25,6 +26,7 @@ pub use entropy::mean_entropy_bits;
 pub use error::CombineError;
 pub use fusion::fusion_input;
 pub use hard_vote::{hard_vote, hard_vote_at};
+pub use kind::CombinerKind;
 pub use median::median;
 pub use soft_vote::{soft_vote, soft_vote_at};
 
