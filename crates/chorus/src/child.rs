@@ -21,6 +21,14 @@ pub(crate) enum Role {
     Coordinator,
 }
 
+/// The global flags every child is started with, as given to `chorus up` or `chorus bench`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct GlobalFlags {
+    pub(crate) log_json: bool,
+    /// `--runtime-threads`; 0 (one per core) is not passed.
+    pub(crate) runtime_threads: usize,
+}
+
 /// How to start one child, again and again.
 #[derive(Debug, Clone)]
 pub(crate) struct ChildSpec {
@@ -28,7 +36,7 @@ pub(crate) struct ChildSpec {
     pub(crate) name: String,
     pub(crate) role: Role,
     exe: PathBuf,
-    log_json: bool,
+    global: GlobalFlags,
     /// Everything after the executable (`worker --listen=… …`).
     args: Vec<OsString>,
 }
@@ -64,14 +72,14 @@ impl ChildSpec {
         name: String,
         role: Role,
         exe: PathBuf,
-        log_json: bool,
+        global: GlobalFlags,
         args: Vec<OsString>,
     ) -> Self {
         ChildSpec {
             name,
             role,
             exe,
-            log_json,
+            global,
             args,
         }
     }
@@ -88,8 +96,11 @@ impl ChildSpec {
     /// stops the children in order), stdout piped for its status line, stderr shared for logs.
     pub(crate) fn spawn(&self) -> anyhow::Result<(Child, ChildStdout)> {
         let mut command = Command::new(&self.exe);
-        if self.log_json {
+        if self.global.log_json {
             command.arg("--log-json");
+        }
+        if self.global.runtime_threads > 0 {
+            command.arg(format!("--runtime-threads={}", self.global.runtime_threads));
         }
         command
             .args(&self.args)
@@ -266,7 +277,7 @@ mod tests {
                 models: vec!["mlp".into()],
             },
             "chorus".into(),
-            false,
+            GlobalFlags::default(),
             [
                 "worker",
                 "--listen=127.0.0.1:0",

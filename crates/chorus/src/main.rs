@@ -29,6 +29,18 @@ struct Cli {
     #[arg(long, global = true, env = "CHORUS_LOG_JSON")]
     log_json: bool,
 
+    /// Threads of the async runtime (`worker`, `coordinator`, `up`; `chorus up` passes it on to
+    /// the processes it starts). 0: one per core. On a machine with few cores shared by several
+    /// processes, fewer threads mean fewer wake-ups and hand-offs per request; see
+    /// docs/benchmarks.md for what it changes.
+    #[arg(
+        long,
+        global = true,
+        env = "CHORUS_RUNTIME_THREADS",
+        default_value_t = 0
+    )]
+    runtime_threads: usize,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -90,17 +102,21 @@ fn main() -> anyhow::Result<()> {
         _ => None,
     };
     let telemetry = chorus_common::telemetry::init_with(cli.log_json, otlp.as_ref())?;
+    let global = child::GlobalFlags {
+        log_json: cli.log_json,
+        runtime_threads: cli.runtime_threads,
+    };
     // The benchmark sizes its own runtime: its load generator must stay small.
     let command = match cli.command {
-        Command::Bench(args) => return bench::main(*args, cli.log_json),
+        Command::Bench(args) => return bench::main(*args, global),
         // Reading files needs no runtime.
         Command::Logs(args) => return logs::main(args),
         command => command,
     };
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let runtime = async_runtime(cli.runtime_threads).context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
         match command {
-            Command::Up(args) => up::run(args, cli.log_json).await,
+            Command::Up(args) => up::run(args, global).await,
             Command::Worker(config) => run_worker(config).await,
             Command::Coordinator(config) => run_coordinator(config).await,
             Command::Status(args) => admin::status(args).await,
@@ -116,6 +132,16 @@ fn main() -> anyhow::Result<()> {
     // outside the runtime (the exporter's blocking client must not be dropped inside it).
     telemetry.shutdown();
     result
+}
+
+/// The multi-threaded runtime with `threads` worker threads (0: one per core, tokio's default).
+fn async_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    builder.build()
 }
 
 async fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {

@@ -2,7 +2,7 @@
 //! real request answered once it is ready, kept running by [`crate::supervisor`] (a child that
 //! exits is restarted) and stopped cleanly on Ctrl-C or SIGTERM.
 
-use crate::child::{self, ChildSpec, Role};
+use crate::child::{self, ChildSpec, GlobalFlags, Role};
 use crate::cluster_config::ClusterConfig;
 use crate::{placement, signals, supervisor};
 use anyhow::{Context, bail};
@@ -111,7 +111,7 @@ pub struct UpArgs {
     pub sample_model: String,
 }
 
-pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
+pub async fn run(args: UpArgs, global: GlobalFlags) -> anyhow::Result<()> {
     // Installed first: a Ctrl-C at any moment from here on stops the cluster cleanly.
     let shutdown = signals::Shutdown::install().context("cannot watch SIGINT/SIGTERM")?;
     let mut cluster = ClusterConfig::load(&args.config)?;
@@ -147,7 +147,7 @@ pub async fn run(args: UpArgs, log_json: bool) -> anyhow::Result<()> {
         cluster: &cluster,
         plan: &plan,
         etcd: &args.etcd,
-        log_json,
+        global,
         ready_timeout,
         worker_args: &worker_args,
         coordinator_args: &coordinator_args,
@@ -276,7 +276,7 @@ pub(crate) struct Launch<'a> {
     pub(crate) plan: &'a [Vec<String>],
     /// etcd endpoints; empty for static membership.
     pub(crate) etcd: &'a [String],
-    pub(crate) log_json: bool,
+    pub(crate) global: GlobalFlags,
     pub(crate) ready_timeout: Duration,
     /// Extra flags for every worker and for the coordinator (`chorus bench` passes its own).
     pub(crate) worker_args: &'a [String],
@@ -295,7 +295,7 @@ pub(crate) async fn start_cluster(
         cluster,
         plan,
         etcd,
-        log_json,
+        global,
         ready_timeout,
         worker_args,
         coordinator_args,
@@ -318,7 +318,7 @@ pub(crate) async fn start_cluster(
         let role = Role::Worker {
             models: models.clone(),
         };
-        let spec = ChildSpec::new(name.clone(), role, exe.to_path_buf(), log_json, args);
+        let spec = ChildSpec::new(name.clone(), role, exe.to_path_buf(), global, args);
         let (child, stdout) = spec.spawn()?;
         processes.push(Process { name, child, spec });
         pending.push((processes.len() - 1, stdout));
@@ -358,7 +358,7 @@ pub(crate) async fn start_cluster(
         name.clone(),
         Role::Coordinator,
         exe.to_path_buf(),
-        log_json,
+        global,
         args,
     );
     let (child, stdout) = spec.spawn()?;

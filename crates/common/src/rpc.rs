@@ -66,6 +66,10 @@ pub struct DrainReply {
     pub record: DrainRecord,
 }
 
+/// Most calls one [`WorkerService::infer_many`] frame may carry: far above any ensemble's
+/// members, and a bound on what one frame can make a worker run at once.
+pub const MAX_CALLS_PER_FRAME: usize = 1024;
+
 /// The service every worker serves. Each call carries a deadline in its tarpc context; a worker
 /// drops work whose deadline has passed or whose caller has gone.
 #[tarpc::service]
@@ -76,6 +80,11 @@ pub trait WorkerService {
     /// Runs one model on the given inputs. Model failures and bad input come back as
     /// [`WorkerError`]; a transport failure is the client's `RpcError`.
     async fn infer(call: InferCall) -> Result<InferReply, WorkerError>;
+    /// Runs several calls of one request in one frame each way (an ensemble's members that
+    /// this worker serves): each as [`WorkerService::infer`] would, concurrently, answered
+    /// together in the calls' order. At most [`MAX_CALLS_PER_FRAME`] calls; past that, every
+    /// call is refused as invalid input.
+    async fn infer_many(calls: Vec<InferCall>) -> Vec<Result<InferReply, WorkerError>>;
     /// Liveness and load probe.
     async fn ping() -> Pong;
     /// An operator's drain (`chorus drain`): from now on the worker refuses new inference with

@@ -8,7 +8,6 @@ use crate::router::Router;
 use crate::spec::{CombinerKind, EnsembleSpec, Member};
 use chorus_common::rpc::{InferCall, InferReply};
 use chorus_common::{Tensor, WorkerError};
-use futures::future::join_all;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
@@ -97,36 +96,38 @@ pub async fn run(
     request_id: &str,
 ) -> Result<EnsembleAnswer, EnsembleError> {
     let members_deadline = members_deadline(spec, Instant::now(), deadline);
-    let calls = spec.members.iter().map(|member| {
-        let call = InferCall {
+    let calls = spec
+        .members
+        .iter()
+        .map(|member| InferCall {
             model: member.model.clone(),
             version: member.version.clone(),
             inputs: member_inputs(member, &inputs),
             outputs: vec![member_output(spec, member).to_string()],
             request_id: request_id.to_string(),
             trace_context: None,
-        };
-        async move {
-            let routed = router.call(call, members_deadline);
-            match tokio::time::timeout_at(members_deadline, routed).await {
-                Ok(routed) => {
-                    let outcome = match routed.result {
-                        Ok(reply) => MemberOutcome::Answered(reply),
-                        Err(error) if error.is_late() => MemberOutcome::Late,
-                        Err(error) => MemberOutcome::Failed(error),
-                    };
-                    (outcome, routed.retried, routed.hedged)
-                }
-                Err(_) => (MemberOutcome::Late, false, false),
+        })
+        .collect();
+    let outcomes = router
+        .call_all(calls, members_deadline)
+        .await
+        .into_iter()
+        .map(|routed| match routed {
+            Some(routed) => {
+                let outcome = match routed.result {
+                    Ok(reply) => MemberOutcome::Answered(reply),
+                    Err(error) if error.is_late() => MemberOutcome::Late,
+                    Err(error) => MemberOutcome::Failed(error),
+                };
+                (outcome, routed.retried, routed.hedged)
             }
-        }
-    });
-    let outcomes = join_all(calls).await;
+            None => (MemberOutcome::Late, false, false),
+        });
 
     let metrics = router.metrics();
     let mut report = MemberReport::default();
     let mut answered: Vec<(usize, Tensor)> = Vec::new();
-    for (index, (outcome, retried, hedged)) in outcomes.into_iter().enumerate() {
+    for (index, (outcome, retried, hedged)) in outcomes.enumerate() {
         let name = spec.members[index].model.clone();
         if retried {
             report.retried.push(name.clone());

@@ -79,6 +79,8 @@ pub struct FakeWorker {
     /// Infer calls that arrived, and those that ran to the end (not cancelled).
     pub started: Arc<AtomicU32>,
     pub finished: Arc<AtomicU32>,
+    /// `infer_many` frames that arrived (their calls count in `started` too).
+    pub frames: Arc<AtomicU32>,
     /// While set, the worker answers nothing at all (calls, pings, metadata), as a
     /// partitioned or hung process would; calls that arrived meanwhile never answer.
     frozen: Arc<AtomicBool>,
@@ -199,6 +201,15 @@ impl WorkerService for FakeWorker {
         };
         self.finished.fetch_add(1, Ordering::SeqCst);
         result
+    }
+
+    async fn infer_many(
+        self,
+        ctx: Context,
+        calls: Vec<InferCall>,
+    ) -> Vec<Result<InferReply, WorkerError>> {
+        self.frames.fetch_add(1, Ordering::SeqCst);
+        futures::future::join_all(calls.into_iter().map(|call| self.clone().infer(ctx, call))).await
     }
 
     async fn ping(self, _: Context) -> Pong {

@@ -76,6 +76,14 @@ impl WorkerService for FakeWorker {
         })
     }
 
+    async fn infer_many(
+        self,
+        ctx: Context,
+        calls: Vec<InferCall>,
+    ) -> Vec<Result<InferReply, WorkerError>> {
+        futures::future::join_all(calls.into_iter().map(|call| self.clone().infer(ctx, call))).await
+    }
+
     async fn ping(self, _: Context) -> Pong {
         Pong {
             worker_id: "fake".into(),

@@ -2,6 +2,7 @@
 
 use crate::batch::{MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US};
 use crate::error::LoadError;
+use crate::pool::{DEFAULT_INLINE_MAX_RUN_US, MAX_INLINE_MAX_RUN_US};
 use crate::registration::RegistrationConfig;
 use crate::rpc_tls::RpcTlsArgs;
 use chorus_common::etcd_connect::EtcdConnectArgs;
@@ -141,6 +142,13 @@ pub struct WorkerConfig {
     #[arg(long, env = "CHORUS_WORKER_MAX_QUEUE_DELAY_US", default_value_t = 0)]
     pub max_queue_delay_us: u64,
 
+    /// Default longest recent run time, in microseconds, at which a model runs on the thread
+    /// that received the call instead of being handed to an instance thread (the hand-off costs
+    /// more than a small model's run). Only for models that do not batch, only when nothing
+    /// waits in their queue. 0: always hand off. At most 10000.
+    #[arg(long, env = "CHORUS_WORKER_INLINE_MAX_RUN_US", default_value_t = DEFAULT_INLINE_MAX_RUN_US)]
+    pub inline_max_run_us: u64,
+
     /// Address of the HTTP listener serving Prometheus `/metrics` and `/health` (e.g.
     /// `0.0.0.0:8002`, Triton's metrics port; port 0 for any port). None by default.
     #[arg(long, env = "CHORUS_WORKER_METRICS_ADDR")]
@@ -182,6 +190,7 @@ impl Default for WorkerConfig {
             etcd_give_up_ttls: DEFAULT_ETCD_GIVE_UP_TTLS,
             max_batch_size: 0,
             max_queue_delay_us: 0,
+            inline_max_run_us: DEFAULT_INLINE_MAX_RUN_US,
             metrics_addr: None,
             rpc_tls: RpcTlsArgs::default(),
             etcd_connect: EtcdConnectArgs::default(),
@@ -220,6 +229,9 @@ impl WorkerConfig {
         }
         if self.max_queue_delay_us > MAX_QUEUE_DELAY_US {
             return bad("--max-queue-delay-us must be at most 1000000 (one second)");
+        }
+        if self.inline_max_run_us > MAX_INLINE_MAX_RUN_US {
+            return bad("--inline-max-run-us must be at most 10000 (0 turns inline runs off)");
         }
         if !(1..=1000).contains(&self.etcd_give_up_ttls) {
             return bad("--etcd-give-up-ttls must be between 1 and 1000");

@@ -17,7 +17,7 @@ use chorus_common::validate::InputPolicy;
 use chorus_common::{DataType, ExecutionProvider, ModelInfo, TensorSpec};
 use ort::environment::Environment;
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 /// Scans the repository, creates every session on its provider and warms it up, with its
@@ -142,6 +142,7 @@ pub fn load_version(
         capacity: queue_capacity,
         batching,
         metrics: model_metrics,
+        inline_max_run: Duration::from_micros(settings.inline_max_run_us),
     };
     let pool = InstancePool::start_with(label, &thread_name, runners, pool_settings).map_err(
         |source_err| LoadError::Thread {

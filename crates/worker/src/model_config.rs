@@ -9,6 +9,7 @@ pub use version_policy::VersionPolicy;
 use crate::batch::{BatchPolicy, MAX_BATCH_SIZE, MAX_QUEUE_DELAY_US};
 use crate::config::{ProviderChoice, WorkerConfig};
 use crate::error::LoadError;
+use crate::pool::MAX_INLINE_MAX_RUN_US;
 use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
@@ -30,6 +31,7 @@ struct ModelConfigFile {
     max_batch_size: Option<u32>,
     max_queue_delay_us: Option<u64>,
     preferred_batch_sizes: Option<Vec<u32>>,
+    inline_max_run_us: Option<u64>,
     gpu_mem_limit_bytes: Option<u64>,
     cuda_graph: Option<bool>,
     cuda_tf32: Option<bool>,
@@ -60,6 +62,9 @@ pub struct ModelSettings {
     pub max_queue_delay_us: u64,
     /// Batch sizes dispatched without waiting, ascending and distinct.
     pub preferred_batch_sizes: Vec<u32>,
+    /// Longest recent run time, in microseconds, at which a call runs on the thread that
+    /// received it instead of an instance thread (0: never; ignored with batching on).
+    pub inline_max_run_us: u64,
     /// Provider and graph-optimisation options (`model_config/accel.rs`).
     pub accel: AccelSettings,
     /// Which version directories are loaded (`model_config/version_policy.rs`); per model only,
@@ -81,6 +86,7 @@ impl ModelSettings {
             max_batch_size: config.max_batch_size,
             max_queue_delay_us: config.max_queue_delay_us,
             preferred_batch_sizes: Vec::new(),
+            inline_max_run_us: config.inline_max_run_us,
             accel: AccelSettings::default(),
             version_policy: VersionPolicy::default(),
         }
@@ -173,6 +179,7 @@ impl ModelSettings {
                 sizes.dedup();
                 sizes
             },
+            inline_max_run_us: file.inline_max_run_us.unwrap_or(defaults.inline_max_run_us),
         };
         if settings.instances == 0 {
             return Err(error("`instances` must be at least 1".into()));
@@ -196,6 +203,12 @@ impl ModelSettings {
             return Err(error(format!(
                 "`max_queue_delay_us` is {}: it must be at most {MAX_QUEUE_DELAY_US} (one second)",
                 settings.max_queue_delay_us
+            )));
+        }
+        if settings.inline_max_run_us > MAX_INLINE_MAX_RUN_US {
+            return Err(error(format!(
+                "`inline_max_run_us` is {}: it must be at most {MAX_INLINE_MAX_RUN_US} (0 turns inline runs off)",
+                settings.inline_max_run_us
             )));
         }
         if let Some(&bad) = settings
@@ -248,6 +261,7 @@ mod tests {
             max_batch_size = 32
             max_queue_delay_us = 250
             preferred_batch_sizes = [16, 8, 16]
+            inline_max_run_us = 40
             gpu_mem_limit_bytes = 1073741824
             cuda_graph = true
             tensorrt = true
@@ -271,6 +285,7 @@ mod tests {
                 max_batch_size: 32,
                 max_queue_delay_us: 250,
                 preferred_batch_sizes: vec![8, 16],
+                inline_max_run_us: 40,
                 accel: AccelSettings {
                     gpu_mem_limit_bytes: Some(1 << 30),
                     cuda_graph: true,
@@ -347,6 +362,7 @@ mod tests {
             ("version_policy = { latest = 0 }", "version_policy"),
             ("version_policy = { specific = [] }", "version_policy"),
             ("version_policy = \"newest\"", "version_policy"),
+            ("inline_max_run_us = 10001", "inline_max_run_us"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains("models/m/config.toml"), "{text}: {e}");

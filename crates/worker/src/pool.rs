@@ -9,6 +9,10 @@
 //! thread or hop sits between a request and its run. Jobs whose caller has gone or whose deadline
 //! has passed are skipped rather than run.
 
+mod inline;
+
+pub use inline::{DEFAULT_INLINE_MAX_RUN_US, InlineGate, MAX_INLINE_MAX_RUN_US};
+
 use crate::batch::{BatchPolicy, BatchState, Batchable, Dropped, Step};
 use crate::metrics::ModelMetrics;
 use crate::rows;
@@ -19,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{
     Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError, sync_channel,
 };
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tracing::{Span, debug, debug_span, field, warn};
@@ -185,6 +189,9 @@ pub struct PoolSettings {
     pub capacity: usize,
     pub batching: BatchPolicy,
     pub metrics: ModelMetrics,
+    /// Longest recent run time at which a call runs on its caller's thread (see `inline`);
+    /// zero keeps every run on the instance threads. Only without batching.
+    pub inline_max_run: Duration,
 }
 
 /// The queue and threads of one model version. Dropping it closes the queue; the threads then
@@ -199,7 +206,13 @@ pub struct InstancePool {
     instances: u32,
     batching: BatchPolicy,
     metrics: ModelMetrics,
+    shared: Arc<Shared>,
 }
+
+/// One session, used by its instance thread and by inline runs (see `inline`), one at a time.
+/// Emptied by its thread when the pool stops, so that the session is dropped there and not on
+/// whichever thread lets the pool go last.
+type Slot = Mutex<Option<Box<dyn Runner>>>;
 
 /// What the instance threads of one pool share.
 struct Shared {
@@ -207,6 +220,18 @@ struct Shared {
     queue: Mutex<Queue>,
     depth: Arc<AtomicUsize>,
     metrics: ModelMetrics,
+    slots: Vec<Slot>,
+    inline: InlineGate,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("label", &self.label)
+            .field("instances", &self.slots.len())
+            .field("inline", &self.inline)
+            .finish_non_exhaustive()
+    }
 }
 
 struct Queue {
@@ -235,6 +260,7 @@ impl InstancePool {
             capacity,
             batching: BatchPolicy::off(),
             metrics: ModelMetrics::detached(),
+            inline_max_run: Duration::ZERO,
         };
         Self::start_with(label, thread_name, runners, settings)
     }
@@ -259,13 +285,20 @@ impl InstancePool {
             }),
             depth: Arc::clone(&depth),
             metrics: settings.metrics.clone(),
+            slots: runners.into_iter().map(|r| Mutex::new(Some(r))).collect(),
+            // Inline runs skip the batcher, so they are for models that do not batch.
+            inline: InlineGate::new(if settings.batching.enabled() {
+                Duration::ZERO
+            } else {
+                settings.inline_max_run
+            }),
         });
-        let instances = runners.len() as u32;
-        for (index, runner) in runners.into_iter().enumerate() {
+        let instances = shared.slots.len() as u32;
+        for index in 0..shared.slots.len() {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name(format!("{thread_name}-{index}"))
-                .spawn(move || instance_loop(&shared, index, runner))?;
+                .spawn(move || instance_loop(&shared, index))?;
         }
         Ok(InstancePool {
             label,
@@ -275,7 +308,37 @@ impl InstancePool {
             instances,
             batching: settings.batching,
             metrics: settings.metrics,
+            shared,
         })
+    }
+
+    /// Runs the model on the calling thread, if its recent runs are short (see `inline`),
+    /// nothing waits in its queue and one of its sessions is idle; `None` otherwise, and the
+    /// caller submits a [`Job`]. `inputs` must already be validated.
+    pub fn try_run_inline(&self, inputs: &[Tensor], outputs: &[String]) -> Option<JobResult> {
+        if !self.shared.inline.allows() || self.depth.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let (index, mut slot) =
+            self.shared
+                .slots
+                .iter()
+                .enumerate()
+                .find_map(|(index, slot)| match slot.try_lock() {
+                    Ok(guard) => Some((index, guard)),
+                    Err(TryLockError::Poisoned(poisoned)) => Some((index, poisoned.into_inner())),
+                    Err(TryLockError::WouldBlock) => None,
+                })?;
+        let runner = slot.as_mut()?;
+        Some(
+            self.shared
+                .run_inline(index, runner.as_mut(), inputs, outputs),
+        )
+    }
+
+    /// The recent single-job run time that decides inline runs, if one has been measured.
+    pub fn recent_run(&self) -> Option<Duration> {
+        self.shared.inline.recent_run()
     }
 
     /// Queues `job`, or refuses it at once when `capacity` jobs already wait.
@@ -319,15 +382,69 @@ impl InstancePool {
     }
 }
 
-fn instance_loop(shared: &Shared, index: usize, mut runner: Box<dyn Runner>) {
+fn instance_loop(shared: &Shared, index: usize) {
     let mut feedback = Feedback::default();
     while let Some(jobs) = shared.next_batch(std::mem::take(&mut feedback)) {
+        let mut slot = shared.slot(index);
+        let Some(runner) = slot.as_mut() else {
+            break;
+        };
         feedback = shared.run(index, runner.as_mut(), jobs);
     }
+    // The session is dropped here, on its own thread, however long that takes.
+    drop(shared.slot(index).take());
     debug!(model = %shared.label, instance = index, "instance thread stopped");
 }
 
 impl Shared {
+    fn slot(&self, index: usize) -> MutexGuard<'_, Option<Box<dyn Runner>>> {
+        self.slots[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One run on the caller's thread, counted as a run with no queue wait.
+    fn run_inline(
+        &self,
+        index: usize,
+        runner: &mut dyn Runner,
+        inputs: &[Tensor],
+        outputs: &[String],
+    ) -> JobResult {
+        self.metrics.queue.observe(0.0);
+        let traced = debug_span!(target: trace::TARGET, "model.run", model = %self.label, instance = index, batch = 1, inline = true);
+        let (result, elapsed) = self.run_once(index, runner, inputs, outputs, &Span::current());
+        drop(traced);
+        self.metrics
+            .observe_run(elapsed, batch_rows(inputs).unwrap_or(1));
+        result
+    }
+
+    /// One run of the model, a panic turned into an internal error (logged in `span`); returns
+    /// the answer and the run's duration, which also feeds the inline gate.
+    fn run_once(
+        &self,
+        index: usize,
+        runner: &mut dyn Runner,
+        inputs: &[Tensor],
+        outputs: &[String],
+        span: &Span,
+    ) -> (JobResult, Duration) {
+        let started = Instant::now();
+        let result =
+            catch_unwind(AssertUnwindSafe(|| runner.run(inputs, outputs))).unwrap_or_else(|_| {
+                let _entered = span.enter();
+                warn!(model = %self.label, instance = index, "model run panicked");
+                Err(WorkerError::Internal(format!(
+                    "{}: the model run panicked",
+                    self.label
+                )))
+            });
+        let elapsed = started.elapsed();
+        self.inline.observe(elapsed);
+        (result, elapsed)
+    }
+
     /// Waits for the batcher to dispatch, moving jobs from the channel into it meanwhile.
     /// `None` once the queue is closed and empty.
     fn next_batch(&self, feedback: Feedback) -> Option<Vec<Job>> {
@@ -475,17 +592,7 @@ impl Shared {
     /// Runs one job on its own and answers it; returns the run's duration.
     fn run_alone(&self, index: usize, runner: &mut dyn Runner, job: Job) -> Duration {
         let traced = self.run_span(&job, index, 1);
-        let started = Instant::now();
-        let result = catch_unwind(AssertUnwindSafe(|| runner.run(&job.inputs, &job.outputs)))
-            .unwrap_or_else(|_| {
-                let _entered = job.span.enter();
-                warn!(model = %self.label, instance = index, "model run panicked");
-                Err(WorkerError::Internal(format!(
-                    "{}: the model run panicked",
-                    self.label
-                )))
-            });
-        let elapsed = started.elapsed();
+        let (result, elapsed) = self.run_once(index, runner, &job.inputs, &job.outputs, &job.span);
         drop(traced);
         self.metrics.observe_run(elapsed, job.rows.unwrap_or(1));
         let _ = job.reply.send(result);

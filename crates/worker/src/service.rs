@@ -5,6 +5,7 @@ use crate::metrics::{Metrics, Outcome};
 use crate::pool::Job;
 use crate::registration::DrainPublisher;
 use crate::registry::{LoadedModel, Registry};
+use chorus_common::rpc::MAX_CALLS_PER_FRAME;
 use chorus_common::trace;
 use chorus_common::validate::{validate_inputs, validate_requested_outputs};
 use chorus_common::{
@@ -287,6 +288,24 @@ impl Shared {
         result
     }
 
+    /// Runs the calls of one `infer_many` frame, each as [`Shared::infer`] does, concurrently on
+    /// this task: short models run inline one after the other as the calls are first polled,
+    /// the others wait on their instance threads together.
+    pub async fn infer_many(
+        &self,
+        deadline: Instant,
+        calls: Vec<InferCall>,
+    ) -> Vec<Result<InferReply, WorkerError>> {
+        if calls.len() > MAX_CALLS_PER_FRAME {
+            let refusal = WorkerError::InvalidInput(format!(
+                "one frame carried {} calls; at most {MAX_CALLS_PER_FRAME} are accepted",
+                calls.len()
+            ));
+            return vec![Err(refusal); calls.len()];
+        }
+        futures::future::join_all(calls.into_iter().map(|call| self.infer(deadline, call))).await
+    }
+
     async fn run_call(
         &self,
         deadline: Instant,
@@ -312,6 +331,15 @@ impl Shared {
             // In declared order, so that requests naming inputs in different orders can batch.
             call.inputs
                 .sort_by_key(|t| info.inputs.iter().position(|spec| spec.name == t.name));
+        }
+        // A short model with nothing queued runs here, on this task's thread: the hand-off to an
+        // instance thread would cost more than the run.
+        if let Some(result) = model.pool.try_run_inline(&call.inputs, &call.outputs) {
+            return Ok(InferReply {
+                model: info.name.clone(),
+                version: info.version.clone(),
+                outputs: result?,
+            });
         }
         let (reply, answer) = oneshot::channel();
         model
@@ -368,6 +396,14 @@ impl WorkerService for WorkerServer {
 
     async fn infer(self, ctx: Context, call: InferCall) -> Result<InferReply, WorkerError> {
         self.0.infer(ctx.deadline, call).await
+    }
+
+    async fn infer_many(
+        self,
+        ctx: Context,
+        calls: Vec<InferCall>,
+    ) -> Vec<Result<InferReply, WorkerError>> {
+        self.0.infer_many(ctx.deadline, calls).await
     }
 
     async fn ping(self, _: Context) -> Pong {

@@ -3,6 +3,7 @@
 
 use super::args::BenchArgs;
 use super::procfs::Watched;
+use crate::child::GlobalFlags;
 use crate::cluster_config::ClusterConfig;
 use crate::placement;
 use crate::up::{self, Launch, Process};
@@ -24,7 +25,7 @@ pub struct SpawnedCluster {
 
 impl SpawnedCluster {
     /// Starts the cluster described by `--config`, with `--workers` and the extra flags.
-    pub async fn start(args: &BenchArgs, log_json: bool) -> anyhow::Result<SpawnedCluster> {
+    pub async fn start(args: &BenchArgs, global: GlobalFlags) -> anyhow::Result<SpawnedCluster> {
         let mut cluster = ClusterConfig::load(&args.config)?;
         cluster.http_addr = SocketAddr::from(([127, 0, 0, 1], 0));
         cluster.grpc_addr = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -39,7 +40,7 @@ impl SpawnedCluster {
             cluster: &cluster,
             plan: &plan,
             etcd: &[],
-            log_json,
+            global,
             ready_timeout: READY_TIMEOUT,
             worker_args: &args.worker_args,
             coordinator_args: &args.coordinator_args,

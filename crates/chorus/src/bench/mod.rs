@@ -20,6 +20,7 @@ mod stats;
 
 pub use args::BenchArgs;
 
+use crate::child::GlobalFlags;
 use crate::cluster_config::ClusterConfig;
 use anyhow::{Context, bail};
 use args::{Encoding, Protocol};
@@ -38,7 +39,7 @@ use std::time::{Duration, Instant};
 
 /// Runs the benchmark on its own small runtime (the load generator must leave the cores to the
 /// cluster it measures).
-pub fn main(args: BenchArgs, log_json: bool) -> anyhow::Result<()> {
+pub fn main(args: BenchArgs, global: GlobalFlags) -> anyhow::Result<()> {
     let runs = plan::expand(&args).map_err(anyhow::Error::msg)?;
     // One thread: a current-thread runtime, so that no wake-up ever crosses threads.
     let mut builder = if args.client_threads == 1 {
@@ -53,10 +54,10 @@ pub fn main(args: BenchArgs, log_json: bool) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(args, runs, log_json))
+    runtime.block_on(run(args, runs, global))
 }
 
-async fn run(args: BenchArgs, runs: Vec<RunSpec>, log_json: bool) -> anyhow::Result<()> {
+async fn run(args: BenchArgs, runs: Vec<RunSpec>, global: GlobalFlags) -> anyhow::Result<()> {
     let fixture = Fixture::load(&args.fixture, &args.model)?;
     if fixture.labels.is_none() && args.verify_every > 0 {
         eprintln!(
@@ -81,7 +82,7 @@ async fn run(args: BenchArgs, runs: Vec<RunSpec>, log_json: bool) -> anyhow::Res
     };
     let wants_chorus = runs.iter().any(|r| r.target != Target::Floor);
     let cluster = if wants_chorus && args.spawn {
-        Some(SpawnedCluster::start(&args, log_json).await?)
+        Some(SpawnedCluster::start(&args, global).await?)
     } else {
         None
     };

@@ -360,3 +360,120 @@ async fn requests_are_checked_before_any_member_is_called() {
         assert_eq!(worker.started.load(Ordering::SeqCst), 0);
     }
 }
+
+/// `trio` with a and b on one worker (`w-ab`) and c on another.
+fn a_and_b_together(a: Behaviour, b: Behaviour, c: Behaviour) -> Vec<FakeWorker> {
+    vec![
+        FakeWorker::new("w-ab", &[("a", a), ("b", b)]),
+        FakeWorker::new("w-c", &[("c", c)]),
+    ]
+}
+
+#[tokio::test(start_paused = true)]
+async fn members_on_one_worker_travel_in_one_frame() {
+    let workers = a_and_b_together(
+        Behaviour::answer(&A),
+        Behaviour::answer(&B),
+        Behaviour::answer(&C),
+    );
+    let h = Harness::start(&trio_spec(), &workers).await;
+    // The first request times the members; until then each goes alone.
+    h.infer("trio").await.unwrap();
+    assert_eq!(workers[0].frames.load(Ordering::SeqCst), 0);
+    for _ in 0..3 {
+        let answer = h.infer("trio").await.unwrap();
+        assert_eq!(report(&answer).used, vec!["a", "b", "c"]);
+        let mean: Vec<f32> = (0..3).map(|i| (A[i] + B[i] + C[i]) / 3.0).collect();
+        for (got, want) in probabilities(&answer).iter().zip(&mean) {
+            assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+        }
+    }
+    // One frame per request to the worker with two members; the lone member's calls go alone.
+    assert_eq!(workers[0].frames.load(Ordering::SeqCst), 3);
+    assert_eq!(workers[0].started.load(Ordering::SeqCst), 8);
+    assert_eq!(workers[1].frames.load(Ordering::SeqCst), 0);
+    assert_eq!(workers[1].started.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_straggling_member_never_holds_back_its_neighbour_on_the_same_worker() {
+    let workers = a_and_b_together(
+        Behaviour::answer(&A),
+        Behaviour::slow(Duration::from_secs(5), &B),
+        Behaviour::answer(&C),
+    );
+    let h = Harness::start(&trio_spec(), &workers).await;
+    for _ in 0..5 {
+        let answer = h.infer("trio").await.unwrap();
+        let r = report(&answer);
+        assert_eq!(
+            r.used,
+            vec!["a", "c"],
+            "a answered beside its late neighbour"
+        );
+        assert_eq!(r.late, vec!["b"]);
+    }
+    assert_eq!(workers[0].frames.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_failed_call_in_a_frame_is_retried_alone_and_its_neighbour_is_used() {
+    let overloaded = Behaviour::fail(WorkerError::Overloaded("queue full".into()));
+    let workers = vec![
+        FakeWorker::new("w-ab", &[("a", Behaviour::answer(&A)), ("b", overloaded)]),
+        FakeWorker::new("w-b", &[("b", Behaviour::answer(&B))]),
+        FakeWorker::new("w-c", &[("c", Behaviour::answer(&C))]),
+    ];
+    let h = Harness::start(&trio_spec(), &workers).await;
+    // Replica choice is random: ask until b's first attempt went to w-ab with a.
+    for _ in 0..64 {
+        let answer = h.infer("trio").await.unwrap();
+        let r = report(&answer);
+        assert_eq!(r.used, vec!["a", "b", "c"]);
+        assert!(r.failed.is_empty(), "{r:?}");
+        if workers[0].frames.load(Ordering::SeqCst) > 0 {
+            assert_eq!(
+                r.retried,
+                vec!["b"],
+                "b retried on w-b after w-ab refused it"
+            );
+            return;
+        }
+    }
+    panic!("b's first attempt never shared w-ab's frame with a");
+}
+
+#[tokio::test(start_paused = true)]
+async fn members_stuck_in_a_frozen_workers_frame_are_hedged_each() {
+    let workers = vec![
+        FakeWorker::new(
+            "w-ab",
+            &[("a", Behaviour::answer(&A)), ("b", Behaviour::answer(&B))],
+        ),
+        FakeWorker::new(
+            "w-ab2",
+            &[("a", Behaviour::answer(&A)), ("b", Behaviour::answer(&B))],
+        ),
+        FakeWorker::new("w-c", &[("c", Behaviour::answer(&C))]),
+    ];
+    let h = Harness::start(&trio(1000), &workers).await;
+    // Latency samples first, so that hedging has a delay to go by.
+    for _ in 0..4 {
+        h.infer("trio").await.unwrap();
+    }
+    workers[0].freeze(true);
+    for _ in 0..8 {
+        let started = Instant::now();
+        let answer = h.infer("trio").await.unwrap();
+        assert_eq!(report(&answer).used, vec!["a", "b", "c"]);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "answered by hedges, not at the deadline: {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        workers[0].frames.load(Ordering::SeqCst) + workers[1].frames.load(Ordering::SeqCst) >= 4,
+        "a and b shared frames"
+    );
+}

@@ -217,45 +217,82 @@ impl WorkerHandle {
 
     /// Runs one inference call on this worker under `deadline`.
     pub async fn infer(&self, call: InferCall, deadline: Instant) -> Result<InferReply, CallError> {
-        let worker = || self.worker_id.clone();
-        let (client, severed) = self.live_link().ok_or_else(|| CallError::Transport {
-            worker: worker(),
-            message: "not connected".into(),
-        })?;
+        let (client, severed) = self.link_or_error()?;
         let started = Instant::now();
         let _outstanding = self.load.call_started(started);
         let answer = tokio::select! {
             answer = client.infer(rpc_context(deadline), call) => answer,
-            _ = severed.cancelled() => {
-                return Err(CallError::Transport {
-                    worker: worker(),
-                    message: "left rotation while the call waited".into(),
-                });
-            }
+            _ = severed.cancelled() => return Err(self.left_rotation()),
         };
-        if answer.is_ok() {
-            // A reply or an error: either way the worker answered.
-            self.load.call_answered(Instant::now());
-            self.health.succeeded();
+        let result = self
+            .delivered(answer)
+            .and_then(|answer| self.judged(answer));
+        if result.is_ok() {
+            self.load.call_succeeded(started.elapsed());
         }
-        match answer {
-            Ok(Ok(reply)) => {
-                self.load.call_succeeded(started.elapsed());
-                Ok(reply)
+        result
+    }
+
+    /// Runs several calls of one request in one frame (`infer_many`), one answer per call in
+    /// their order. The frame counts as one call in the worker's load and latency.
+    pub async fn infer_many(
+        &self,
+        calls: Vec<InferCall>,
+        deadline: Instant,
+    ) -> Vec<Result<InferReply, CallError>> {
+        let count = calls.len();
+        let (client, severed) = match self.link_or_error() {
+            Ok(link) => link,
+            Err(error) => return vec![Err(error); count],
+        };
+        let started = Instant::now();
+        let _outstanding = self.load.call_started(started);
+        let answer = tokio::select! {
+            answer = client.infer_many(rpc_context(deadline), calls) => answer,
+            _ = severed.cancelled() => return vec![Err(self.left_rotation()); count],
+        };
+        match self.delivered(answer) {
+            Ok(answers) if answers.len() == count => {
+                if answers.iter().any(Result::is_ok) {
+                    self.load.call_succeeded(started.elapsed());
+                }
+                answers.into_iter().map(|a| self.judged(a)).collect()
             }
-            Ok(Err(error)) => {
-                if matches!(error, WorkerError::Draining) {
-                    self.health.set_draining(true);
-                }
-                // It was routed here because its description lists the model: the worker has
-                // reloaded without it since.
-                if matches!(error, WorkerError::ModelNotFound { .. }) {
-                    self.describe_soon();
-                }
-                Err(CallError::Worker {
-                    worker: worker(),
-                    error,
-                })
+            Ok(answers) => {
+                let error = CallError::Transport {
+                    worker: self.worker_id.clone(),
+                    message: format!("answered {} of {count} calls in one frame", answers.len()),
+                };
+                vec![Err(error); count]
+            }
+            Err(error) => vec![Err(error); count],
+        }
+    }
+
+    fn link_or_error(&self) -> Result<(WorkerServiceClient, CancellationToken), CallError> {
+        self.live_link().ok_or_else(|| CallError::Transport {
+            worker: self.worker_id.clone(),
+            message: "not connected".into(),
+        })
+    }
+
+    fn left_rotation(&self) -> CallError {
+        CallError::Transport {
+            worker: self.worker_id.clone(),
+            message: "left rotation while the call waited".into(),
+        }
+    }
+
+    /// What the transport made of a call: the worker's answer (a sign of life), or the
+    /// transport's failure, judged against the worker's health.
+    fn delivered<T>(&self, answer: Result<T, RpcError>) -> Result<T, CallError> {
+        let worker = || self.worker_id.clone();
+        match answer {
+            Ok(answer) => {
+                // A reply or an error: either way the worker answered.
+                self.load.call_answered(Instant::now());
+                self.health.succeeded();
+                Ok(answer)
             }
             // A missed deadline is not held against the worker: the client may have asked for
             // a millisecond. It leaves the silence clock running, and a frozen worker is caught
@@ -278,5 +315,23 @@ impl WorkerHandle {
                 })
             }
         }
+    }
+
+    /// One call's answer from the worker, with what a refusal says about the worker.
+    fn judged(&self, answer: Result<InferReply, WorkerError>) -> Result<InferReply, CallError> {
+        answer.map_err(|error| {
+            if matches!(error, WorkerError::Draining) {
+                self.health.set_draining(true);
+            }
+            // It was routed here because its description lists the model: the worker has
+            // reloaded without it since.
+            if matches!(error, WorkerError::ModelNotFound { .. }) {
+                self.describe_soon();
+            }
+            CallError::Worker {
+                worker: self.worker_id.clone(),
+                error,
+            }
+        })
     }
 }

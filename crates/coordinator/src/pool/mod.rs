@@ -29,7 +29,7 @@ use crate::membership::MembershipChange;
 use crate::metrics::Metrics;
 use chorus_common::{ModelInfo, WorkerState};
 use health::{Health, HealthPolicy};
-use rand::seq::IndexedRandom;
+use rand::Rng;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -248,18 +248,30 @@ impl Pool {
         version: Option<&str>,
         tried: &[String],
     ) -> Option<Arc<WorkerHandle>> {
-        let candidates: Vec<_> = self
-            .workers()
-            .into_iter()
-            .filter(|w| {
-                w.is_routable() && w.serves(model, version) && !tried.contains(&w.worker_id)
-            })
-            .collect();
+        // Read in place, under the read lock: this runs for every member call, and a sorted
+        // copy of the pool (as `workers()` makes) would cost more than the choice.
+        let workers = self.workers.read().expect("pool lock");
+        let mut candidates: Vec<&Arc<WorkerHandle>> = Vec::with_capacity(workers.len());
+        candidates.extend(workers.values().map(|(w, _)| w).filter(|w| {
+            w.is_routable() && w.serves(model, version) && !tried.contains(&w.worker_id)
+        }));
+        let (first, second) = match candidates.len() {
+            0 => return None,
+            1 => return Some(Arc::clone(candidates[0])),
+            n => {
+                let mut rng = rand::rng();
+                let first = rng.random_range(0..n);
+                let second = (first + rng.random_range(1..n)) % n;
+                (candidates[first], candidates[second])
+            }
+        };
         let now = Instant::now();
-        candidates
-            .choose_multiple(&mut rand::rng(), 2)
-            .min_by_key(|w| w.load.choice_key(now))
-            .cloned()
+        let chosen = if second.load.choice_key(now) < first.load.choice_key(now) {
+            second
+        } else {
+            first
+        };
+        Some(Arc::clone(chosen))
     }
 }
 

@@ -8,11 +8,18 @@ use std::time::{Duration, Instant};
 /// How long one window collects samples before it becomes the previous window.
 const WINDOW: Duration = Duration::from_secs(10);
 
+/// New samples after which the current window's p95 is computed again: reading a quantile
+/// walks the histogram's buckets, too slow to do for every member call.
+const P95_REFRESH_SAMPLES: u64 = 32;
+
 /// One model's current window and the p95 the last full window ended with.
 struct ModelLatency {
     current: Histogram<u64>,
     started: Instant,
     previous_p95: Option<u64>,
+    /// The current window's p95 as of `cached_len` samples.
+    cached_p95: Option<u64>,
+    cached_len: u64,
 }
 
 impl ModelLatency {
@@ -22,6 +29,23 @@ impl ModelLatency {
             current: Histogram::new_with_bounds(1, 60_000_000, 2).expect("valid histogram bounds"),
             started: now,
             previous_p95: None,
+            cached_p95: None,
+            cached_len: 0,
+        }
+    }
+
+    /// The current window's p95, recomputed once [`P95_REFRESH_SAMPLES`] samples arrived
+    /// since the last computation.
+    fn current_p95(&mut self) -> u64 {
+        let len = self.current.len();
+        match self.cached_p95 {
+            Some(p95) if len < self.cached_len + P95_REFRESH_SAMPLES => p95,
+            _ => {
+                let p95 = self.current.value_at_quantile(0.95);
+                self.cached_p95 = Some(p95);
+                self.cached_len = len;
+                p95
+            }
         }
     }
 
@@ -31,6 +55,7 @@ impl ModelLatency {
                 self.previous_p95 = Some(self.current.value_at_quantile(0.95));
             }
             self.current.reset();
+            self.cached_p95 = None;
             self.started = now;
         }
     }
@@ -58,9 +83,11 @@ impl LatencyTracker {
     fn record_at(&self, model: &str, latency: Duration, now: Instant) {
         let micros = latency.as_micros().clamp(1, 60_000_000) as u64;
         let mut models = self.models.lock().expect("latency lock");
-        let entry = models
-            .entry(model.to_string())
-            .or_insert_with(|| ModelLatency::new(now));
+        // Looked up before inserting, so that the name is copied once per model, not per call.
+        if !models.contains_key(model) {
+            models.insert(model.to_string(), ModelLatency::new(now));
+        }
+        let entry = models.get_mut(model).expect("inserted above");
         entry.roll(now, self.min_samples);
         // Values are clamped into the histogram's range, so recording cannot fail.
         let _ = entry.current.record(micros);
@@ -77,7 +104,7 @@ impl LatencyTracker {
         let entry = models.get_mut(model)?;
         entry.roll(now, self.min_samples);
         let micros = if entry.current.len() >= self.min_samples {
-            Some(entry.current.value_at_quantile(0.95))
+            Some(entry.current_p95())
         } else {
             entry.previous_p95
         };
@@ -133,5 +160,21 @@ mod tests {
             p95 >= Duration::from_micros(3900) && p95 <= Duration::from_micros(4100),
             "{p95:?}"
         );
+    }
+
+    #[test]
+    fn the_p95_follows_new_samples_within_the_refresh_count() {
+        let t = LatencyTracker::new(1);
+        let now = Instant::now();
+        for _ in 0..100 {
+            t.record_at("m", Duration::from_millis(1), now);
+        }
+        assert!(t.p95_at("m", now).unwrap() < Duration::from_millis(2));
+        // The model slows down: after one refresh's worth of samples and more, the p95 says so.
+        for _ in 0..(P95_REFRESH_SAMPLES * 4) {
+            t.record_at("m", Duration::from_millis(20), now);
+        }
+        let p95 = t.p95_at("m", now).unwrap();
+        assert!(p95 >= Duration::from_millis(19), "{p95:?}");
     }
 }

@@ -3,6 +3,7 @@
 //! extra calls each under their own budget — and cancel whichever attempt loses.
 
 mod budget;
+mod frames;
 mod latency;
 
 pub use budget::Budget;
@@ -13,10 +14,26 @@ use crate::pool::{CallError, Pool, WorkerHandle};
 use crate::stats::{self, InferenceStats};
 use chorus_common::rpc::{InferCall, InferReply};
 use chorus_common::trace;
+use futures::future::{Either, join_all, select};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, debug_span, field};
+
+/// Where a member call's first attempt goes, as planned before it starts.
+enum First {
+    /// To the replica that replica choice picks when the call starts.
+    Pick,
+    /// To this replica, already picked, alone.
+    Picked(Arc<WorkerHandle>),
+    /// To this replica, in one frame with the request's other members there; the frame's
+    /// answer for this call arrives on the receiver.
+    Shared(
+        Arc<WorkerHandle>,
+        oneshot::Receiver<Result<InferReply, CallError>>,
+    ),
+}
 
 /// Which attempt of a member call a worker call is (the attempt span's `attempt` field).
 #[derive(Debug, Clone, Copy)]
@@ -127,12 +144,113 @@ impl Router {
     /// before it ends (the caller's deadline passed), it counts as late. Answered or failed, it
     /// counts in the model's statistics.
     pub async fn call(&self, call: InferCall, deadline: Instant) -> Routed {
+        self.call_planned(call, deadline, First::Pick).await
+    }
+
+    /// Calls every one of one request's `calls` under `deadline`, as [`Router::call`] does
+    /// each, except that calls whose first attempts go to the same worker travel in one frame
+    /// each way (`infer_many`): replica choice picks every call's replica first, then each
+    /// worker picked by two calls or more gets one frame, for the calls whose models answer in
+    /// about the same time (see `frames.rs`). Hedges and retries stay per call.
+    /// `None` for a call that had no answer by `deadline`.
+    pub async fn call_all(&self, calls: Vec<InferCall>, deadline: Instant) -> Vec<Option<Routed>> {
+        let mut firsts: Vec<First> = calls.iter().map(|_| First::Pick).collect();
+        let mut sends = Vec::new();
+        for (worker, members) in self.replicas_picked(&calls) {
+            let p95s: Vec<Option<Duration>> = members
+                .iter()
+                .map(|&i| self.latency.p95(&calls[i].model))
+                .collect();
+            let (members, alone) = frames::split(members, &p95s);
+            for index in alone {
+                firsts[index] = First::Picked(Arc::clone(&worker));
+            }
+            match members[..] {
+                [] => continue,
+                [only] => {
+                    firsts[only] = First::Picked(worker);
+                    continue;
+                }
+                _ => {}
+            }
+            let mut answers = Vec::with_capacity(members.len());
+            let mut framed = Vec::with_capacity(members.len());
+            for index in members {
+                let (answer, receiver) = oneshot::channel();
+                firsts[index] = First::Shared(Arc::clone(&worker), receiver);
+                answers.push(answer);
+                framed.push(calls[index].clone());
+            }
+            sends.push(self.frame(worker, framed, answers, deadline));
+        }
+        // Boxed: a member call's future is kilobytes, and `join_all` moves each one into its
+        // list and its output out of it by copying the whole slot.
+        let members = join_all(calls.into_iter().zip(firsts).map(|(call, first)| {
+            Box::pin(tokio::time::timeout_at(
+                deadline,
+                self.call_planned(call, deadline, first),
+            ))
+        }));
+        let members = async { members.await.into_iter().map(Result::ok).collect() };
+        if sends.is_empty() {
+            return members.await;
+        }
+        // The frames run beside the members. Once every member has its outcome (a hedge may win
+        // before a frame answers), what is left of the frames is dropped, which cancels their
+        // RPCs.
+        let (members, sends) = (std::pin::pin!(members), std::pin::pin!(join_all(sends)));
+        match select(members, sends).await {
+            Either::Left((outcomes, _)) => outcomes,
+            Either::Right((_, members)) => members.await,
+        }
+    }
+
+    /// The replicas that replica choice picks for the calls, each with its calls' indices; a
+    /// call with no replica is in none (its route says so).
+    fn replicas_picked(&self, calls: &[InferCall]) -> Vec<(Arc<WorkerHandle>, Vec<usize>)> {
+        let mut picked: Vec<(Arc<WorkerHandle>, Vec<usize>)> = Vec::new();
+        for (index, call) in calls.iter().enumerate() {
+            let Some(worker) = self.pick(call, &[]) else {
+                continue;
+            };
+            match picked
+                .iter_mut()
+                .find(|(w, _)| w.worker_id == worker.worker_id)
+            {
+                Some((_, members)) => members.push(index),
+                None => picked.push((worker, vec![index])),
+            }
+        }
+        picked
+    }
+
+    /// One `infer_many` frame to `worker`, each answer sent to its call's receiver.
+    async fn frame(
+        &self,
+        worker: Arc<WorkerHandle>,
+        mut calls: Vec<InferCall>,
+        answers: Vec<oneshot::Sender<Result<InferReply, CallError>>>,
+        deadline: Instant,
+    ) {
+        let span = debug_span!(target: trace::TARGET, "member.attempt", attempt = Attempt::First.as_str(), members = calls.len(), worker = %worker.worker_id, otel.kind = "client");
+        let context = span.in_scope(trace::current);
+        for call in &mut calls {
+            call.trace_context.clone_from(&context);
+        }
+        let results = worker.infer_many(calls, deadline).instrument(span).await;
+        for (answer, result) in answers.into_iter().zip(results) {
+            // A member whose hedge already won has stopped listening.
+            let _ = answer.send(result);
+        }
+    }
+
+    async fn call_planned(&self, call: InferCall, deadline: Instant, first: First) -> Routed {
         let timer = self.metrics.call_started(&call.model);
         let started = Instant::now();
         // One span per member call, with one child per attempt (first, retry, hedge): exported
         // with `--otlp-endpoint`, disabled (a callsite check) otherwise.
         let span = debug_span!(target: trace::TARGET, "member", member = %call.model, request_id = %call.request_id);
-        let routed = self.route(&call, deadline).instrument(span).await;
+        let routed = self.route(&call, deadline, first).instrument(span).await;
         timer.finish(match &routed.result {
             Ok(_) => CallOutcome::Ok,
             Err(error) if error.is_late() => CallOutcome::Late,
@@ -160,21 +278,26 @@ impl Router {
         routed
     }
 
-    async fn route(&self, call: &InferCall, deadline: Instant) -> Routed {
+    async fn route(&self, call: &InferCall, deadline: Instant, first: First) -> Routed {
         let mut tried: Vec<String> = Vec::new();
         let mut routed = Routed {
             result: Err(no_replica(call)),
             retried: false,
             hedged: false,
         };
-        let Some(first) = self.pick(call, &tried) else {
-            return routed;
+        let (first, shared) = match first {
+            First::Shared(worker, answer) => (worker, Some(answer)),
+            First::Picked(worker) => (worker, None),
+            First::Pick => match self.pick(call, &tried) {
+                Some(worker) => (worker, None),
+                None => return routed,
+            },
         };
         self.retries.deposit();
         self.hedges.deposit();
         tried.push(first.worker_id.clone());
         let (result, hedged) = self
-            .attempt(call, deadline, first, &mut tried, Attempt::First)
+            .attempt(call, deadline, first, &mut tried, Attempt::First, shared)
             .await;
         routed.hedged = hedged;
         routed.result = result;
@@ -199,7 +322,7 @@ impl Router {
         routed.retried = true;
         // The retry may land on a replica that is frozen too: it is hedged like a first try.
         let (result, hedged) = self
-            .attempt(call, deadline, second, &mut tried, Attempt::Retry)
+            .attempt(call, deadline, second, &mut tried, Attempt::Retry, None)
             .await;
         routed.hedged |= hedged;
         routed.result = result;
@@ -224,11 +347,41 @@ impl Router {
         sent.trace_context = span.in_scope(trace::current);
         let started = Instant::now();
         let result = worker.infer(sent, deadline).instrument(span.clone()).await;
-        let elapsed = started.elapsed();
         if let Err(error) = &result {
             span.record("error", field::display(error));
         }
-        match &result {
+        self.observe_attempt(call, worker, started.elapsed(), &result);
+        result
+    }
+
+    /// A call's first attempt when it travels in a frame with other calls (see
+    /// [`Router::call_all`]): its answer, as the frame delivers it.
+    async fn framed(
+        &self,
+        call: &InferCall,
+        worker: &WorkerHandle,
+        answer: oneshot::Receiver<Result<InferReply, CallError>>,
+    ) -> Result<InferReply, CallError> {
+        let started = Instant::now();
+        let result = answer.await.unwrap_or_else(|_| {
+            Err(CallError::Transport {
+                worker: worker.worker_id.clone(),
+                message: "the call's frame was dropped before it answered".into(),
+            })
+        });
+        self.observe_attempt(call, worker, started.elapsed(), &result);
+        result
+    }
+
+    /// Records an attempt's latency when it succeeded, and logs how it ended.
+    fn observe_attempt(
+        &self,
+        call: &InferCall,
+        worker: &WorkerHandle,
+        elapsed: Duration,
+        result: &Result<InferReply, CallError>,
+    ) {
+        match result {
             Ok(_) => {
                 self.latency.record(&call.model, elapsed);
                 debug!(member = %call.model, worker = %worker.worker_id, request_id = %call.request_id, elapsed_us = elapsed.as_micros() as u64, "member call answered");
@@ -237,7 +390,6 @@ impl Router {
                 debug!(member = %call.model, worker = %worker.worker_id, request_id = %call.request_id, elapsed_us = elapsed.as_micros() as u64, error = %error, "member call attempt failed");
             }
         }
-        result
     }
 
     /// The hedging delay for a model: its rolling p95, floored; `None` while hedging is off or
@@ -253,8 +405,9 @@ impl Router {
 
     /// The first attempt, hedged: once it has gone unanswered for the hedging delay, a duplicate
     /// goes to another replica (see [`Router::hedge_target`]); the first success wins and the
-    /// other future is dropped, which cancels its RPC. Returns the result and whether a hedge
-    /// was sent.
+    /// other future is dropped, which cancels its RPC. `shared` is the answer of the frame the
+    /// first attempt travels in, when it shares one ([`Router::call_all`]). Returns the result
+    /// and whether a hedge was sent.
     async fn attempt(
         &self,
         call: &InferCall,
@@ -262,11 +415,20 @@ impl Router {
         first: Arc<WorkerHandle>,
         tried: &mut Vec<String>,
         kind: Attempt,
+        shared: Option<oneshot::Receiver<Result<InferReply, CallError>>>,
     ) -> (Result<InferReply, CallError>, bool) {
         let primary_started = Instant::now();
-        let primary = self.timed(call, deadline, &first, kind);
+        let primary = match shared {
+            None => Either::Left(self.timed(call, deadline, &first, kind)),
+            Some(answer) => Either::Right(self.framed(call, &first, answer)),
+        };
         tokio::pin!(primary);
-        let Some(delay) = self.hedge_delay(&call.model) else {
+        // No timer when there is nothing to hedge by, or when a hedge would only be sent after
+        // the deadline (a model whose p95 is past the time the request has left).
+        let Some(delay) = self
+            .hedge_delay(&call.model)
+            .filter(|delay| primary_started + *delay < deadline)
+        else {
             return (primary.await, false);
         };
         tokio::select! {

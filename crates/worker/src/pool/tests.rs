@@ -128,6 +128,7 @@ fn batching(max: usize) -> PoolSettings {
             preferred_batch_sizes: vec![],
         },
         metrics: ModelMetrics::detached(),
+        inline_max_run: Duration::ZERO,
     }
 }
 
@@ -408,4 +409,129 @@ fn outputs_are_selected_by_name_in_the_order_asked() {
         ["c", "a"]
     );
     assert!(select_outputs(all(), &["d".into()]).is_err());
+}
+
+/// Records the name of the thread each run happens on.
+struct WhereRun {
+    threads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Runner for WhereRun {
+    fn run(&mut self, inputs: &[Tensor], _: &[String]) -> JobResult {
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        self.threads.lock().unwrap().push(name);
+        Ok(inputs.to_vec())
+    }
+}
+
+fn inline_settings() -> PoolSettings {
+    PoolSettings {
+        inline_max_run: Duration::from_secs(1),
+        ..batching(0)
+    }
+}
+
+fn x_row() -> Vec<Tensor> {
+    vec![Tensor::from_values("x", vec![1, 2], &[1.0f32, 2.0])]
+}
+
+#[test]
+fn a_measured_short_model_runs_on_the_callers_thread() {
+    let threads = Arc::new(Mutex::new(Vec::new()));
+    let pool = start(
+        WhereRun {
+            threads: Arc::clone(&threads),
+        },
+        inline_settings(),
+    );
+    // Never measured: the first call goes to the instance thread.
+    assert!(pool.try_run_inline(&x_row(), &[]).is_none());
+    let (j, rx) = job(later());
+    pool.submit(j).unwrap();
+    rx.blocking_recv().unwrap().unwrap();
+    assert!(pool.recent_run().is_some());
+    // The instance thread answers before it lets go of its session: wait for that.
+    let waiting_since = Instant::now();
+    let answer = loop {
+        if let Some(answer) = pool.try_run_inline(&x_row(), &[]) {
+            break answer.unwrap();
+        }
+        assert!(
+            waiting_since.elapsed() < Duration::from_secs(5),
+            "measured, idle, nothing queued: the call should run inline"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(answer, x_row());
+    let here = std::thread::current().name().unwrap_or("?").to_string();
+    assert_eq!(*threads.lock().unwrap(), ["m-1-0".to_string(), here]);
+}
+
+#[test]
+fn a_busy_instance_or_a_queued_job_keeps_calls_on_the_instance_threads() {
+    let (echo, gate, runs) = Echo::gated();
+    let pool = start(echo, inline_settings());
+    let (first, first_rx) = job(later());
+    pool.submit(first).unwrap();
+    gate.wait_started();
+    // The only session is running: nothing can run inline.
+    assert!(pool.try_run_inline(&x_row(), &[]).is_none());
+    let (second, second_rx) = job(later());
+    pool.submit(second).unwrap();
+    // Queued behind the running one: a call must not overtake it.
+    assert!(pool.try_run_inline(&x_row(), &[]).is_none());
+    gate.release(1);
+    first_rx.blocking_recv().unwrap().unwrap();
+    gate.wait_started();
+    assert!(pool.try_run_inline(&x_row(), &[]).is_none());
+    gate.release(1);
+    second_rx.blocking_recv().unwrap().unwrap();
+    assert_eq!(runs.lock().unwrap().len(), 2);
+}
+
+#[test]
+fn batching_models_never_run_inline() {
+    let (echo, _) = Echo::new();
+    let pool = start(
+        echo,
+        PoolSettings {
+            inline_max_run: Duration::from_secs(1),
+            ..batching(8)
+        },
+    );
+    for _ in 0..3 {
+        let (j, rx) = job(later());
+        pool.submit(j).unwrap();
+        rx.blocking_recv().unwrap().unwrap();
+    }
+    assert!(pool.try_run_inline(&x_row(), &[]).is_none());
+}
+
+#[test]
+fn a_panicking_inline_run_is_an_internal_error_and_the_pool_keeps_serving() {
+    let pool = start(Panics, inline_settings());
+    let (j, rx) = job(later());
+    pool.submit(j).unwrap();
+    assert!(matches!(
+        rx.blocking_recv().unwrap(),
+        Err(WorkerError::Internal(_))
+    ));
+    let waiting_since = Instant::now();
+    let inline = loop {
+        if let Some(inline) = pool.try_run_inline(&x_row(), &[]) {
+            break inline;
+        }
+        assert!(
+            waiting_since.elapsed() < Duration::from_secs(5),
+            "never ran inline"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert!(matches!(inline, Err(WorkerError::Internal(_))));
+    let (j, rx) = job(later());
+    pool.submit(j).unwrap();
+    assert!(matches!(
+        rx.blocking_recv().unwrap(),
+        Err(WorkerError::Internal(_))
+    ));
 }
