@@ -50,7 +50,7 @@ for n in $MEMBERS; do
         echo "name = \"hard_$n\""
         echo "combiner = \"hard_vote\""
         echo "deadline_ms = 2000"
-        echo "min_members = 1"
+        echo "min_members = $n"
         for i in $(seq 1 "$n"); do
             printf '[[ensemble.member]]\nmodel = "m%02d"\n' "$i"
         done

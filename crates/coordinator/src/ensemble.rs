@@ -108,8 +108,12 @@ pub async fn run(
             trace_context: None,
         })
         .collect();
+    // A frame answers when its slowest call does: only an ensemble that needs every member
+    // anyway loses nothing by it. One that may answer without some (min_members below its
+    // members) keeps each call apart, so that one late member never makes another late with it.
+    let share_frames = spec.min_members >= spec.members.len();
     let outcomes = router
-        .call_all(calls, members_deadline)
+        .call_all(calls, members_deadline, share_frames)
         .await
         .into_iter()
         .map(|routed| match routed {

@@ -152,11 +152,22 @@ impl Router {
     /// each way (`infer_many`): replica choice picks every call's replica first, then each
     /// worker picked by two calls or more gets one frame, for the calls whose models answer in
     /// about the same time (see `frames.rs`). Hedges and retries stay per call.
-    /// `None` for a call that had no answer by `deadline`.
-    pub async fn call_all(&self, calls: Vec<InferCall>, deadline: Instant) -> Vec<Option<Routed>> {
+    /// Without `share_frames` every call goes alone. `None` for a call that had no answer by
+    /// `deadline`.
+    pub async fn call_all(
+        &self,
+        calls: Vec<InferCall>,
+        deadline: Instant,
+        share_frames: bool,
+    ) -> Vec<Option<Routed>> {
         let mut firsts: Vec<First> = calls.iter().map(|_| First::Pick).collect();
         let mut sends = Vec::new();
-        for (worker, members) in self.replicas_picked(&calls) {
+        let picked = if share_frames {
+            self.replicas_picked(&calls)
+        } else {
+            Vec::new()
+        };
+        for (worker, members) in picked {
             let p95s: Vec<Option<Duration>> = members
                 .iter()
                 .map(|&i| self.latency.p95(&calls[i].model))
