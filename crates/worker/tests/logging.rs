@@ -171,8 +171,26 @@ async fn log_lines_carry_the_request_id_model_and_version() {
     let answered = line("request_id=req-ok", "inference answered");
     assert!(answered.contains("model=moody version=3"), "{answered}");
     line("request_id=req-late", "inference refused");
-    // Logged by the instance thread inside the request's span: the caller has gone by then.
-    line("request_id=req-late", "skipping a job");
+    // Logged by the instance thread inside the request's span: the caller has gone by then. The
+    // thread answers `req-held` before it takes the next job, so the line may come a moment later.
+    let skipped = async {
+        while !logs
+            .text()
+            .lines()
+            .any(|l| l.contains("request_id=req-late") && l.contains("skipping a job"))
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), skipped)
+        .await
+        .is_err()
+    {
+        panic!(
+            "no line with request_id=req-late and \"skipping a job\" in\n{}",
+            logs.text()
+        );
+    }
     line(
         "request_id=req-unknown model=moody version=9",
         "inference refused",
