@@ -116,7 +116,9 @@ else
     docker_build --build-arg BASE_IMAGE="$BASE_IMAGE" --label io.chorus.inputs="$etcd_inputs" \
         -t "$ETCD_IMAGE" - <deploy/docker/etcd.Dockerfile
     drop_replaced "$old" "$ETCD_IMAGE"
-    docker run --rm "$ETCD_IMAGE" --version | head -n 1
+    # sed reads to the end: `head -n 1` would close the pipe under docker's later lines, and
+    # docker's "broken pipe" fails the script under pipefail (it did, in CI, by a race).
+    docker run --rm "$ETCD_IMAGE" --version | sed -n 1p
 fi
 
 drop_replaced "$old_base" "$BASE_IMAGE"
