@@ -14,8 +14,8 @@ use support::*;
 /// The worker the tests kill.
 const VICTIM: &str = "worker-1";
 
-/// `/chorus/workers`' entry for the worker at `rpc`, once the coordinator answers.
-fn worker_status(admin: &Http, rpc: &str) -> Option<Value> {
+/// `/chorus/workers`' entry for the worker at `addr`, once the coordinator answers.
+fn worker_status(admin: &Http, addr: &str) -> Option<Value> {
     let (status, body) = admin.get("/chorus/workers");
     if status != 200 {
         return None;
@@ -24,7 +24,7 @@ fn worker_status(admin: &Http, rpc: &str) -> Option<Value> {
     workers["workers"]
         .as_array()?
         .iter()
-        .find(|w| w["addr"] == rpc)
+        .find(|w| w["addr"] == addr)
         .cloned()
 }
 
@@ -73,6 +73,14 @@ fn a_killed_worker_is_restarted_on_its_address_and_no_request_fails() {
         },
     );
     assert_eq!(restarted.rpc, victim.rpc, "restarted on the same address");
+    assert_eq!(restarted.local, victim.local, "and the same local socket");
+    assert!(
+        victim
+            .local
+            .as_deref()
+            .is_some_and(|l| l.starts_with("unix:/")),
+        "chorus up links its workers over local sockets: {victim:?}"
+    );
     assert_eq!(restarted.metrics, victim.metrics, "same metrics address");
     assert!(!alive(victim.pid));
 
@@ -81,7 +89,7 @@ fn a_killed_worker_is_restarted_on_its_address_and_no_request_fails() {
         "the worker to be routable again",
         Duration::from_secs(20),
         || {
-            let status = worker_status(&admin, &victim.rpc)?;
+            let status = worker_status(&admin, victim.dialled())?;
             (status["routable"] == true).then(|| status["completed"].as_u64().unwrap_or(0))
         },
     );
@@ -89,7 +97,7 @@ fn a_killed_worker_is_restarted_on_its_address_and_no_request_fails() {
         "the restarted worker to answer calls",
         Duration::from_secs(20),
         || {
-            let status = worker_status(&admin, &victim.rpc)?;
+            let status = worker_status(&admin, victim.dialled())?;
             (status["completed"].as_u64()? > completed).then_some(())
         },
     );

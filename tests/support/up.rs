@@ -16,13 +16,22 @@ pub struct Up {
     stderr: Arc<Mutex<String>>,
 }
 
-/// One `worker-<n>  pid …  rpc …  metrics …  models …` line.
+/// One `worker-<n>  pid …  rpc …  [local unix:…]  metrics …  models …` line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkerLine {
     pub id: String,
     pub pid: u32,
     pub rpc: String,
+    /// `unix:/path` of its local socket, which the coordinator dials instead of `rpc`.
+    pub local: Option<String>,
     pub metrics: Option<String>,
+}
+
+impl WorkerLine {
+    /// The address the coordinator knows the worker by (`/chorus/workers`' `addr`).
+    pub fn dialled(&self) -> &str {
+        self.local.as_deref().unwrap_or(&self.rpc)
+    }
 }
 
 impl Up {
@@ -155,6 +164,7 @@ fn worker_line(line: &str) -> Option<WorkerLine> {
         id: id.to_string(),
         pid: after(line, "pid")?.parse().ok()?,
         rpc: after(line, "rpc")?.to_string(),
+        local: after(line, "local").map(str::to_string),
         metrics: after(line, "metrics").map(str::to_string),
     })
 }

@@ -57,6 +57,18 @@ pub(crate) struct WorkerAddrs {
     /// The address it is bound to.
     pub(crate) listen: SocketAddr,
     pub(crate) metrics: Option<SocketAddr>,
+    /// Its `--local-socket`, when it has one.
+    pub(crate) local_socket: Option<String>,
+}
+
+impl WorkerAddrs {
+    /// Where a coordinator on this host dials it: the local socket when there is one.
+    pub(crate) fn dial(&self) -> String {
+        match &self.local_socket {
+            Some(path) => format!("{}{path}", chorus_common::local_link::UNIX_PREFIX),
+            None => self.rpc.clone(),
+        }
+    }
 }
 
 /// Where a ready coordinator listens.
@@ -159,8 +171,14 @@ impl ChildSpec {
                     .metrics
                     .map(|m| format!("  metrics {m}"))
                     .unwrap_or_default();
+                // The address the coordinator dials, when it is not the TCP one.
+                let local = addrs
+                    .local_socket
+                    .as_ref()
+                    .map(|_| format!("  local {}", addrs.dial()))
+                    .unwrap_or_default();
                 Ok(format!(
-                    "{}  pid {pid}  rpc {}{metrics}  models {}",
+                    "{}  pid {pid}  rpc {}{local}{metrics}  models {}",
                     self.name,
                     addrs.rpc,
                     models.join(",")
@@ -228,6 +246,7 @@ pub(crate) fn worker_addrs(line: &str) -> anyhow::Result<WorkerAddrs> {
         rpc: field(line, "rpc_addr").with_context(|| format!("no rpc_addr in {line:?}"))?,
         listen: parsed(line, "listen_addr")?,
         metrics: field(line, "metrics_addr").and_then(|a| a.parse().ok()),
+        local_socket: field(line, "local_socket"),
     })
 }
 
@@ -300,6 +319,31 @@ mod tests {
         assert_eq!(
             spec.describe(7, line).unwrap(),
             "worker-0  pid 7  rpc 127.0.0.1:4000  metrics 127.0.0.1:4001  models mlp"
+        );
+    }
+
+    #[test]
+    fn a_worker_with_a_local_socket_is_dialled_there() {
+        let tcp =
+            "chorus-worker ready rpc_addr=127.0.0.1:4000 worker_id=w listen_addr=127.0.0.1:4000";
+        assert_eq!(worker_addrs(tcp).unwrap().dial(), "127.0.0.1:4000");
+        let local = format!("{tcp} local_socket=/tmp/chorus-up-x/w.sock");
+        assert_eq!(
+            worker_addrs(&local).unwrap().dial(),
+            "unix:/tmp/chorus-up-x/w.sock"
+        );
+        let spec = ChildSpec::new(
+            "w".into(),
+            Role::Worker {
+                models: vec!["mlp".into()],
+            },
+            "chorus".into(),
+            GlobalFlags::default(),
+            Vec::new(),
+        );
+        assert_eq!(
+            spec.describe(7, &local).unwrap(),
+            "w  pid 7  rpc 127.0.0.1:4000  local unix:/tmp/chorus-up-x/w.sock  models mlp"
         );
     }
 }

@@ -16,6 +16,7 @@ mod validate;
 
 use anyhow::Context;
 use chorus_coordinator::CoordinatorConfig;
+use chorus_worker::local_socket::LocalSocket;
 use chorus_worker::{LoadedWorker, WorkerConfig};
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -167,6 +168,14 @@ async fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let loaded = match &config.local_socket {
+        Some(path) => loaded.with_local_socket(
+            LocalSocket::bind(path)
+                .await
+                .with_context(|| format!("cannot listen on --local-socket {}", path.display()))?,
+        ),
+        None => loaded,
+    };
     // With --etcd, ready means registered: the line comes only after the key is in etcd.
     let mut ready = loaded.register(listener).await?;
     let mut line = format!(
@@ -174,6 +183,9 @@ async fn run_worker(config: WorkerConfig) -> anyhow::Result<()> {
         ready.rpc_addr(),
         ready.listen_addr()?
     );
+    if let Some(path) = ready.local_socket() {
+        line.push_str(&format!(" local_socket={}", path.display()));
+    }
     if let Some(metrics) = metrics {
         line.push_str(&format!(" metrics_addr={}", metrics.local_addr()?));
         ready = ready.with_metrics_listener(metrics);

@@ -61,6 +61,12 @@ pub struct UpArgs {
     #[arg(long)]
     pub no_sample: bool,
 
+    /// Link the coordinator to the workers over TCP only. By default each worker also serves a
+    /// Unix socket in a private temporary directory and the coordinator dials that (less
+    /// kernel time per call); with `--rpc-tls-*` the links are TCP anyway.
+    #[arg(long)]
+    pub no_local_sockets: bool,
+
     /// Number of worker processes (overrides `workers`).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -142,6 +148,7 @@ pub async fn run(args: UpArgs, global: GlobalFlags) -> anyhow::Result<()> {
     coordinator_args.extend(args.otlp.to_flags());
     coordinator_args.extend(gateway_args(&args));
     coordinator_args.extend(etcd_connect);
+    let sockets = local_socket_dir(args.no_local_sockets || !rpc_tls.is_empty())?;
     let launch = Launch {
         exe: &exe,
         cluster: &cluster,
@@ -149,6 +156,7 @@ pub async fn run(args: UpArgs, global: GlobalFlags) -> anyhow::Result<()> {
         etcd: &args.etcd,
         global,
         ready_timeout,
+        local_sockets: sockets.as_ref().map(|dir| dir.path()),
         worker_args: &worker_args,
         coordinator_args: &coordinator_args,
     };
@@ -174,6 +182,19 @@ pub async fn run(args: UpArgs, global: GlobalFlags) -> anyhow::Result<()> {
     };
     stop_all(&mut processes).await;
     outcome
+}
+
+/// A private directory (mode 0700, removed when dropped) for the workers' Unix sockets, unless
+/// `tcp_only` (`--no-local-sockets`, or mutual TLS on the links: the sockets are plaintext).
+pub(crate) fn local_socket_dir(tcp_only: bool) -> anyhow::Result<Option<tempfile::TempDir>> {
+    if tcp_only {
+        return Ok(None);
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("chorus-up-")
+        .tempdir()
+        .context("cannot create a directory for the workers' local sockets")?;
+    Ok(Some(dir))
 }
 
 /// `chorus validate` over the cluster's repository and spec file, before any process is
@@ -278,6 +299,9 @@ pub(crate) struct Launch<'a> {
     pub(crate) etcd: &'a [String],
     pub(crate) global: GlobalFlags,
     pub(crate) ready_timeout: Duration,
+    /// Where each worker gets a `--local-socket` (`worker-N.sock`), which a static worker list
+    /// then names; `None`: TCP only.
+    pub(crate) local_sockets: Option<&'a Path>,
     /// Extra flags for every worker and for the coordinator (`chorus bench` passes its own).
     pub(crate) worker_args: &'a [String],
     pub(crate) coordinator_args: &'a [String],
@@ -297,6 +321,7 @@ pub(crate) async fn start_cluster(
         etcd,
         global,
         ready_timeout,
+        local_sockets,
         worker_args,
         coordinator_args,
     } = *launch;
@@ -311,6 +336,11 @@ pub(crate) async fn start_cluster(
             cluster.model_repository.clone().into(),
             format!("--models={}", models.join(",")).into(),
         ];
+        if let Some(dir) = local_sockets {
+            let mut flag = OsString::from("--local-socket=");
+            flag.push(dir.join(format!("{name}.sock")));
+            args.push(flag);
+        }
         args.extend(worker_args.iter().map(OsString::from));
         if !etcd.is_empty() {
             args.push(format!("--etcd={}", etcd.join(",")).into());
@@ -336,7 +366,7 @@ pub(crate) async fn start_cluster(
         process.spec.pin_worker(&addrs);
         let pid = process.child.id().unwrap_or_default();
         println!("{}", process.spec.describe(pid, &line)?);
-        worker_addrs.push(addrs.rpc);
+        worker_addrs.push(addrs.dial());
     }
 
     let mut args: Vec<OsString> = vec![

@@ -2,12 +2,14 @@
 //!
 //! Wire types ([`tensor`], [`model`]), the worker RPC contract ([`rpc`]), wire errors
 //! ([`error`]), input validation shared by both sides ([`validate`]), the TCP transport with
-//! Chorus's framing ([`transport`]), TLS material ([`tls`]), the RPC links' mutual TLS
+//! Chorus's framing ([`transport`]), Unix-socket links between processes on one host
+//! ([`local_link`]), TLS material ([`tls`]), the RPC links' mutual TLS
 //! ([`rpc_tls`]), how both sides connect to etcd ([`etcd_connect`]) and the one tracing
 //! initialiser ([`telemetry`]).
 
 pub mod error;
 pub mod etcd_connect;
+pub mod local_link;
 pub mod membership;
 pub mod model;
 pub mod rpc;
@@ -23,7 +25,7 @@ pub mod transport;
 pub mod validate;
 
 pub use error::WorkerError;
-pub use model::{ExecutionProvider, ModelInfo, TensorSpec, WorkerInfo, WorkerState};
+pub use model::{ExecutionProvider, LocalLink, ModelInfo, TensorSpec, WorkerInfo, WorkerState};
 pub use rpc::{
     DrainRecord, DrainReply, InferCall, InferReply, Pong, WorkerService, WorkerServiceClient,
 };

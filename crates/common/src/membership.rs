@@ -83,6 +83,7 @@ mod tests {
                 max_input_elements: 1 << 22,
                 labels: Vec::new(),
             }],
+            local_link: None,
         }
     }
 
@@ -102,6 +103,25 @@ mod tests {
         assert!(!is_valid_worker_id(""));
         assert!(!is_valid_worker_id("a/b"));
         assert!(!is_valid_worker_id("a b"));
+    }
+
+    #[test]
+    fn records_without_a_local_link_still_decode_and_links_round_trip() {
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&encode_record(&info("w-1"))).unwrap();
+        json.as_object_mut().unwrap().remove("local_link");
+        let older = serde_json::to_vec(&json).unwrap();
+        assert_eq!(decode_record("w-1", &older).unwrap().local_link, None);
+
+        let mut linked = info("w-1");
+        linked.local_link = Some(crate::model::LocalLink {
+            socket: "/run/chorus/w-1.sock".into(),
+            host: "b/mnt:[4026531841]".into(),
+        });
+        assert_eq!(
+            decode_record("w-1", &encode_record(&linked)).unwrap(),
+            linked
+        );
     }
 
     #[test]

@@ -76,4 +76,18 @@ pub struct WorkerInfo {
     /// How many inference calls the worker runs at once across its models' instances.
     pub capacity: u32,
     pub models: Vec<ModelInfo>,
+    /// A Unix socket serving the same RPCs, for coordinators on the same host (see
+    /// [`crate::local_link`]). Absent from the records of workers started without one.
+    #[serde(default)]
+    pub local_link: Option<LocalLink>,
+}
+
+/// Where a worker also listens on a Unix socket, and on which host: a coordinator dials it
+/// instead of the TCP address when its own [`crate::local_link::host_identity`] is `host`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalLink {
+    /// The socket's absolute path.
+    pub socket: String,
+    /// The kernel and mount namespace the path belongs to.
+    pub host: String,
 }

@@ -148,6 +148,10 @@ mod tests {
                 max_input_elements: 1 << 20,
                 labels: Vec::new(),
             }],
+            local_link: Some(crate::model::LocalLink {
+                socket: "/run/chorus/w0.sock".into(),
+                host: "boot/mnt:[1]".into(),
+            }),
         });
         for record in [
             DrainRecord::Static,

@@ -1,18 +1,20 @@
-//! TCP transport for the worker RPC: length-delimited bincode frames with an explicit size limit,
-//! TCP_NODELAY (tarpc's own helpers leave Nagle on, which doubles small-call latency) and keepalive;
-//! in plaintext, or inside a TLS stream when the links use mutual TLS ([`crate::rpc_tls`]).
+//! Transport for the worker RPC: length-delimited bincode frames with an explicit size limit,
+//! over TCP with TCP_NODELAY (tarpc's own helpers leave Nagle on, which doubles small-call
+//! latency) and keepalive, in plaintext or inside mutual TLS ([`crate::rpc_tls`]); or over a
+//! worker's Unix socket on the same host ([`crate::local_link`]).
 
 use crate::rpc::WorkerServiceClient;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tarpc::ClientMessage;
 use tarpc::serde_transport::{self, Transport};
 use tarpc::tokio_serde::formats::Bincode;
 use tarpc::tokio_util::codec::LengthDelimitedCodec;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 
@@ -89,6 +91,18 @@ pub async fn connect_worker(
     Ok(WorkerServiceClient::new(tarpc::client::Config::default(), transport).spawn())
 }
 
+/// Connects to a worker's Unix socket (see [`crate::local_link`]) and spawns the client's
+/// dispatch task: the same frames as over TCP, without the TCP/IP stack.
+pub async fn connect_worker_unix(
+    path: &Path,
+    max_frame_bytes: usize,
+    connect_timeout: Duration,
+) -> io::Result<WorkerServiceClient> {
+    let stream = within(connect_timeout, path.display(), UnixStream::connect(path)).await?;
+    let transport = framed_over(stream, max_frame_bytes);
+    Ok(WorkerServiceClient::new(tarpc::client::Config::default(), transport).spawn())
+}
+
 /// [`connect_worker`] over mutual TLS: the worker's certificate must name `server_name` (see
 /// [`crate::rpc_tls`]). The TCP connect and the handshake together take at most
 /// `connect_timeout`, so a worker that accepts and never answers counts as a failed connect.
@@ -111,7 +125,7 @@ pub async fn connect_worker_tls(
 
 async fn within<T>(
     limit: Duration,
-    addr: SocketAddr,
+    addr: impl std::fmt::Display,
     step: impl Future<Output = io::Result<T>>,
 ) -> io::Result<T> {
     tokio::time::timeout(limit, step).await.map_err(|_| {

@@ -98,7 +98,7 @@ pub struct CoordinatorConfig {
     pub ensembles: PathBuf,
 
     /// Worker RPC addresses (host:port) making up the static membership; repeat the flag or
-    /// separate with commas.
+    /// separate with commas. `unix:/path` dials a worker's `--local-socket` on this host.
     #[arg(long = "worker", env = "CHORUS_WORKERS", value_delimiter = ',')]
     pub workers: Vec<String>,
 

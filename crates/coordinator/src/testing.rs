@@ -164,6 +164,7 @@ impl WorkerService for FakeWorker {
             state: self.state(),
             capacity: 8,
             models: self.models(),
+            local_link: None,
         }
     }
 

@@ -88,6 +88,7 @@ fn record(id: &str, port: u16, state: WorkerState) -> Vec<u8> {
         state,
         capacity: 1,
         models: vec![],
+        local_link: None,
     })
 }
 

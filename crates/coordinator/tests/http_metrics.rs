@@ -59,6 +59,7 @@ impl WorkerService for FakeWorker {
             state: WorkerState::Serving,
             capacity: 4,
             models: vec![model("a"), model("b")],
+            local_link: None,
         }
     }
 

@@ -154,6 +154,14 @@ pub struct WorkerConfig {
     #[arg(long, env = "CHORUS_WORKER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 
+    /// Also serve the RPCs on a Unix socket at this path, for coordinators on the same host
+    /// (they dial it instead of TCP: about half the kernel time per call). Plaintext: the
+    /// directory's permissions decide who may connect; not with `--rpc-tls-*`. A stale socket
+    /// left by a killed worker is replaced; one another process serves is refused. `chorus up`
+    /// gives each worker one in a private directory.
+    #[arg(long, env = "CHORUS_WORKER_LOCAL_SOCKET", value_name = "PATH")]
+    pub local_socket: Option<PathBuf>,
+
     /// Mutual TLS on the RPC listener (`--rpc-tls-cert`, `--rpc-tls-key`, `--rpc-tls-ca`).
     #[command(flatten)]
     pub rpc_tls: RpcTlsArgs,
@@ -192,6 +200,7 @@ impl Default for WorkerConfig {
             max_queue_delay_us: 0,
             inline_max_run_us: DEFAULT_INLINE_MAX_RUN_US,
             metrics_addr: None,
+            local_socket: None,
             rpc_tls: RpcTlsArgs::default(),
             etcd_connect: EtcdConnectArgs::default(),
             otlp: Default::default(),
@@ -247,6 +256,11 @@ impl WorkerConfig {
             }
         }
         self.rpc_tls.files()?;
+        if self.local_socket.is_some() && self.rpc_tls.files()?.is_some() {
+            return bad(
+                "--local-socket serves plaintext and cannot be combined with --rpc-tls-*: drop one of them",
+            );
+        }
         if let Some(registration) = self.registration() {
             // Reads the CA, certificate, key and password now: a bad one stops the worker
             // before it loads models.

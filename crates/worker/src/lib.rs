@@ -15,6 +15,7 @@ pub mod convert;
 pub mod error;
 pub mod http;
 pub mod loader;
+pub mod local_socket;
 pub mod metrics;
 pub mod model_config;
 pub mod ort_library;
@@ -35,6 +36,7 @@ pub use error::LoadError;
 pub use registration::{Membership, RegistrationConfig, RegistrationError, RegistrationHandle};
 
 use chorus_common::ModelInfo;
+use local_socket::LocalSocket;
 use metrics::Metrics;
 use registration::Registration;
 use registry::Registry;
@@ -58,6 +60,8 @@ pub struct LoadedWorker {
     drain_timeout: Duration,
     advertise_addr: Option<String>,
     registration: Option<RegistrationConfig>,
+    /// `--local-socket`, bound.
+    local: Option<LocalSocket>,
 }
 
 impl LoadedWorker {
@@ -85,7 +89,17 @@ impl LoadedWorker {
             drain_timeout: config.drain_timeout(),
             advertise_addr: config.advertise_addr.clone(),
             registration: config.registration(),
+            local: None,
         })
+    }
+
+    /// Serves on `socket` too, and registers it for coordinators on this host (see
+    /// [`local_socket`]). Call before [`LoadedWorker::register`].
+    pub fn with_local_socket(self, socket: LocalSocket) -> Self {
+        LoadedWorker {
+            local: Some(socket),
+            ..self
+        }
     }
 
     pub fn worker_id(&self) -> &str {
@@ -114,12 +128,11 @@ impl LoadedWorker {
     pub async fn register(self, listener: TcpListener) -> Result<ReadyWorker, RegistrationError> {
         let local = listener.local_addr().map_err(RegistrationError::Listener)?;
         let rpc_addr = config::advertised_addr(self.advertise_addr.as_deref(), local);
-        let shared = Arc::new(Shared::new(
-            self.worker_id,
-            rpc_addr,
-            self.registry,
-            self.metrics,
-        ));
+        let link = self.local.as_ref().and_then(LocalSocket::link);
+        let shared = Arc::new(
+            Shared::new(self.worker_id, rpc_addr, self.registry, self.metrics)
+                .with_local_link(link),
+        );
         let registration = match self.registration {
             Some(config) => Some(Registration::start(config, shared.info()).await?),
             None => None,
@@ -135,6 +148,7 @@ impl LoadedWorker {
             shared,
             reload,
             listener,
+            local: self.local,
             metrics_listener: None,
             links: self.links,
             drain_timeout: self.drain_timeout,
@@ -158,6 +172,7 @@ pub struct ReadyWorker {
     shared: Arc<Shared>,
     reload: ReloadHandle,
     listener: TcpListener,
+    local: Option<LocalSocket>,
     metrics_listener: Option<TcpListener>,
     links: LinkSettings,
     drain_timeout: Duration,
@@ -179,6 +194,11 @@ impl ReadyWorker {
     /// a proxy or NAT).
     pub fn listen_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The Unix socket's path, with `--local-socket`.
+    pub fn local_socket(&self) -> Option<&std::path::Path> {
+        self.local.as_ref().map(LocalSocket::path)
     }
 
     /// Reloads the model repository while the worker serves (what the binary calls on SIGHUP;
@@ -224,7 +244,10 @@ impl ReadyWorker {
         });
         let result = server::run_registered(
             self.shared,
-            self.listener,
+            server::Listeners {
+                tcp: self.listener,
+                local: self.local,
+            },
             self.links,
             self.drain_timeout,
             self.registration,

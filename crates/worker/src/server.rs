@@ -1,8 +1,10 @@
-//! The RPC server: accept loop, one tarpc channel per connection (behind a mutual-TLS handshake
-//! when `--rpc-tls-*` is given), graceful drain on shutdown, and the etcd registration's part in
-//! it (refuse work while unregistered, draining, revoke).
+//! The RPC server: accept loop (TCP, and the `--local-socket` Unix socket when there is one), one
+//! tarpc channel per connection (behind a mutual-TLS handshake on TCP when `--rpc-tls-*` is
+//! given), graceful drain on shutdown, and the etcd registration's part in it (refuse work while
+//! unregistered, draining, revoke).
 
 use crate::closable::UntilClosed;
+use crate::local_socket::LocalSocket;
 use crate::registration::{Membership, RegistrationHandle};
 use crate::service::{Shared, WorkerServer};
 use chorus_common::WorkerService;
@@ -15,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tarpc::server::{BaseChannel, Channel};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
@@ -55,6 +57,14 @@ impl std::fmt::Debug for LinkSettings {
     }
 }
 
+/// Where the worker accepts RPC connections: its TCP listener and, with `--local-socket`, a
+/// Unix socket (plaintext; see [`crate::local_socket`]).
+#[derive(Debug)]
+pub struct Listeners {
+    pub tcp: TcpListener,
+    pub local: Option<LocalSocket>,
+}
+
 /// Serves until `shutdown` resolves, then drains: new inference is refused with `Draining` while
 /// calls already in flight finish (for up to `drain_timeout`); then every connection stops
 /// reading, writes what it still owes and closes.
@@ -67,7 +77,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     run_registered(
         shared,
-        listener,
+        Listeners {
+            tcp: listener,
+            local: None,
+        },
         LinkSettings::plaintext(max_frame_bytes),
         drain_timeout,
         None,
@@ -83,7 +96,7 @@ pub async fn run(
 /// accepting, drains and returns the error, for the process to exit non-zero.
 pub async fn run_registered(
     shared: Arc<Shared>,
-    listener: TcpListener,
+    listeners: Listeners,
     links: LinkSettings,
     drain_timeout: Duration,
     mut registration: Option<RegistrationHandle>,
@@ -97,6 +110,7 @@ pub async fn run_registered(
     info!(
         worker_id = %shared.worker_id,
         addr = %shared.rpc_addr,
+        local_socket = listeners.local.as_ref().map(|l| l.path().display().to_string()),
         capacity = shared.registry().capacity(),
         mtls = links.tls.is_some(),
         "worker serving"
@@ -109,7 +123,7 @@ pub async fn run_registered(
     };
     let stopped = accept_until(
         &shared,
-        &listener,
+        &listeners,
         &mut connections,
         &closing_rx,
         &links,
@@ -121,7 +135,8 @@ pub async fn run_registered(
         },
     )
     .await;
-    drop(listener);
+    // New connections are refused from here on (the socket file goes with its listener).
+    drop(listeners);
     shared.start_draining();
     if let Some(follower) = follower {
         follower.abort();
@@ -159,7 +174,7 @@ pub async fn run_registered(
 /// Accepts connections until `stop` resolves, and returns its output.
 async fn accept_until<T>(
     shared: &Arc<Shared>,
-    listener: &TcpListener,
+    listeners: &Listeners,
     connections: &mut JoinSet<()>,
     closing: &watch::Receiver<bool>,
     links: &LinkSettings,
@@ -169,7 +184,22 @@ async fn accept_until<T>(
     loop {
         tokio::select! {
             output = &mut stop => return output,
-            accepted = listener.accept() => match accepted {
+            accepted = accept_local(listeners.local.as_ref()) => match accepted {
+                Ok(stream) => {
+                    connections.spawn(serve_stream(
+                        Arc::clone(shared),
+                        stream,
+                        "local socket",
+                        links.max_frame_bytes,
+                        closing.clone(),
+                    ));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept on the local socket failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            accepted = listeners.tcp.accept() => match accepted {
                 Ok((stream, peer)) => {
                     // The TLS handshake runs on the connection's task: a slow peer must not
                     // hold up the accept loop.
@@ -189,6 +219,14 @@ async fn accept_until<T>(
             // Reap finished connections so the set does not grow with every client ever seen.
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
+    }
+}
+
+/// The next connection on the local socket; never, without one.
+async fn accept_local(local: Option<&LocalSocket>) -> std::io::Result<UnixStream> {
+    match local {
+        Some(local) => local.listener().accept().await.map(|(stream, _)| stream),
+        None => std::future::pending().await,
     }
 }
 
@@ -267,7 +305,7 @@ async fn serve_connection(
 async fn serve_stream<S>(
     shared: Arc<Shared>,
     stream: S,
-    peer: SocketAddr,
+    peer: impl std::fmt::Display,
     max_frame_bytes: usize,
     closing: watch::Receiver<bool>,
 ) where

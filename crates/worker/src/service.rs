@@ -9,8 +9,8 @@ use chorus_common::rpc::MAX_CALLS_PER_FRAME;
 use chorus_common::trace;
 use chorus_common::validate::{validate_inputs, validate_requested_outputs};
 use chorus_common::{
-    DrainRecord, DrainReply, InferCall, InferReply, Pong, WorkerError, WorkerInfo, WorkerService,
-    WorkerState,
+    DrainRecord, DrainReply, InferCall, InferReply, LocalLink, Pong, WorkerError, WorkerInfo,
+    WorkerService, WorkerState,
 };
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
@@ -42,6 +42,8 @@ pub struct Shared {
     in_flight: AtomicU32,
     /// Woken whenever the in-flight count drops to zero, for the drain.
     idle: Notify,
+    /// The Unix socket serving the same RPCs (`--local-socket`), as registered.
+    local_link: Option<LocalLink>,
 }
 
 impl Shared {
@@ -63,6 +65,15 @@ impl Shared {
             lease_lost: AtomicBool::new(false),
             in_flight: AtomicU32::new(0),
             idle: Notify::new(),
+            local_link: None,
+        }
+    }
+
+    /// This worker, also serving on the Unix socket `link` describes.
+    pub fn with_local_link(self, link: Option<LocalLink>) -> Self {
+        Shared {
+            local_link: link,
+            ..self
         }
     }
 
@@ -85,6 +96,7 @@ impl Shared {
             state: self.state(),
             capacity: registry.capacity(),
             models: registry.infos(),
+            local_link: self.local_link.clone(),
         }
     }
 

@@ -1,16 +1,18 @@
 //! Worker registration against a real etcd (Debian's etcd 3.4 on loopback) with a real worker
 //! serving the repository's logreg model: the record and its lease, duplicate ids, shutdown,
 //! an etcd outage (the worker keeps serving), a lease etcd says is gone (refusal and
-//! re-registration), giving up, and an unreachable etcd at start-up.
+//! re-registration), giving up, an unreachable etcd at start-up, and a worker's local socket.
 
 mod support;
 
+use chorus_common::local_link::host_identity;
 use chorus_common::membership::{decode_record, worker_key};
 use chorus_common::testing::Etcd;
-use chorus_common::transport::{DEFAULT_MAX_FRAME_BYTES, connect_worker};
+use chorus_common::transport::{DEFAULT_MAX_FRAME_BYTES, connect_worker, connect_worker_unix};
 use chorus_common::{
     ExecutionProvider, InferCall, Tensor, WorkerError, WorkerServiceClient, WorkerState,
 };
+use chorus_worker::local_socket::LocalSocket;
 use chorus_worker::{LoadedWorker, ProviderChoice, ReadyWorker, RegistrationError, WorkerConfig};
 use etcd_client::{Client, EventType, KeyValue, PutOptions, WatchOptions};
 use std::io::Write;
@@ -164,6 +166,58 @@ async fn the_record_appears_after_load_under_a_lease_of_the_configured_ttl() {
     assert_eq!(kv_later.lease(), kv.lease());
     assert_eq!(running.infer().await, Ok(()));
     running.shut_down().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_socket_is_registered_with_the_host_and_answers_as_tcp_does() {
+    let etcd = Etcd::start();
+    let mut client = etcd_client(&etcd).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w-local.sock");
+    let socket = LocalSocket::bind(&path).await.unwrap();
+    let worker = load(etcd_config(&etcd.endpoint, "w-local", 3))
+        .await
+        .with_local_socket(socket);
+    let ready = register(worker).await;
+    assert_eq!(ready.local_socket(), Some(path.as_path()));
+
+    let kv = record(&mut client, "w-local").await.expect("registered");
+    let link = decode_record("w-local", kv.value())
+        .unwrap()
+        .local_link
+        .expect("the record names the socket");
+    assert_eq!(link.socket, path.to_str().unwrap());
+    assert_eq!(Some(link.host.as_str()), host_identity());
+
+    let running = Running::start(ready).await;
+    let local = connect_worker_unix(&path, DEFAULT_MAX_FRAME_BYTES, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let call = InferCall {
+        model: "logreg".into(),
+        version: None,
+        inputs: vec![Tensor::from_values("input", vec![3, 64], &features(3, 64))],
+        outputs: vec![],
+        request_id: "local-socket-test".into(),
+        trace_context: None,
+    };
+    let over_unix = local
+        .infer(context::current(), call.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    let over_tcp = running
+        .client
+        .infer(context::current(), call)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(over_unix.outputs, over_tcp.outputs);
+    let meta = local.metadata(context::current()).await.unwrap();
+    assert_eq!(meta.local_link, Some(link));
+
+    running.shut_down().await.unwrap();
+    assert!(!path.exists(), "the socket file goes with the worker");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

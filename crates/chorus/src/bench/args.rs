@@ -70,6 +70,11 @@ pub struct BenchArgs {
     )]
     pub coordinator_args: Vec<String>,
 
+    /// Link the spawned coordinator to its workers over TCP only (as `chorus up
+    /// --no-local-sockets`), to measure what the workers' Unix sockets change.
+    #[arg(long)]
+    pub no_local_sockets: bool,
+
     /// Model or ensemble to call.
     #[arg(long, default_value = "digits_soft")]
     pub model: String,

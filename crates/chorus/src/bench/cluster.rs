@@ -21,6 +21,8 @@ pub struct SpawnedCluster {
     /// The models each worker serves, by worker name.
     pub plan: Vec<(String, Vec<String>)>,
     processes: Vec<Process>,
+    /// The workers' local sockets' directory, removed with the cluster.
+    _sockets: Option<tempfile::TempDir>,
 }
 
 impl SpawnedCluster {
@@ -35,6 +37,7 @@ impl SpawnedCluster {
         let models = chorus_worker::repository::model_names(&cluster.model_repository)?;
         let plan = placement::place(&models, cluster.workers, cluster.replication);
         let exe = std::env::current_exe().context("cannot find the chorus executable")?;
+        let sockets = up::local_socket_dir(args.no_local_sockets)?;
         let launch = Launch {
             exe: &exe,
             cluster: &cluster,
@@ -42,6 +45,7 @@ impl SpawnedCluster {
             etcd: &[],
             global,
             ready_timeout: READY_TIMEOUT,
+            local_sockets: sockets.as_ref().map(|dir| dir.path()),
             worker_args: &args.worker_args,
             coordinator_args: &args.coordinator_args,
         };
@@ -57,6 +61,7 @@ impl SpawnedCluster {
                     .map(|(index, models)| (format!("worker-{index}"), models))
                     .collect(),
                 processes,
+                _sockets: sockets,
             }),
             Err(e) => {
                 up::stop_all(&mut processes).await;

@@ -18,6 +18,7 @@
 
 use super::MembershipChange;
 use chorus_common::WorkerInfo;
+use chorus_common::local_link::{UNIX_PREFIX, host_identity};
 use chorus_common::membership::{
     WORKERS_PREFIX, decode_record, is_valid_worker_id, worker_id_of_key,
 };
@@ -280,7 +281,7 @@ impl Kind for Workers {
     /// that reloaded its models re-publishes them, and the re-sent `Joined` has the pool fetch
     /// its self-description again (the signatures themselves reach it over RPC).
     fn differs(old: &WorkerInfo, new: &WorkerInfo) -> bool {
-        old.rpc_addr != new.rpc_addr
+        dial_addr(old, host_identity()) != dial_addr(new, host_identity())
             || old.state != new.state
             || old.capacity != new.capacity
             || old.models != new.models
@@ -289,7 +290,7 @@ impl Kind for Workers {
     fn set(id: &str, info: &WorkerInfo) -> MembershipChange {
         MembershipChange::Joined {
             worker_id: id.to_string(),
-            addr: info.rpc_addr.clone(),
+            addr: dial_addr(info, host_identity()),
             state: info.state,
         }
     }
@@ -304,6 +305,15 @@ impl Kind for Workers {
 /// Which workers exist, from etcd.
 pub type MembershipView = View<Workers>;
 
+/// The address to dial a worker at: its Unix socket when it registered one on this coordinator's
+/// host (`host`: [`host_identity`]), else its TCP address.
+fn dial_addr(info: &WorkerInfo, host: Option<&str>) -> String {
+    match &info.local_link {
+        Some(link) if host == Some(link.host.as_str()) => format!("{UNIX_PREFIX}{}", link.socket),
+        _ => info.rpc_addr.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,6 +327,7 @@ mod tests {
             state,
             capacity: 1,
             models: vec![],
+            local_link: None,
         })
     }
 
@@ -402,6 +413,39 @@ mod tests {
         assert_eq!(view.applied_revision(), 10);
         assert_eq!(view.len(), 2);
         assert_eq!(view.get("w1").unwrap().rpc_addr, "a:1");
+    }
+
+    #[test]
+    fn a_worker_with_a_local_socket_on_this_host_is_dialled_there_and_elsewhere_over_tcp() {
+        let here = host_identity().expect("procfs is readable on Linux");
+        let linked = |host: &str| {
+            let mut info: WorkerInfo =
+                serde_json::from_slice(&serving("w1", "a:1")).expect("a record");
+            info.local_link = Some(chorus_common::LocalLink {
+                socket: "/run/chorus/w1.sock".into(),
+                host: host.into(),
+            });
+            encode_record(&info)
+        };
+        let mut view = MembershipView::new();
+        assert_eq!(
+            put(&mut view, "w1", &linked(here), 11),
+            Some(joined(
+                "w1",
+                "unix:/run/chorus/w1.sock",
+                WorkerState::Serving
+            ))
+        );
+        // Another host (or container) spells the same path for another socket.
+        assert_eq!(
+            put(&mut view, "w1", &linked("other-boot/mnt:[1]"), 12),
+            Some(joined("w1", "a:1", WorkerState::Serving))
+        );
+        assert_eq!(
+            put(&mut view, "w1", &serving("w1", "a:1"), 13),
+            None,
+            "losing an unusable link changes nothing the pool sees"
+        );
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The seam between the pool and the network: how a worker's address becomes an RPC client.
-//! The coordinator dials TCP (inside mutual TLS with `--rpc-tls-*`); the core's in-process tests
-//! hand in tarpc's in-memory transport.
+//! The coordinator dials TCP (inside mutual TLS with `--rpc-tls-*`), or a `unix:` address's
+//! socket on this host; the core's in-process tests hand in tarpc's in-memory transport.
 
 use chorus_common::WorkerServiceClient;
+use chorus_common::local_link::unix_path;
 use chorus_common::rpc_tls;
-use chorus_common::transport::{connect_worker, connect_worker_tls};
+use chorus_common::transport::{connect_worker, connect_worker_tls, connect_worker_unix};
 use futures::future::BoxFuture;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 use tokio_rustls::TlsConnector;
 use tracing::warn;
@@ -17,7 +19,8 @@ pub trait Connector: Send + Sync + 'static {
     fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<WorkerServiceClient, String>>;
 }
 
-/// Chorus's TCP transport (see `chorus_common::transport`).
+/// Chorus's transport (see `chorus_common::transport`): TCP, or Unix sockets for `unix:`
+/// addresses.
 #[derive(Clone)]
 pub struct TcpConnector {
     pub max_frame_bytes: usize,
@@ -40,6 +43,22 @@ impl std::fmt::Debug for TcpConnector {
 impl Connector for TcpConnector {
     fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<WorkerServiceClient, String>> {
         Box::pin(async move {
+            if let Some(path) = unix_path(addr) {
+                if self.tls.is_some() {
+                    // A worker only serves a local socket without TLS (its flags refuse both).
+                    return Err(format!(
+                        "{addr} is a local socket, which serves plaintext: with --rpc-tls-* list \
+                         workers by host:port and start them without --local-socket"
+                    ));
+                }
+                return connect_worker_unix(
+                    Path::new(path),
+                    self.max_frame_bytes,
+                    self.connect_timeout,
+                )
+                .await
+                .map_err(|e| format!("local socket {path}: {e}"));
+            }
             let resolved: SocketAddr = tokio::net::lookup_host(addr)
                 .await
                 .map_err(|e| format!("cannot resolve {addr}: {e}"))?
