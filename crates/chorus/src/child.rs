@@ -27,6 +27,25 @@ pub(crate) struct GlobalFlags {
     pub(crate) log_json: bool,
     /// `--runtime-threads`; 0 (one per core) is not passed.
     pub(crate) runtime_threads: usize,
+    /// A child's threads when `runtime_threads` is 0: its share of the machine's cores (see
+    /// [`GlobalFlags::sharing_cores`]), passed in the environment so that a flag given to one
+    /// child (`--worker-arg=--runtime-threads=N`) still wins.
+    pub(crate) shared_threads: usize,
+}
+
+impl GlobalFlags {
+    /// These flags for `processes` children sharing this machine: without `--runtime-threads`,
+    /// each gets an equal share of the cores (at least one), rather than one thread per core
+    /// each. Every extra runtime thread of every process is one more to wake and park per
+    /// request; on the 2-core machine one thread each answered 12 % sooner at concurrency 1
+    /// for the same throughput at 64 (benchmarks.md, "Runtime threads under `chorus up`").
+    pub(crate) fn sharing_cores(self, processes: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        GlobalFlags {
+            shared_threads: (cores / processes.max(1)).max(1),
+            ..self
+        }
+    }
 }
 
 /// How to start one child, again and again.
@@ -113,6 +132,11 @@ impl ChildSpec {
         }
         if self.global.runtime_threads > 0 {
             command.arg(format!("--runtime-threads={}", self.global.runtime_threads));
+        } else if self.global.shared_threads > 0 {
+            command.env(
+                "CHORUS_RUNTIME_THREADS",
+                self.global.shared_threads.to_string(),
+            );
         }
         command
             .args(&self.args)
@@ -319,6 +343,19 @@ mod tests {
         assert_eq!(
             spec.describe(7, line).unwrap(),
             "worker-0  pid 7  rpc 127.0.0.1:4000  metrics 127.0.0.1:4001  models mlp"
+        );
+    }
+
+    #[test]
+    fn children_share_the_cores_with_one_thread_at_least() {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let flags = GlobalFlags::default();
+        assert_eq!(flags.sharing_cores(1).shared_threads, cores);
+        assert_eq!(flags.sharing_cores(cores * 3).shared_threads, 1);
+        assert_eq!(
+            flags.sharing_cores(0).shared_threads,
+            cores,
+            "no division by zero"
         );
     }
 

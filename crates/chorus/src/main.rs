@@ -31,9 +31,10 @@ struct Cli {
     log_json: bool,
 
     /// Threads of the async runtime (`worker`, `coordinator`, `up`; `chorus up` passes it on to
-    /// the processes it starts). 0: one per core. On a machine with few cores shared by several
-    /// processes, fewer threads mean fewer wake-ups and hand-offs per request; see
-    /// docs/benchmarks.md for what it changes.
+    /// the processes it starts). 0: one per core, except for the processes `chorus up` and
+    /// `bench --spawn` start, which each get their share of the cores (cores / processes, at
+    /// least 1): on a machine shared by several processes, fewer threads mean fewer wake-ups
+    /// and hand-offs per request; see docs/benchmarks.md for what it changes.
     #[arg(
         long,
         global = true,
@@ -106,6 +107,7 @@ fn main() -> anyhow::Result<()> {
     let global = child::GlobalFlags {
         log_json: cli.log_json,
         runtime_threads: cli.runtime_threads,
+        shared_threads: 0,
     };
     // The benchmark sizes its own runtime: its load generator must stay small.
     let command = match cli.command {

@@ -325,6 +325,8 @@ pub(crate) async fn start_cluster(
         worker_args,
         coordinator_args,
     } = *launch;
+    let workers = plan.iter().filter(|models| !models.is_empty()).count();
+    let global = global.sharing_cores(workers + 1);
     let mut pending = Vec::new();
     for (index, models) in plan.iter().enumerate().filter(|(_, m)| !m.is_empty()) {
         let name = format!("worker-{index}");
