@@ -10,6 +10,7 @@ mod support;
 use chorus_coordinator::access::digest_hex;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::grpc::{Grpc, raw_request};
@@ -630,6 +631,34 @@ fn the_parquet_log_holds_every_answer_once_with_its_members_after_sigterm() {
     assert!(out.lines().all(|l| l.contains("\"ensemble\":\"pair\"")));
     let (ok, _, err) = chorus(&["logs", "export", &log, "--format", "parquet"]);
     assert!(!ok && err.contains("--output"), "{err}");
+
+    // An export that fails part-way (a damaged compressed file after a good one) leaves no
+    // file at --output, and no temporary one beside it.
+    std::fs::write(
+        again.join("predictions-export-000002.jsonl.zst"),
+        b"not zstd at all",
+    )
+    .unwrap();
+    let failed = scratch.path().join("failed.parquet");
+    let (ok, _, err) = chorus(&[
+        "logs",
+        "export",
+        &again.to_string_lossy(),
+        "--format",
+        "parquet",
+        "--output",
+        &failed.to_string_lossy(),
+    ]);
+    assert!(!ok && err.contains("predictions-export-000002"), "{err}");
+    assert!(!failed.exists(), "no partial export at --output");
+    let leftovers: Vec<_> = std::fs::read_dir(scratch.path())
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.starts_with(".chorus-export-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    let mode = std::fs::metadata(&exported).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "a finished export is an ordinary file");
 }
 
 /// `input_hash` is on every record, kept inputs or not: the same input sent over REST and over

@@ -10,6 +10,7 @@ use clap::{Args, Subcommand};
 use serde::Deserialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -226,10 +227,22 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
     let since = bound("since", &args.since)?;
     let until = bound("until", &args.until)?;
     let files = log_files(&args.dir)?;
-    let create = |path: &Path| {
-        std::fs::File::create(path)
-            .map(std::io::BufWriter::new)
-            .with_context(|| format!("cannot create --output {}", path.display()))
+    // `--output` is written under a temporary name beside it and renamed into place once the
+    // export is whole: a failed export leaves no file that looks finished (the temporary one is
+    // removed when `pending` is dropped).
+    let mut pending: Option<(tempfile::TempPath, PathBuf)> = None;
+    let mut create = |path: &Path| -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let (file, temp) = tempfile::Builder::new()
+            .prefix(".chorus-export-")
+            .tempfile_in(dir)
+            .with_context(|| format!("cannot create --output {}", path.display()))?
+            .into_parts();
+        pending = Some((temp, path.to_path_buf()));
+        Ok(std::io::BufWriter::new(file))
     };
     let mut out = match (args.format, &args.output) {
         (LogFormat::Jsonl, Some(path)) => Export::Jsonl(Box::new(create(path)?)),
@@ -269,6 +282,10 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
             match &mut out {
                 Export::Jsonl(out) => {
                     if !emit(out, &line) {
+                        if let Some((_, path)) = &pending {
+                            anyhow::bail!("cannot write the export to {}", path.display());
+                        }
+                        // Standard output's reader went away (`| head`): nothing more to do.
                         return Ok(());
                     }
                 }
@@ -291,6 +308,12 @@ fn export(args: ExportArgs) -> anyhow::Result<()> {
                 .and_then(|f| f.sync_all())
                 .context("cannot write the export")?;
         }
+    }
+    if let Some((temp, path)) = pending {
+        // A temporary file is private (0600); an export is an ordinary file.
+        std::fs::set_permissions(&temp, std::fs::Permissions::from_mode(0o644))
+            .and_then(|()| temp.persist(&path).map_err(|e| e.error))
+            .with_context(|| format!("cannot move the export into {}", path.display()))?;
     }
     let mut skipped = Vec::new();
     if unreadable > 0 {
