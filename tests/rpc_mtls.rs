@@ -10,7 +10,7 @@ use chorus_common::rpc_tls::{HANDSHAKE_TIMEOUT, RpcTlsFiles, server_name};
 use chorus_common::testing::certs::{Identity, Pki};
 use chorus_common::transport::{DEFAULT_MAX_FRAME_BYTES, connect_worker, connect_worker_tls};
 use chorus_common::{WorkerServiceClient, tls};
-use chorus_coordinator::pool::{Connector, TcpConnector};
+use chorus_coordinator::pool::{Connector, SocketConnector};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -166,7 +166,7 @@ async fn a_coordinator_refuses_a_worker_whose_certificate_does_not_match() {
     let good = start_worker_with("w-good", &["logreg"], &tls_flags(&certs.worker, &certs.ca));
 
     // The pool's own connector: a refused handshake is a failed connect.
-    let connector = TcpConnector {
+    let connector = SocketConnector {
         max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
         connect_timeout: CONNECT_TIMEOUT,
         tls: Some(files(&certs.coordinator, &certs.ca).connector().unwrap()),

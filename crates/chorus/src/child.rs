@@ -84,7 +84,7 @@ impl WorkerAddrs {
     /// Where a coordinator on this host dials it: the local socket when there is one.
     pub(crate) fn dial(&self) -> String {
         match &self.local_socket {
-            Some(path) => format!("{}{path}", chorus_common::local_link::UNIX_PREFIX),
+            Some(path) => chorus_common::local_link::unix_addr(path),
             None => self.rpc.clone(),
         }
     }
@@ -198,8 +198,8 @@ impl ChildSpec {
                 // The address the coordinator dials, when it is not the TCP one.
                 let local = addrs
                     .local_socket
-                    .as_ref()
-                    .map(|_| format!("  local {}", addrs.dial()))
+                    .as_deref()
+                    .map(|path| format!("  local {}", chorus_common::local_link::unix_addr(path)))
                     .unwrap_or_default();
                 Ok(format!(
                     "{}  pid {pid}  rpc {}{local}{metrics}  models {}",

@@ -11,7 +11,12 @@
 use std::sync::OnceLock;
 
 /// Prefix of a worker address that is a Unix socket path (`unix:/run/chorus/worker-0.sock`).
-pub const UNIX_PREFIX: &str = "unix:";
+const UNIX_PREFIX: &str = "unix:";
+
+/// The worker address of the Unix socket at `path` (`unix:/path`).
+pub fn unix_addr(path: &str) -> String {
+    format!("{UNIX_PREFIX}{path}")
+}
 
 /// The socket path of a `unix:` worker address, if it is one.
 pub fn unix_path(addr: &str) -> Option<&str> {
@@ -43,6 +48,7 @@ mod tests {
         assert_eq!(unix_path("unix:/tmp/w.sock"), Some("/tmp/w.sock"));
         assert_eq!(unix_path("127.0.0.1:9000"), None);
         assert_eq!(unix_path("worker-0:9000"), None);
+        assert_eq!(unix_path(&unix_addr("/tmp/w.sock")), Some("/tmp/w.sock"));
     }
 
     #[test]

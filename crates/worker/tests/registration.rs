@@ -92,19 +92,27 @@ impl Running {
     }
 
     async fn infer(&self) -> Result<(), WorkerError> {
-        let call = InferCall {
-            model: "logreg".into(),
-            version: None,
-            inputs: vec![Tensor::from_values("input", vec![1, 64], &features(1, 64))],
-            outputs: vec![],
-            request_id: "registration-test".into(),
-            trace_context: None,
-        };
         self.client
-            .infer(context::current(), call)
+            .infer(context::current(), logreg_call(1, "registration-test"))
             .await
             .unwrap()
             .map(|_| ())
+    }
+}
+
+/// `rows` rows of the digits features for the repository's logreg model.
+fn logreg_call(rows: usize, request_id: &str) -> InferCall {
+    InferCall {
+        model: "logreg".into(),
+        version: None,
+        inputs: vec![Tensor::from_values(
+            "input",
+            vec![rows as i64, 64],
+            &features(rows, 64),
+        )],
+        outputs: vec![],
+        request_id: request_id.into(),
+        trace_context: None,
     }
 }
 
@@ -193,14 +201,7 @@ async fn a_local_socket_is_registered_with_the_host_and_answers_as_tcp_does() {
     let local = connect_worker_unix(&path, DEFAULT_MAX_FRAME_BYTES, Duration::from_secs(5))
         .await
         .unwrap();
-    let call = InferCall {
-        model: "logreg".into(),
-        version: None,
-        inputs: vec![Tensor::from_values("input", vec![3, 64], &features(3, 64))],
-        outputs: vec![],
-        request_id: "local-socket-test".into(),
-        trace_context: None,
-    };
+    let call = logreg_call(3, "local-socket-test");
     let over_unix = local
         .infer(context::current(), call.clone())
         .await

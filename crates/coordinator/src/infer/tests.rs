@@ -361,9 +361,9 @@ async fn requests_are_checked_before_any_member_is_called() {
     }
 }
 
-/// `trio` needing all three members: the only kind that shares frames.
-fn trio_all_needed() -> String {
-    trio_spec().replace("min_members = 2", "min_members = 3")
+/// A `trio` spec needing all three members: the only kind that shares frames.
+fn all_needed(trio: String) -> String {
+    trio.replace("min_members = 2", "min_members = 3")
 }
 
 /// `trio` with a and b on one worker (`w-ab`) and c on another.
@@ -381,7 +381,7 @@ async fn members_on_one_worker_travel_in_one_frame() {
         Behaviour::answer(&B),
         Behaviour::answer(&C),
     );
-    let h = Harness::start(&trio_all_needed(), &workers).await;
+    let h = Harness::start(&all_needed(trio_spec()), &workers).await;
     // The first request times the members; until then each goes alone.
     h.infer("trio").await.unwrap();
     assert_eq!(workers[0].frames.load(Ordering::SeqCst), 0);
@@ -429,7 +429,7 @@ async fn one_failed_call_in_a_frame_is_retried_alone_and_its_neighbour_is_used()
         FakeWorker::new("w-b", &[("b", Behaviour::answer(&B))]),
         FakeWorker::new("w-c", &[("c", Behaviour::answer(&C))]),
     ];
-    let h = Harness::start(&trio_all_needed(), &workers).await;
+    let h = Harness::start(&all_needed(trio_spec()), &workers).await;
     // Replica choice is random: ask until b's first attempt went to w-ab with a.
     for _ in 0..64 {
         let answer = h.infer("trio").await.unwrap();
@@ -461,11 +461,7 @@ async fn members_stuck_in_a_frozen_workers_frame_are_hedged_each() {
         ),
         FakeWorker::new("w-c", &[("c", Behaviour::answer(&C))]),
     ];
-    let h = Harness::start(
-        &trio(1000).replace("min_members = 2", "min_members = 3"),
-        &workers,
-    )
-    .await;
+    let h = Harness::start(&all_needed(trio(1000)), &workers).await;
     // Latency samples first, so that hedging has a delay to go by.
     for _ in 0..4 {
         h.infer("trio").await.unwrap();

@@ -18,7 +18,7 @@
 
 use super::MembershipChange;
 use chorus_common::WorkerInfo;
-use chorus_common::local_link::{UNIX_PREFIX, host_identity};
+use chorus_common::local_link::{host_identity, unix_addr};
 use chorus_common::membership::{
     WORKERS_PREFIX, decode_record, is_valid_worker_id, worker_id_of_key,
 };
@@ -309,7 +309,7 @@ pub type MembershipView = View<Workers>;
 /// host (`host`: [`host_identity`]), else its TCP address.
 fn dial_addr(info: &WorkerInfo, host: Option<&str>) -> String {
     match &info.local_link {
-        Some(link) if host == Some(link.host.as_str()) => format!("{UNIX_PREFIX}{}", link.socket),
+        Some(link) if host == Some(link.host.as_str()) => unix_addr(&link.socket),
         _ => info.rpc_addr.clone(),
     }
 }

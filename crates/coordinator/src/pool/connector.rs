@@ -22,7 +22,7 @@ pub trait Connector: Send + Sync + 'static {
 /// Chorus's transport (see `chorus_common::transport`): TCP, or Unix sockets for `unix:`
 /// addresses.
 #[derive(Clone)]
-pub struct TcpConnector {
+pub struct SocketConnector {
     pub max_frame_bytes: usize,
     /// Bounds the TCP connect and, with TLS, the handshake too.
     pub connect_timeout: Duration,
@@ -30,9 +30,9 @@ pub struct TcpConnector {
     pub tls: Option<TlsConnector>,
 }
 
-impl std::fmt::Debug for TcpConnector {
+impl std::fmt::Debug for SocketConnector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TcpConnector")
+        f.debug_struct("SocketConnector")
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("connect_timeout", &self.connect_timeout)
             .field("tls", &self.tls.is_some())
@@ -40,7 +40,7 @@ impl std::fmt::Debug for TcpConnector {
     }
 }
 
-impl Connector for TcpConnector {
+impl Connector for SocketConnector {
     fn connect<'a>(&'a self, addr: &'a str) -> BoxFuture<'a, Result<WorkerServiceClient, String>> {
         Box::pin(async move {
             if let Some(path) = unix_path(addr) {

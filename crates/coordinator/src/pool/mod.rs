@@ -19,7 +19,7 @@ mod probe;
 mod stall;
 mod status;
 
-pub use connector::{Connector, TcpConnector};
+pub use connector::{Connector, SocketConnector};
 pub use drain::DrainError;
 pub use error::CallError;
 pub use handle::WorkerHandle;
@@ -73,7 +73,7 @@ impl Pool {
         metrics: Arc<Metrics>,
         tls: Option<tokio_rustls::TlsConnector>,
     ) -> Arc<Self> {
-        let connector = TcpConnector {
+        let connector = SocketConnector {
             max_frame_bytes: settings.max_frame_bytes,
             connect_timeout: settings.connect_timeout,
             tls,
